@@ -1,0 +1,33 @@
+# Every target builds its own virtualenv, so a fresh clone needs nothing but Python 3.10+.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mri-lrp explain sample_scans/ --rule alphabeta --alpha 2 --beta 1 --masks sample_scans/masks --out demo_out
+	@echo "open demo_out/summary.csv and demo_out/scans/*/overlay.png"
+
+test: $(STAMP)
+	$(BIN)/ruff check mri_lrp tests benchmarks scripts
+	$(BIN)/pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/lrp_speed.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,40 @@
+"""Typed errors. Each carries the file (or layer) and the reason; only the CLI turns them into messages."""
+
+from __future__ import annotations
+
+
+class MriLrpError(Exception):
+    """Base class: an expected failure with a one-line, user-facing message."""
+
+
+class ScanError(MriLrpError):
+    """A scan (file or series) could not be read or converted; the batch goes on without it."""
+
+    def __init__(self, path: str, reason: str, stage: str = "read") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.stage = stage
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CheckpointError(MriLrpError):
+    """The checkpoint or model definition cannot be used (a setup error, exit code 2)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class UnsupportedLayerError(MriLrpError):
+    """The network contains an operation the LRP engine has no rule for: no heatmap rather than a wrong one."""
+
+    def __init__(self, op: str, layer: str, reason: str = "no LRP rule for this operation") -> None:
+        self.op = op
+        self.layer = layer
+        self.reason = reason
+        super().__init__(f"layer '{layer}' ({op}): {reason}")
+
+
+class SettingsError(MriLrpError):
+    """A bad option or config value (a usage error, exit code 2)."""
