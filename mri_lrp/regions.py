@@ -1,0 +1,508 @@
+"""Relevance per region: atlas labels, built-in world-space octants, tumour masks, and their sums.
+
+A *partition* gives every voxel of a scan exactly one region, so the region sums of a partition always add up
+to the scan's total relevance. Regions come from a registered atlas (resampled nearest-neighbour through the
+two affines), or, without one, from the head's octants in world RAS coordinates, which makes the table the
+same for a LAS and a RAS copy of one scan. A tumour mask adds a second partition: ``inside_mask`` and
+``outside_mask``.
+
+Conventions chosen here (the CSV reader can rely on them):
+- ``region_name`` is unique within a scan; ``region_id`` is the label value inside its own partition.
+- Atlas label 0 and every voxel that falls outside the atlas image are region 0, ``background``.
+- ``relevance_fraction`` is 0 for every region when the scan's total relevance is exactly 0 (nothing to share
+  out); ``relevance_density`` is 0 for a region with no voxels.
+- ``rank`` is 1 for the region with the largest ``relevance_sum`` within its partition (ties: lower id first).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mri_lrp.errors import ScanError, SettingsError
+from mri_lrp.scans.scan import Scan
+
+REGION_COLUMNS = ["scan_id", "region_id", "region_name", "voxels", "volume_ml", "relevance_sum",
+                  "relevance_pos", "relevance_neg", "relevance_fraction", "relevance_density", "rank"]
+BY_CLASS_COLUMNS = ["predicted_class", "region_name", "scans", "mean_relevance_sum",
+                    "mean_relevance_fraction", "mean_relevance_density"]
+BACKGROUND = "background"
+OUTSIDE_HEAD = "outside_head"
+INSIDE_MASK = "inside_mask"
+OUTSIDE_MASK = "outside_mask"
+MASK_REGION_NAMES = (INSIDE_MASK, OUTSIDE_MASK)
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_MASK_NAME_SUFFIXES = ("", "_mask", "-mask", "_seg", "-seg", "_label", "_labels")
+_TIE_MM = 1e-6  # voxels this close to the head's centre plane go to the right/anterior/superior side
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """A label image in world space with its names; ``names`` covers every label present in ``labels``."""
+
+    labels: np.ndarray          # int32, (I, J, K), 0 = background
+    affine: np.ndarray          # (4, 4) voxel -> world RAS mm
+    names: dict[int, str]       # label id -> region name, including 0 -> "background"
+    source: str
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Every voxel of one scan grid assigned to exactly one region.
+
+    ``index`` holds positions into ``ids``/``names`` (not the label values), so sums are one ``bincount``.
+    """
+
+    index: np.ndarray           # int32, scan shape, values in [0, len(ids))
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel in millilitres; the determinant is right for sheared and oblique grids too."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])) / 1000.0)
+
+
+def resample_nearest(data: np.ndarray, affine: np.ndarray, target_shape: Sequence[int],
+                     target_affine: np.ndarray, fill: int | float = 0) -> np.ndarray:
+    """Nearest-neighbour resampling of ``data`` onto a target grid, through both voxel->world affines.
+
+    Target voxels whose world position falls outside ``data`` get ``fill``. Identical grids return a copy
+    without interpolation error.
+    """
+    src = np.asarray(data)
+    shape = tuple(int(n) for n in target_shape)
+    try:
+        to_src = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(target_affine, np.float64)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError("source affine is singular") from exc
+    if src.shape == shape and np.allclose(to_src, np.eye(4), atol=1e-6):
+        return src.copy()
+    grids = np.ogrid[0:shape[0], 0:shape[1], 0:shape[2]]
+    idx = []
+    inside = np.ones(shape, dtype=bool)
+    for d in range(3):
+        coord = (to_src[d, 0] * grids[0] + to_src[d, 1] * grids[1] + to_src[d, 2] * grids[2]
+                 + to_src[d, 3])
+        rounded = np.floor(coord + 0.5 + 1e-9).astype(np.int64)
+        rounded = np.broadcast_to(rounded, shape)
+        inside &= (rounded >= 0) & (rounded < src.shape[d])
+        idx.append(np.clip(rounded, 0, src.shape[d] - 1))
+    out = src[idx[0], idx[1], idx[2]]
+    out[~inside] = fill
+    return out
+
+
+def _world_coords(shape: Sequence[int], affine: np.ndarray) -> list[np.ndarray]:
+    """World x, y, z of every voxel centre, as three broadcastable arrays (no full (N, 3) copy)."""
+    grids = np.ogrid[0:shape[0], 0:shape[1], 0:shape[2]]
+    a = np.asarray(affine, dtype=np.float64)
+    return [a[d, 0] * grids[0] + a[d, 1] * grids[1] + a[d, 2] * grids[2] + a[d, 3] for d in range(3)]
+
+
+# ------------------------------------------------------------------------------------------------ atlas
+
+def load_atlas(labels_path: str | Path, table_path: str | Path) -> Atlas:
+    """Read a registered atlas: a NIfTI label image and its table (TSV, CSV or FreeSurfer LUT)."""
+    import nibabel as nib
+
+    labels_path = Path(labels_path)
+    table = read_label_table(table_path)
+    try:
+        img = nib.load(str(labels_path))
+        raw = np.asarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"{labels_path}: atlas label image not found") from exc
+    except Exception as exc:  # nibabel raises many types for files it cannot read
+        raise SettingsError(f"{labels_path}: not a readable NIfTI label image ({exc})") from exc
+    while raw.ndim > 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    if raw.ndim != 3:
+        raise SettingsError(f"{labels_path}: atlas must be a 3D label image, got shape {raw.shape}")
+    if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+        raise SettingsError(f"{labels_path}: atlas values must be whole numbers (a label image)")
+    if raw.size and raw.min() < 0:
+        raise SettingsError(f"{labels_path}: atlas labels must not be negative")
+    labels = raw.astype(np.int32)
+    present = sorted({0, *np.unique(labels).tolist()})
+    names = {int(i): (BACKGROUND if i == 0 else table.get(int(i), f"label_{i}")) for i in present}
+    if len(set(names.values())) != len(names):
+        raise SettingsError(f"{table_path}: a region name is used twice (or clashes with '{BACKGROUND}')")
+    return Atlas(labels=labels, affine=affine, names=names, source=str(labels_path))
+
+
+_ID_HEADERS = ("id", "index", "idx", "label_id", "labelid", "value", "label", "number", "no")
+_NAME_HEADERS = ("name", "label_name", "labelname", "region", "region_name", "structure", "description",
+                 "label")
+
+
+def read_label_table(path: str | Path) -> dict[int, str]:
+    """Parse a label table: TSV or CSV (id and name, header optional) or FreeSurfer/ITK-SNAP style text.
+
+    FreeSurfer LUT lines are ``id name R G B A``; ITK-SNAP lines are ``id R G B A VIS MSH "name"``; ``#``
+    starts a comment. Errors name the file and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise SettingsError(f"{path}: label table not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read label table ({exc})") from exc
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise SettingsError(f"{path}: label table is empty")
+    rows = _split_rows(path, lines)
+    id_col, name_col = 0, 1
+    first_no, first = rows[0]
+    if not _is_int(first[0]):  # a header row
+        headers = [h.strip().lower() for h in first]
+        id_col = next((headers.index(h) for h in _ID_HEADERS if h in headers), 0)
+        name_col = next((headers.index(h) for h in _NAME_HEADERS if h in headers and headers.index(h) != id_col),
+                        1 if id_col != 1 else 0)
+        rows = rows[1:]
+    table: dict[int, str] = {}
+    for line_no, fields in rows:
+        if len(fields) <= max(id_col, name_col):
+            raise SettingsError(f"{path}: line {line_no}: expected a label id and a name")
+        raw_id, name = fields[id_col].strip(), fields[name_col].strip()
+        if _is_itksnap_row(fields):
+            name = fields[-1].strip()
+        if not _is_int(raw_id):
+            raise SettingsError(f"{path}: line {line_no}: label id '{raw_id}' is not a whole number")
+        if not name:
+            raise SettingsError(f"{path}: line {line_no}: label {raw_id} has no name")
+        label = int(raw_id)
+        if label in table and table[label] != name:
+            raise SettingsError(f"{path}: line {line_no}: label {label} is named twice")
+        table[label] = name
+    if not table:
+        raise SettingsError(f"{path}: label table has no rows after its header")
+    return table
+
+
+def _split_rows(path: Path, lines: list[tuple[int, str]]) -> list[tuple[int, list[str]]]:
+    """Split lines by the table's delimiter: tab, comma, else whitespace with shell-style quotes."""
+    sample = lines[0][1]
+    if "\t" in sample or "," in sample:
+        delim = "\t" if "\t" in sample else ","
+        reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)), delimiter=delim)
+        return [(n, fields) for (n, _), fields in zip(lines, reader, strict=True)]
+    rows = []
+    for n, line in lines:
+        try:
+            rows.append((n, shlex.split(line)))
+        except ValueError as exc:
+            raise SettingsError(f"{path}: line {n}: {exc}") from exc
+    return rows
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _is_itksnap_row(fields: list[str]) -> bool:
+    """ITK-SNAP label files: eight fields, all numeric but the quoted name at the end."""
+    return len(fields) == 8 and all(_is_number(f) for f in fields[:7]) and not _is_number(fields[7])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def atlas_partition(atlas: Atlas, scan: Scan) -> Partition:
+    """The atlas's regions on the scan's grid (nearest neighbour through the affines; atlas must be registered).
+
+    Rows are the labels present in the atlas image (plus background), so every scan gets the same regions.
+    """
+    labels = resample_nearest(atlas.labels, atlas.affine, scan.shape, scan.affine, fill=0)
+    ids = tuple(sorted(atlas.names))
+    index = np.searchsorted(np.asarray(ids), labels).astype(np.int32)
+    return Partition(index=index, ids=ids, names=tuple(atlas.names[i] for i in ids))
+
+
+# -------------------------------------------------------------------------------------- built-in regions
+
+def head_mask(data: np.ndarray) -> np.ndarray:
+    """Voxels brighter than an Otsu threshold: a rough head, enough to find its centre."""
+    values = np.asarray(data, dtype=np.float32)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.min() == finite.max():
+        return np.isfinite(values)
+    threshold = otsu_threshold(finite)
+    return np.isfinite(values) & (values > threshold)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that best separates two intensity classes (maximal between-class variance)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    weight_lo = np.cumsum(hist, dtype=np.float64)
+    weight_hi = weight_lo[-1] - weight_lo
+    mass_lo = np.cumsum(hist * centres, dtype=np.float64)
+    mean_lo = mass_lo / np.maximum(weight_lo, 1)
+    mean_hi = (mass_lo[-1] - mass_lo) / np.maximum(weight_hi, 1)
+    between = weight_lo * weight_hi * (mean_lo - mean_hi) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def builtin_partition(scan: Scan) -> Partition:
+    """Left/right x anterior/posterior x superior/inferior around the head's centre, in world RAS, plus outside.
+
+    The centre is the mean world position of the head mask. Single-slice scans are not split along the world
+    axis closest to their slice normal (every voxel would sit on one side), so their names have two parts.
+    """
+    shape = scan.shape
+    head = head_mask(scan.data)
+    world = _world_coords(shape, scan.affine)
+    if not head.any():
+        head = np.ones(shape, dtype=bool)
+    count = float(head.sum())
+    centre = [float(np.broadcast_to(w, shape)[head].sum() / count) for w in world]
+    axes = [0, 1, 2]
+    if scan.is_2d:
+        normal = np.asarray(scan.affine, dtype=np.float64)[:3, 2]
+        if np.linalg.norm(normal) > 0:
+            axes.remove(int(np.argmax(np.abs(normal))))
+    words = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))
+    index = np.zeros(shape, dtype=np.int32)
+    for place, axis in enumerate(reversed(axes)):
+        positive = np.broadcast_to(world[axis] - centre[axis] > -_TIE_MM, shape)
+        index += positive.astype(np.int32) << place
+    names = [OUTSIDE_HEAD]
+    for code in range(2 ** len(axes)):
+        parts = [words[axis][(code >> place) & 1] for place, axis in enumerate(reversed(axes))]
+        names.append("_".join(reversed(parts)))
+    index = np.where(head, index + 1, 0).astype(np.int32)
+    return Partition(index=index, ids=tuple(range(len(names))), names=tuple(names))
+
+
+# ----------------------------------------------------------------------------------------------- masks
+
+def _stem(name: str) -> str:
+    lower = name.lower()
+    for suffix in (*_NIFTI_SUFFIXES, ".dcm"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_mask(masks_dir: str | Path, scan: Scan) -> Path | None:
+    """The mask for ``scan`` under ``masks_dir``, or None.
+
+    Looked for, in order: the scan's own relative path; a file or series folder named after the scan_id; one
+    named after the source's file stem (or folder name). A name may end in ``_mask``, ``_seg`` or ``_label``.
+    Two equally good candidates are an error rather than a guess.
+    """
+    root = Path(masks_dir)
+    if not root.is_dir():
+        raise SettingsError(f"{root}: masks folder not found")
+    source = Path(scan.source)
+    same_path = root / source
+    if source.parts and (same_path.is_file() or same_path.is_dir()):
+        return same_path
+    candidates = _mask_candidates(root)
+    for key in (scan.scan_id, _stem(source.name)):
+        if not key:
+            continue
+        wanted = {key + suffix for suffix in _MASK_NAME_SUFFIXES}
+        hits = [path for name, path in candidates if name in wanted]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            listed = ", ".join(str(h.relative_to(root)) for h in sorted(hits))
+            raise ScanError(scan.source, f"several masks match '{key}' under {root}: {listed}", "regions")
+    return None
+
+
+def _mask_candidates(root: Path) -> list[tuple[str, Path]]:
+    """NIfTI files and leaf folders (a DICOM series) under ``root``, keyed by their stem or folder name."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name.lower().endswith(_NIFTI_SUFFIXES):
+            found.append((_stem(path.name), path))
+        elif path.is_dir() and not any(child.is_dir() for child in path.iterdir()):
+            found.append((path.name, path))
+    return found
+
+
+def load_mask(path: str | Path, scan: Scan) -> np.ndarray:
+    """A binary mask (any non-zero label) on the scan's grid, resampled nearest neighbour via the affines.
+
+    NIfTI files are read here; a DICOM series folder goes through the package's scan readers.
+    """
+    path = Path(path)
+    if path.is_dir():
+        data, affine = _read_dicom_mask(path)
+    else:
+        data, affine = _read_nifti_mask(path)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise ScanError(str(path), f"mask must be 3D, got shape {data.shape}", "regions")
+    binary = np.asarray(data != 0) & np.isfinite(data)
+    try:
+        return resample_nearest(binary, affine, scan.shape, scan.affine, fill=False).astype(bool)
+    except ValueError as exc:
+        raise ScanError(str(path), f"mask {exc}", "regions") from exc
+
+
+def _read_nifti_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        return np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for files it cannot read
+        raise ScanError(str(path), f"mask is not a readable NIfTI file ({exc})", "regions") from exc
+
+
+def _read_dicom_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mri_lrp.scans import read_scans  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ScanError(str(path), "DICOM masks need the package's DICOM reader", "regions") from exc
+    scans = list(read_scans(path))
+    if len(scans) != 1:
+        raise ScanError(str(path), f"mask folder holds {len(scans)} series, expected one", "regions")
+    return scans[0].data, scans[0].affine
+
+
+def mask_partition(mask: np.ndarray) -> Partition:
+    """Two regions: ``inside_mask`` (id 1) and ``outside_mask`` (id 0)."""
+    return Partition(index=np.asarray(mask, dtype=bool).astype(np.int32), ids=(0, 1),
+                     names=(OUTSIDE_MASK, INSIDE_MASK))
+
+
+# ------------------------------------------------------------------------------------------------- sums
+
+def region_rows(scan_id: str, relevance: np.ndarray, partition: Partition, voxel_ml: float,
+                mask: np.ndarray | None = None) -> list[dict]:
+    """One row per region (columns REGION_COLUMNS), then ``inside_mask``/``outside_mask`` when a mask is given.
+
+    Sums are accumulated in float64, so each partition adds up to the scan's total to rounding.
+    """
+    rel = np.asarray(relevance)
+    if rel.shape != partition.index.shape:
+        raise ValueError(f"relevance shape {rel.shape} differs from the partition's {partition.index.shape}")
+    total = float(rel.sum(dtype=np.float64))
+    rows = _partition_rows(scan_id, rel, partition, voxel_ml, total)
+    if mask is not None:
+        if np.shape(mask) != rel.shape:
+            raise ValueError(f"mask shape {np.shape(mask)} differs from relevance shape {rel.shape}")
+        rows += _partition_rows(scan_id, rel, mask_partition(mask), voxel_ml, total)
+    return rows
+
+
+def _partition_rows(scan_id: str, rel: np.ndarray, partition: Partition, voxel_ml: float,
+                    total: float) -> list[dict]:
+    n = len(partition.ids)
+    flat_index = partition.index.ravel()
+    flat = rel.ravel().astype(np.float64)
+    voxels = np.bincount(flat_index, minlength=n)
+    pos = np.bincount(flat_index, weights=np.maximum(flat, 0.0), minlength=n)
+    neg = np.bincount(flat_index, weights=np.minimum(flat, 0.0), minlength=n)
+    sums = pos + neg
+    order = sorted(range(n), key=lambda r: (-sums[r], partition.ids[r]))
+    ranks = {region: place + 1 for place, region in enumerate(order)}
+    rows = []
+    for r in range(n):
+        volume = float(voxels[r]) * voxel_ml
+        rows.append({
+            "scan_id": scan_id,
+            "region_id": int(partition.ids[r]),
+            "region_name": partition.names[r],
+            "voxels": int(voxels[r]),
+            "volume_ml": volume,
+            "relevance_sum": float(sums[r]),
+            "relevance_pos": float(pos[r]),
+            "relevance_neg": float(neg[r]),
+            "relevance_fraction": float(sums[r] / total) if total != 0.0 else 0.0,
+            "relevance_density": float(sums[r] / volume) if volume > 0 else 0.0,
+            "rank": ranks[r],
+        })
+    return rows
+
+
+def mask_metrics(relevance: np.ndarray, mask: np.ndarray, voxel_ml: float) -> dict:
+    """Explanation quality against a ground-truth mask.
+
+    ``relevance_mass_accuracy``: positive relevance inside the mask / all positive relevance (0 when there is
+    no positive relevance). ``pointing_game``: the voxel of highest relevance lies inside the mask (False
+    when no voxel has positive relevance). ``mask_volume_ml``: the mask's volume on the scan grid.
+    """
+    rel = np.asarray(relevance, dtype=np.float64)
+    inside = np.asarray(mask, dtype=bool)
+    if inside.shape != rel.shape:
+        raise ValueError(f"mask shape {inside.shape} differs from relevance shape {rel.shape}")
+    positive = np.maximum(rel, 0.0)
+    all_positive = float(positive.sum())
+    accuracy = float(positive[inside].sum() / all_positive) if all_positive > 0 else 0.0
+    peak = int(np.argmax(rel)) if rel.size else 0
+    pointing = bool(rel.size and rel.flat[peak] > 0 and inside.flat[peak])
+    return {"relevance_mass_accuracy": accuracy, "pointing_game": pointing,
+            "mask_volume_ml": float(inside.sum()) * voxel_ml}
+
+
+def top_region(rows: Iterable[Mapping]) -> str:
+    """The anatomical region (mask rows excluded) with the largest relevance_sum; '' when there is none."""
+    best_name, best = "", -np.inf
+    for row in rows:
+        if row["region_name"] in MASK_REGION_NAMES:
+            continue
+        value = float(row["relevance_sum"])
+        if value > best:
+            best_name, best = str(row["region_name"]), value
+    return best_name
+
+
+def by_class_table(summary_rows: Iterable[Mapping], region_rows: Iterable[Mapping]) -> list[dict]:
+    """Mean relevance_sum, fraction and density per (predicted class, region), with the number of scans.
+
+    Works on freshly computed rows or rows read back from CSV (strings); scans without a predicted class in
+    the summary (failed ones) are left out. Classes sort by name; regions keep their first-seen order.
+    """
+    predicted = {str(row["scan_id"]): str(row["predicted_class"]) for row in summary_rows
+                 if row.get("predicted_class") not in (None, "")}
+    groups: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    region_order: dict[str, int] = {}
+    for row in region_rows:
+        cls = predicted.get(str(row["scan_id"]))
+        if cls is None:
+            continue
+        name = str(row["region_name"])
+        region_order.setdefault(name, len(region_order))
+        groups.setdefault((cls, name), []).append((float(row["relevance_sum"]),
+                                                   float(row["relevance_fraction"]),
+                                                   float(row["relevance_density"])))
+    table = []
+    for (cls, name) in sorted(groups, key=lambda key: (key[0], region_order[key[1]])):
+        values = np.asarray(groups[(cls, name)], dtype=np.float64)
+        means = values.mean(axis=0)
+        table.append({"predicted_class": cls, "region_name": name, "scans": len(values),
+                      "mean_relevance_sum": float(means[0]), "mean_relevance_fraction": float(means[1]),
+                      "mean_relevance_density": float(means[2])})
+    return table

@@ -1,0 +1,220 @@
+"""One frozen Settings object for a run: defaults < TOML config < command line, validated before any work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mri_lrp.errors import SettingsError
+
+TARGET_KEYWORDS = ("predicted", "all")
+INIT_MODES = ("prob", "logit", "sglrp")
+
+# Settings that change what is computed; the resume fingerprint covers exactly these.
+RESULT_FIELDS = (
+    "model", "model_kwargs", "class_names", "input_spec", "rule", "alpha", "beta", "epsilon", "gamma",
+    "composite", "overrides", "target", "init", "atlas", "atlas_labels", "masks", "volume",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `mri-lrp explain` needs. Paths are kept as given; validation resolves and checks them."""
+
+    scans: tuple[str, ...] = ()
+    checkpoint: str | None = None
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    trust_checkpoint: bool = False
+    class_names: tuple[str, ...] | None = None
+    input_spec: dict[str, Any] | None = None
+    rule: str = "alphabeta"
+    alpha: float = 2.0
+    beta: float = 1.0
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    composite: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    target: str = "predicted"
+    init: str = "prob"
+    out: str = "mri-lrp-out"
+    device: str = "auto"
+    batch_size: str = "auto"
+    workers: int = 2
+    atlas: str | None = None
+    atlas_labels: str | None = None
+    masks: str | None = None
+    shard: str | None = None
+    resume: bool = True
+    quiet: bool = False
+    volume: int | None = None
+    by_class: bool = False
+
+    def fingerprint(self, checkpoint_sha256: str) -> str:
+        """A short hash of everything that changes results: a resumed run redoes a scan when it differs."""
+        payload = {name: _jsonable(getattr(self, name)) for name in RESULT_FIELDS}
+        payload["checkpoint_sha256"] = checkpoint_sha256
+        for name in ("atlas", "atlas_labels"):
+            if payload[name]:
+                payload[name + "_stat"] = _file_stamp(payload[name])
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+    @property
+    def batch_size_value(self) -> int | None:
+        """The fixed batch size, or None for automatic."""
+        return None if self.batch_size == "auto" else int(self.batch_size)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _file_stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{int(st.st_mtime)}"
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config into option names (dashes or underscores accepted)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"{p}: config file not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SettingsError(f"{p}: not a valid TOML config ({e})") from None
+    known = {f.name for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise SettingsError(f"{p}: unknown option '{key}' (known: {', '.join(sorted(known))})")
+        out[name] = value
+    # Relative paths in a config file are relative to the file, so a config works from any directory.
+    for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks"):
+        if isinstance(out.get(name), str) and not os.path.isabs(out[name]):
+            out[name] = str((p.parent / out[name]).resolve())
+    if isinstance(out.get("scans"), str):
+        out["scans"] = [out["scans"]]
+    if "scans" in out:
+        out["scans"] = [s if os.path.isabs(s) else str((p.parent / s).resolve()) for s in out["scans"]]
+    return out
+
+
+def build_settings(cli: dict[str, Any], config_path: str | None = None) -> Settings:
+    """Merge defaults < config < command line (None on the command line means 'not given')."""
+    values: dict[str, Any] = {}
+    if config_path:
+        values.update(load_config(config_path))
+    values.update({k: v for k, v in cli.items() if v is not None and not (k == "scans" and not v)})
+    for name in ("scans", "class_names"):
+        if values.get(name) is not None:
+            values[name] = tuple(str(v) for v in values[name])
+    if "batch_size" in values:
+        values["batch_size"] = str(values["batch_size"])
+    try:
+        settings = replace(Settings(), **values)
+    except TypeError as e:
+        raise SettingsError(f"bad option: {e}") from None
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Reject mistakes before any work starts, with one message naming the option."""
+    from mri_lrp.lrp import COMPOSITES, RULES
+
+    if not s.scans:
+        raise SettingsError("no scans given: pass one or more files or folders")
+    for path in s.scans:
+        if not os.path.exists(path):
+            raise SettingsError(f"{path}: no such file or folder")
+    if s.rule not in RULES:
+        raise SettingsError(f"--rule: unknown rule '{s.rule}' (choose from {', '.join(sorted(RULES))})")
+    if s.composite is not None and s.composite not in COMPOSITES:
+        raise SettingsError(
+            f"--composite: unknown composite '{s.composite}' (choose from {', '.join(sorted(COMPOSITES))})")
+    for name in ("alpha", "beta", "epsilon", "gamma"):
+        value = getattr(s, name)
+        if not isinstance(value, (int, float)) or value < 0 or value != value:
+            raise SettingsError(f"--{name}: must be a number >= 0, got {value!r}")
+    if s.rule == "alphabeta" and s.alpha == 0 and s.beta == 0:
+        raise SettingsError("--alpha/--beta: both are 0, so every relevance would be 0")
+    if s.init not in INIT_MODES:
+        raise SettingsError(f"--init: must be one of {', '.join(INIT_MODES)}, got '{s.init}'")
+    if not s.target:
+        raise SettingsError("--target: empty")
+    if s.batch_size != "auto":
+        try:
+            if int(s.batch_size) < 1:
+                raise ValueError
+        except ValueError:
+            raise SettingsError(f"--batch-size: must be 'auto' or a whole number >= 1, got '{s.batch_size}'") \
+                from None
+    if not isinstance(s.workers, int) or s.workers < 0:
+        raise SettingsError(f"--workers: must be a whole number >= 0, got {s.workers!r}")
+    _validate_device(s.device)
+    if s.checkpoint is not None and not os.path.isfile(s.checkpoint):
+        raise SettingsError(f"{s.checkpoint}: checkpoint file not found")
+    if s.model is not None and ":" not in s.model:
+        raise SettingsError(f"--model: expected MODULE:CLASS (e.g. monai.networks.nets:DenseNet121), got '{s.model}'")
+    if s.model is not None and s.checkpoint is None:
+        raise SettingsError("--model needs --checkpoint (the state_dict file to load into it)")
+    if (s.atlas is None) != (s.atlas_labels is None):
+        raise SettingsError("--atlas and --atlas-labels go together: give both or neither")
+    for name in ("atlas", "atlas_labels"):
+        path = getattr(s, name)
+        if path is not None and not os.path.isfile(path):
+            raise SettingsError(f"{path}: --{name.replace('_', '-')} file not found")
+    if s.masks is not None and not os.path.isdir(s.masks):
+        raise SettingsError(f"{s.masks}: --masks folder not found")
+    if s.volume is not None and s.volume < 0:
+        raise SettingsError(f"--volume: must be >= 0, got {s.volume}")
+    if s.shard is not None:
+        from mri_lrp.shard import Shard
+
+        Shard.parse(s.shard)
+    _validate_out(s.out)
+
+
+def _validate_device(device: str) -> None:
+    import torch
+
+    if device in ("auto", "cpu"):
+        return
+    if device == "cuda" or device.startswith("cuda:"):
+        index = device.partition(":")[2]
+        if index and not index.isdigit():
+            raise SettingsError(f"--device: bad CUDA index in '{device}'")
+        if not torch.cuda.is_available():
+            raise SettingsError(f"--device {device}: CUDA is not available on this machine")
+        if index and int(index) >= torch.cuda.device_count():
+            raise SettingsError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return
+    raise SettingsError(f"--device: must be auto, cpu, cuda or cuda:N, got '{device}'")
+
+
+def _validate_out(out: str) -> None:
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise SettingsError(f"{out}: --out exists and is not a folder")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SettingsError(f"{out}: --out is not writable")
