@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -38,43 +38,43 @@ def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
 
 @app.command()
 def explain(
-    scans: Annotated[Optional[list[str]], typer.Argument(help="Scan files or folders (DICOM, NIfTI).")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option(help="Model checkpoint (default: the shipped demo model).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="MODULE:CLASS for a plain state_dict checkpoint.")] = None,
-    model_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --model.")] = None,
-    trust_checkpoint: Annotated[Optional[bool], typer.Option(
+    scans: Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Model checkpoint (default: the shipped demo model).")] = None,
+    model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict checkpoint.")] = None,
+    model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
+    trust_checkpoint: Annotated[bool | None, typer.Option(
         "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).")] = None,
-    rule: Annotated[Optional[str], typer.Option("--rule", "-r", help="LRP rule on every conv/linear layer.")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="αβ rule: weight of positive contributions.")] = None,
-    beta: Annotated[Optional[float], typer.Option(help="αβ rule: weight of negative contributions.")] = None,
-    epsilon: Annotated[Optional[float], typer.Option(help="ε rule stabiliser.")] = None,
-    gamma: Annotated[Optional[float], typer.Option(help="γ rule: extra weight on positive weights.")] = None,
-    composite: Annotated[Optional[str], typer.Option(help="Per-layer rule preset (overrides --rule).")] = None,
-    target: Annotated[Optional[str], typer.Option(help="predicted | CLASS_NAME | INDEX | all.")] = None,
-    init: Annotated[Optional[str], typer.Option(help="Output relevance: prob | logit | sglrp.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    batch_size: Annotated[Optional[str], typer.Option("--batch-size", "-b", help="auto | N.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Reader processes (0: inline).")] = None,
-    atlas: Annotated[Optional[str], typer.Option(help="Label image in the scans' world space.")] = None,
-    atlas_labels: Annotated[Optional[str], typer.Option(help="Label table (TSV/CSV/FreeSurfer LUT).")] = None,
-    masks: Annotated[Optional[str], typer.Option(help="Folder of masks matched to scans by id or stem.")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="TOML file of options.")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="I/N: take shard I of N (0-based).")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume",
+    rule: Annotated[str | None, typer.Option("--rule", "-r", help="LRP rule on every conv/linear layer.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
+    beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="γ rule: extra weight on positive weights.")] = None,
+    composite: Annotated[str | None, typer.Option(help="Per-layer rule preset (overrides --rule).")] = None,
+    target: Annotated[str | None, typer.Option(help="predicted | CLASS_NAME | INDEX | all.")] = None,
+    init: Annotated[str | None, typer.Option(help="Output relevance: prob | logit | sglrp.")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", "-b", help="auto | N.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Reader processes (0: inline).")] = None,
+    atlas: Annotated[str | None, typer.Option(help="Label image in the scans' world space.")] = None,
+    atlas_labels: Annotated[str | None, typer.Option(help="Label table (TSV/CSV/FreeSurfer LUT).")] = None,
+    masks: Annotated[str | None, typer.Option(help="Folder of masks matched to scans by id or stem.")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="TOML file of options.")] = None,
+    shard: Annotated[str | None, typer.Option(help="I/N: take shard I of N (0-based).")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume/--no-resume",
                                                    help="Skip scans already done with the same settings.")] = None,
-    quiet: Annotated[Optional[bool], typer.Option("--quiet", "-q", help="Only failures and the summary.")] = None,
-    volume: Annotated[Optional[int], typer.Option(help="4D NIfTI: explain only this volume (0-based).")] = None,
-    by_class: Annotated[Optional[bool], typer.Option(
+    quiet: Annotated[bool | None, typer.Option("--quiet", "-q", help="Only failures and the summary.")] = None,
+    volume: Annotated[int | None, typer.Option(help="4D NIfTI: explain only this volume (0-based).")] = None,
+    by_class: Annotated[bool | None, typer.Option(
         "--by-class", help="Also write regions_by_class.csv (mean per region per predicted class).")] = None,
 ) -> None:
     """Explain every scan found: heatmap overlays, relevance volumes and region tables."""
+    cli = dict(locals())
+    cli.pop("config")
     from mri_lrp.pipeline import run_explain
     from mri_lrp.progress import Reporter
     from mri_lrp.settings import build_settings
 
-    cli = dict(locals())
-    cli.pop("config")
     cli["model_kwargs"] = _json_option(model_kwargs, "--model-kwargs")
     try:
         settings = build_settings(cli, config)
@@ -88,7 +88,7 @@ def explain(
 def inspect(
     scans: Annotated[list[str], typer.Argument(help="Scan files or folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows for scripts.")] = False,
-    volume: Annotated[Optional[int], typer.Option(help="4D NIfTI: only this volume.")] = None,
+    volume: Annotated[int | None, typer.Option(help="4D NIfTI: only this volume.")] = None,
 ) -> None:
     """List what `explain` would read, one row per scan, without loading a model."""
     from mri_lrp.scans import inspect_rows
@@ -108,12 +108,12 @@ def inspect(
 
 @app.command()
 def info(
-    checkpoint: Annotated[Optional[str], typer.Argument(help="Checkpoint (default: the demo model).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
-    model_kwargs: Annotated[Optional[str], typer.Option(help="JSON keyword arguments for --model.")] = None,
+    checkpoint: Annotated[str | None, typer.Argument(help="Checkpoint (default: the demo model).")] = None,
+    model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
+    model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
     rule: Annotated[str, typer.Option(help="Rule to show per layer.")] = "alphabeta",
-    composite: Annotated[Optional[str], typer.Option(help="Composite to show per layer.")] = None,
+    composite: Annotated[str | None, typer.Option(help="Composite to show per layer.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The model: classes, input spec, parameters, and the LRP rule each layer would get."""
@@ -131,7 +131,8 @@ def info(
     layers = desc.pop("layers", [])
     for key, value in desc.items():
         typer.echo(f"{key:>16}: {value}")
-    _print_table([{"layer": n, "type": t, "rule": r} for n, t, r in layers], ["layer", "type", "rule"])
+    _print_table([{"layer": la["name"], "type": la["type"], "rule": la["rule"]} for la in layers],
+                 ["layer", "type", "rule"])
 
 
 @app.command()

@@ -20,6 +20,10 @@ LABELS: tuple[str, ...] = ("glioma", "meningioma", "pituitary", "no_tumour")
 ORIENTATIONS: tuple[str, ...] = ("RAS", "LAS", "LPS")
 FIELD_OF_VIEW_MM: tuple[float, float, float] = (192.0, 224.0, 200.0)  # R-L, A-P, S-I extent of the grid
 
+#: Codes of the tissue label map (``Phantom.tissues``): the normal anatomy, drawn before any lesion.
+TISSUES: dict[str, int] = {"background": 0, "scalp": 1, "skull": 2, "csf": 3, "grey_matter": 4,
+                           "white_matter": 5, "ventricle": 6, "soft_tissue": 7, "pituitary_gland": 8}
+
 _AXIS_OF_CODE = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
 
 
@@ -28,12 +32,14 @@ class Phantom:
     """One generated scan: data on its stored grid, the voxel -> world RAS affine, and the lesion mask.
 
     ``mask`` marks the whole lesion (for glioma that includes the surrounding oedema, as in the BraTS
-    whole-tumour convention); it is all zero for ``no_tumour``.
+    whole-tumour convention); it is all zero for ``no_tumour``. ``tissues`` labels the normal anatomy
+    (``TISSUES`` codes) under any lesion: a ground-truth atlas of the phantom.
     """
 
     volume: np.ndarray        # float32 (I, J, K)
     affine: np.ndarray        # float64 (4, 4)
     mask: np.ndarray          # uint8 (I, J, K)
+    tissues: np.ndarray       # uint8 (I, J, K), TISSUES codes of the head without the lesion
     label: str
     seed: int
     orientation: str
@@ -97,7 +103,7 @@ def generate_phantom(seed: int, label: str | None = None, *, shape: tuple[int, i
         shape = tuple(int(np.ceil(e / s)) for e, s in zip(extent, spacing, strict=True))  # type: ignore[assignment]
     affine = grid_affine(shape, spacing, orientation)  # type: ignore[arg-type]
 
-    head = _draw_head(head_rng)
+    head = _as_float32(_draw_head(head_rng))
     q = _head_coordinates(shape, affine, head["center"], head["rotation"])  # type: ignore[arg-type]
     edge = 0.5 * float(min(spacing))  # soft tissue boundaries, about one voxel wide (partial volume)
     image, anatomy = _render_head(q, head, edge)
@@ -106,8 +112,10 @@ def generate_phantom(seed: int, label: str | None = None, *, shape: tuple[int, i
     center_local: np.ndarray | None = None
     if label != "no_tumour":
         draw = {"glioma": _draw_glioma, "meningioma": _draw_meningioma, "pituitary": _draw_pituitary}[label]
-        lesion = draw(tumour_rng, head, anatomy, q)
-        image, mask = _render_lesion(image, lesion, anatomy, q, edge)
+        lesion = _as_float32(draw(tumour_rng, head, anatomy))
+        box = _lesion_box(lesion, head, affine, image.shape)
+        local = {k: (v[box] if isinstance(v, np.ndarray) and v.ndim == 3 else v) for k, v in anatomy.items()}
+        mask[box] = _render_lesion(image[box], lesion, local, [c[box] for c in q], edge)
         center_local = lesion["center"]
 
     image *= _bias_field(q, head["bias"])
@@ -120,8 +128,39 @@ def generate_phantom(seed: int, label: str | None = None, *, shape: tuple[int, i
     if center_local is not None:
         world = head["rotation"] @ center_local + head["center"]
         center_world = tuple(float(v) for v in world)
-    return Phantom(volume=volume, affine=affine, mask=mask.astype(np.uint8), label=label, seed=seed,
+    return Phantom(volume=volume, affine=affine, mask=mask.astype(np.uint8), tissues=anatomy["tissue"],
+                   label=label, seed=seed,
                    orientation=orientation, lesion_center_mm=center_world)  # type: ignore[arg-type]
+
+
+def _as_float32(params: dict) -> dict:
+    """Parameters as float32 arrays and Python floats, so float32 volumes are never promoted to float64."""
+    out: dict = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out[key] = _as_float32(value)
+        elif isinstance(value, tuple):
+            out[key] = tuple(np.asarray(v, dtype=np.float32) for v in value)
+        elif isinstance(value, np.ndarray):
+            out[key] = value.astype(np.float32)
+        elif isinstance(value, (float, np.floating)):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _lesion_box(lesion: dict, head: dict, affine: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The voxel box that holds the whole lesion (with oedema and margin): lesions are drawn only there."""
+    reach = float(np.max(lesion["radii"])) * (1.0 + float(np.sum(lesion["ripple"][2])))
+    reach = reach * float(lesion.get("oedema_extent", 1.0)) * (1.0 + float(np.sum(
+        lesion.get("oedema_ripple", ((), (), np.zeros(1)))[2]))) + 6.0
+    world = head["rotation"].astype(float) @ lesion["center"] + head["center"]
+    voxel = np.linalg.solve(affine, np.append(world, 1.0))[:3]
+    half = reach / np.linalg.norm(affine[:3, :3], axis=0)
+    lo = np.clip(np.floor(voxel - half), 0, shape).astype(int)
+    hi = np.clip(np.ceil(voxel + half) + 1, 0, shape).astype(int)
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
 
 
 def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
@@ -142,7 +181,7 @@ def _draw_head(rng: np.random.Generator) -> dict:
     wm = 1.0
     return {
         "axes": axes,
-        "center": rng.normal(0.0, 4.0, size=3) + np.array([0.0, 0.0, 10.0]),
+        "center": rng.normal(0.0, 3.0, size=3),
         "rotation": _rotation(rng, 8.0),
         "shape_waves": (rng.normal(size=(4, 3)), rng.uniform(0, 2 * np.pi, 4), rng.uniform(-0.02, 0.02, 4)),
         "scalp": rng.uniform(4.0, 7.0),
@@ -206,22 +245,28 @@ def _render_head(q: list[np.ndarray], head: dict, edge: float) -> tuple[np.ndarr
     tone = head["intensity"]
 
     image = np.zeros(rho.shape, dtype=np.float32)
-    _mix(image, tone["scalp"], _step(depth, edge))
+    tissue = np.zeros(rho.shape, dtype=np.uint8)
+
+    def paint(value: float, weight: np.ndarray, name: str) -> None:
+        _mix(image, value, weight)
+        tissue[weight > 0.5] = TISSUES[name]
+
+    paint(tone["scalp"], _step(depth, edge), "scalp")
     skull_outer = head["scalp"]
     skull_inner = skull_outer + head["skull"]
-    _mix(image, tone["skull"], _step(depth - skull_outer, edge))
+    paint(tone["skull"], _step(depth - skull_outer, edge), "skull")
     marrow = _step(depth - skull_outer - 0.35 * head["skull"], edge) * _step(
         skull_outer + 0.65 * head["skull"] - depth, edge)
-    _mix(image, tone["marrow"], marrow)
+    paint(tone["marrow"], marrow, "skull")
     inside_skull = _step(depth - skull_inner, edge)
     base = head["base"]
     below_base = _step(base - 3.0 - z, edge)  # skull base: a bony floor, soft tissue underneath
     floor = _step(z - (base - 3.0), edge) * _step(base + 1.0 - z, edge)
-    _mix(image, tone["csf"], inside_skull)
+    paint(tone["csf"], inside_skull, "csf")
 
     brain_depth = depth - skull_inner - head["csf"]
     brain = _step(brain_depth, edge) * _step(z - (base + 1.0), edge)
-    _mix(image, tone["gm"], brain)
+    paint(tone["gm"], brain, "grey_matter")
 
     fold = np.zeros_like(x)
     waves, wavelengths, phases = head["folds"]
@@ -232,9 +277,9 @@ def _render_head(q: list[np.ndarray], head: dict, edge: float) -> tuple[np.ndarr
     afold = np.abs(fold)
     wm_depth = head["cortex"] + head["sulcus_depth"] * np.clip(1.0 - afold / 0.55, 0.0, 1.0)
     white = brain * _step(brain_depth - wm_depth - 4.0, edge) * _step(z - (base + 8.0), edge)
-    _mix(image, tone["wm"], white)
-    sulcus = brain * _step(head["sulcus_depth"] * np.clip(1.0 - afold / 0.12, 0.0, 1.0) - brain_depth, edge)
-    _mix(image, tone["csf"], sulcus)
+    paint(tone["wm"], white, "white_matter")
+    sulcus = brain * _step(head["sulcus_depth"] * np.clip(1.0 - afold / 0.18, 0.0, 1.0) - brain_depth, edge)
+    paint(tone["csf"], sulcus, "csf")
 
     v = head["ventricles"]
     vx, vy, vz = x - v["center"][0], y - v["center"][1], z - v["center"][2]
@@ -246,15 +291,15 @@ def _render_head(q: list[np.ndarray], head: dict, edge: float) -> tuple[np.ndarr
         ventricle = np.maximum(ventricle, _step((1.0 - r) * rx, edge))
     third = np.sqrt((vx / 1.5) ** 2 + ((vy + 4.0) / 9.0) ** 2 + ((z - v["center"][2] + 14.0) / 7.0) ** 2)
     ventricle = np.maximum(ventricle, _step((1.0 - third) * 1.5, edge))
-    _mix(image, tone["csf"], ventricle * brain)
+    paint(tone["csf"], ventricle * brain, "ventricle")
 
-    _mix(image, tone["soft"], inside_skull * below_base)
-    _mix(image, tone["skull"], inside_skull * floor)
-    sella = np.array([0.0, 8.0, base + 2.5])
+    paint(tone["soft"], inside_skull * below_base, "soft_tissue")
+    paint(tone["skull"], inside_skull * floor, "skull")
+    sella = np.array([0.0, 8.0, base + 2.5], dtype=np.float32)
     gland = np.sqrt((x / 5.0) ** 2 + ((y - sella[1]) / 4.0) ** 2 + ((z - sella[2]) / 3.0) ** 2)
-    _mix(image, tone["gm"] * 1.1, _step((1.0 - gland) * 3.0, edge))
+    paint(tone["gm"] * 1.1, _step((1.0 - gland) * 3.0, edge), "pituitary_gland")
 
-    anatomy = {"depth": depth, "brain_depth": brain_depth, "brain": brain, "white": white,
+    anatomy = {"tissue": tissue, "depth": depth, "brain_depth": brain_depth, "brain": brain, "white": white,
                "ventricle": ventricle, "skull_inner": skull_inner, "sella": sella, "rho_scale": float(
                    np.mean(head["axes"]))}
     return image, anatomy
@@ -277,7 +322,7 @@ def _blob(q: list[np.ndarray], center: np.ndarray, radii: np.ndarray, ripple: tu
     return (outline - r) * float(np.mean(radii))
 
 
-def _draw_glioma(rng: np.random.Generator, head: dict, anatomy: dict, q: list[np.ndarray]) -> dict:
+def _draw_glioma(rng: np.random.Generator, head: dict, anatomy: dict) -> dict:
     """Intra-axial: anywhere in the cerebral white matter, irregular, necrotic core, enhancing rim, oedema."""
     ax, ay, az = head["axes"]
     v = head["ventricles"]
@@ -294,12 +339,12 @@ def _draw_glioma(rng: np.random.Generator, head: dict, anatomy: dict, q: list[np
         "kind": "glioma", "center": point, "radii": radius * rng.uniform(0.8, 1.2, size=3),
         "ripple": _lobulated_radius(rng, 0.2), "necrosis": rng.uniform(0.0, 0.6),
         "rim": rng.uniform(1.05, 1.35), "core": rng.uniform(0.25, 0.45),
-        "oedema_extent": rng.uniform(1.3, 1.9), "oedema_ripple": _lobulated_radius(rng, 0.3),
+        "oedema_extent": rng.uniform(1.25, 1.6), "oedema_ripple": _lobulated_radius(rng, 0.3),
         "oedema": rng.uniform(0.6, 0.8),
     }
 
 
-def _draw_meningioma(rng: np.random.Generator, head: dict, anatomy: dict, q: list[np.ndarray]) -> dict:
+def _draw_meningioma(rng: np.random.Generator, head: dict, anatomy: dict) -> dict:
     """Extra-axial: a dome on the inner table of the skull anywhere over the convexity, bright and smooth."""
     while True:
         direction = rng.normal(size=3)
@@ -314,19 +359,19 @@ def _draw_meningioma(rng: np.random.Generator, head: dict, anatomy: dict, q: lis
             "ripple": _lobulated_radius(rng, 0.05), "brightness": rng.uniform(1.15, 1.4)}
 
 
-def _draw_pituitary(rng: np.random.Generator, head: dict, anatomy: dict, q: list[np.ndarray]) -> dict:
+def _draw_pituitary(rng: np.random.Generator, head: dict, anatomy: dict) -> dict:
     """Midline, in the sella: a small, rounded adenoma growing upward from the gland."""
-    radius = rng.uniform(5.0, 10.0)
+    radius = rng.uniform(6.0, 11.0)
     sella = anatomy["sella"]
     center = np.array([rng.normal(0.0, 1.0), sella[1] + rng.normal(0.0, 1.5), sella[2] + 0.6 * radius])
     return {"kind": "pituitary", "center": center, "radii": radius * rng.uniform(0.85, 1.15, size=3),
-            "ripple": _lobulated_radius(rng, 0.08), "brightness": rng.uniform(0.85, 1.15),
+            "ripple": _lobulated_radius(rng, 0.08), "brightness": rng.uniform(1.1, 1.4),
             "texture": rng.uniform(0.0, 0.1)}
 
 
 def _render_lesion(image: np.ndarray, lesion: dict, anatomy: dict, q: list[np.ndarray],
-                   edge: float) -> tuple[np.ndarray, np.ndarray]:
-    """Paint the lesion (replacing tissue, no mass effect) and return the image and its mask."""
+                   edge: float) -> np.ndarray:
+    """Paint the lesion into ``image`` in place (it replaces tissue; no mass effect) and return its mask."""
     inside = _blob(q, lesion["center"], lesion["radii"], lesion["ripple"])
     wm = 1.0
     if lesion["kind"] == "glioma":
@@ -350,7 +395,7 @@ def _render_lesion(image: np.ndarray, lesion: dict, anatomy: dict, q: list[np.nd
         texture = 1.0 + lesion["texture"] * np.sin(0.7 * x) * np.sin(0.6 * y + 1.0) * np.sin(0.8 * z)
         _mix(image, lesion["brightness"] * wm * texture, tumour)
         mask = tumour > 0.5
-    return image, mask
+    return mask
 
 
 def _bias_field(q: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ from mri_lrp.outputs import (
 )
 from mri_lrp.progress import Reporter
 from mri_lrp.regions import (
+    BY_CLASS_COLUMNS,
     REGION_COLUMNS,
     atlas_partition,
     builtin_partition,
@@ -54,7 +55,7 @@ from mri_lrp.regions import (
     top_region,
 )
 from mri_lrp.render import render_overlay
-from mri_lrp.scans import ScanRef, discover, read_scan
+from mri_lrp.scans import ScanRef, Skipped, discover, read_scan
 from mri_lrp.scans.scan import Scan
 from mri_lrp.settings import Settings
 from mri_lrp.shard import Shard, assign, local_device_from_env, shard_from_env
@@ -122,6 +123,7 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     fingerprint = settings.fingerprint(loaded.sha256)
 
     refs, skipped = discover(list(settings.scans), volume=settings.volume)
+    refs, skipped = exclude_own_files(refs, skipped, settings)
     stats.found, stats.skipped_files = len(refs), len(skipped)
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}")
@@ -152,10 +154,10 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
 
     summary, regions = collect_results(out, refs, fingerprint)
     write_csv(tables_dir / "summary.csv", summary, SUMMARY_COLUMNS)
-    write_csv(tables_dir / "regions.csv", regions, ["target_class", *REGION_COLUMNS])
+    write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
     write_csv(tables_dir / "failures.csv", failures, FAILURE_COLUMNS)
     if settings.by_class:
-        write_csv(tables_dir / "regions_by_class.csv", by_class_table(summary, regions), [])
+        write_csv(tables_dir / "regions_by_class.csv", by_class_table(summary, regions), BY_CLASS_COLUMNS)
     stats.done = len(summary)
     wall = time.time() - t_start
     atomic_write_json(tables_dir / "run.json", run_manifest(settings, loaded, device, stats, wall, shard))
@@ -165,6 +167,23 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     if not refs or (stats.done == 0 and stats.failed and all(f["stage"] == "read" for f in failures)):
         return EXIT_NO_SCANS
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def exclude_own_files(refs: list[ScanRef], skipped: list, settings: Settings) -> tuple[list[ScanRef], list]:
+    """Masks, atlas and earlier outputs may sit inside the scanned folder: they are inputs of another kind."""
+    own = [(Path(p).resolve(), why) for p, why in (
+        (settings.masks, "under --masks"), (settings.out, "under --out"), (settings.atlas, "the --atlas image"))
+        if p]
+    kept = []
+    for ref in refs:
+        files = [Path(p).resolve() for p in ref.paths]
+        why = next((why for root, why in own if files and all(f == root or root in f.parents for f in files)),
+                   None)
+        if why is None:
+            kept.append(ref)
+        else:
+            skipped.append(Skipped(ref.source, f"{why}, not a scan"))
+    return kept, skipped
 
 
 def rule_params(settings: Settings) -> dict[str, Any]:
@@ -516,7 +535,7 @@ class ScanWriter:
             )
             files.append(f"overlay{suffix}.png")
             if n == 0:
-                metrics = mask_metrics(rel, mask) if mask is not None else {}
+                metrics = mask_metrics(rel, mask, voxel_ml) if mask is not None else {}
                 total = float(rel.sum(dtype=np.float64))
                 out_rel = res.output_relevance[n]
                 first = {
@@ -531,7 +550,7 @@ class ScanWriter:
         volume = np.stack(maps, axis=-1) if multi else maps[0]
         save_nifti(scan_dir / "relevance.nii.gz", volume, scan.affine)
         files.append("relevance.nii.gz")
-        write_csv(scan_dir / "regions.csv", rows, ["target_class", *REGION_COLUMNS])
+        write_csv(scan_dir / "regions.csv", rows, [*REGION_COLUMNS, "target_class"])
         files.append("regions.csv")
         seconds = res.seconds + (time.perf_counter() - t0)
         summary = {

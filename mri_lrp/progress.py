@@ -23,8 +23,7 @@ class Reporter:
     def start(self, total: int) -> None:
         self.total, self.count, self.t0 = total, 0, time.time()
         if self.tty and not self.quiet and total:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
                 TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(),

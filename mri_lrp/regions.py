@@ -21,6 +21,7 @@ import io
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from mri_lrp.scans.scan import Scan
 
 REGION_COLUMNS = ["scan_id", "region_id", "region_name", "voxels", "volume_ml", "relevance_sum",
                   "relevance_pos", "relevance_neg", "relevance_fraction", "relevance_density", "rank"]
-BY_CLASS_COLUMNS = ["predicted_class", "region_name", "scans", "mean_relevance_sum",
+BY_CLASS_COLUMNS = ["predicted_class", "target_class", "region_name", "scans", "mean_relevance_sum",
                     "mean_relevance_fraction", "mean_relevance_density"]
 BACKGROUND = "background"
 OUTSIDE_HEAD = "outside_head"
@@ -171,8 +172,8 @@ def read_label_table(path: str | Path) -> dict[int, str]:
     if not _is_int(first[0]):  # a header row
         headers = [h.strip().lower() for h in first]
         id_col = next((headers.index(h) for h in _ID_HEADERS if h in headers), 0)
-        name_col = next((headers.index(h) for h in _NAME_HEADERS if h in headers and headers.index(h) != id_col),
-                        1 if id_col != 1 else 0)
+        name_cols = [headers.index(h) for h in _NAME_HEADERS if h in headers and headers.index(h) != id_col]
+        name_col = name_cols[0] if name_cols else (1 if id_col != 1 else 0)
         rows = rows[1:]
     table: dict[int, str] = {}
     for line_no, fields in rows:
@@ -232,7 +233,7 @@ def _is_number(text: str) -> bool:
 
 
 def atlas_partition(atlas: Atlas, scan: Scan) -> Partition:
-    """The atlas's regions on the scan's grid (nearest neighbour through the affines; atlas must be registered).
+    """The atlas regions on the scan grid, nearest neighbour through the affines (atlas already registered).
 
     Rows are the labels present in the atlas image (plus background), so every scan gets the same regions.
     """
@@ -245,30 +246,24 @@ def atlas_partition(atlas: Atlas, scan: Scan) -> Partition:
 # -------------------------------------------------------------------------------------- built-in regions
 
 def head_mask(data: np.ndarray) -> np.ndarray:
-    """Voxels brighter than an Otsu threshold: a rough head, enough to find its centre."""
-    values = np.asarray(data, dtype=np.float32)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0 or finite.min() == finite.max():
-        return np.isfinite(values)
-    threshold = otsu_threshold(finite)
-    return np.isfinite(values) & (values > threshold)
+    """A rough head: voxels above 10% of the robust (2nd-98th percentile) range, with enclosed holes filled.
 
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """The threshold that best separates two intensity classes (maximal between-class variance)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    weight_lo = np.cumsum(hist, dtype=np.float64)
-    weight_hi = weight_lo[-1] - weight_lo
-    mass_lo = np.cumsum(hist * centres, dtype=np.float64)
-    mean_lo = mass_lo / np.maximum(weight_lo, 1)
-    mean_hi = (mass_lo[-1] - mass_lo) / np.maximum(weight_hi, 1)
-    between = weight_lo * weight_hi * (mean_lo - mean_hi) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
+    Skull, CSF and necrotic cores are dark on T1 but lie inside the head; a voxel counts as inside when bright
+    voxels surround it along all three grid axes, which fills such holes without filling in the background.
+    """
+    values = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = np.percentile(values, [2.0, 98.0]) if values.size else (0.0, 0.0)
+    bright = values > low + 0.1 * (high - low)
+    inside = np.ones_like(bright)
+    for axis in range(3):
+        before = np.logical_or.accumulate(bright, axis=axis)
+        after = np.flip(np.logical_or.accumulate(np.flip(bright, axis), axis=axis), axis)
+        inside &= before & after
+    return inside
 
 
 def builtin_partition(scan: Scan) -> Partition:
-    """Left/right x anterior/posterior x superior/inferior around the head's centre, in world RAS, plus outside.
+    """Left/right x anterior/posterior x superior/inferior around the head centre in world RAS, plus outside.
 
     The centre is the mean world position of the head mask. Single-slice scans are not split along the world
     axis closest to their slice normal (every voxel would sit on one side), so their names have two parts.
@@ -282,7 +277,10 @@ def builtin_partition(scan: Scan) -> Partition:
     centre = [float(np.broadcast_to(w, shape)[head].sum() / count) for w in world]
     axes = [0, 1, 2]
     if scan.is_2d:
-        normal = np.asarray(scan.affine, dtype=np.float64)[:3, 2]
+        columns = np.asarray(scan.affine, dtype=np.float64)[:3, :3]
+        normal = columns[:, 2]
+        if not np.linalg.norm(normal) > 0:
+            normal = np.cross(columns[:, 0], columns[:, 1])
         if np.linalg.norm(normal) > 0:
             axes.remove(int(np.argmax(np.abs(normal))))
     words = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))
@@ -312,39 +310,52 @@ def find_mask(masks_dir: str | Path, scan: Scan) -> Path | None:
     """The mask for ``scan`` under ``masks_dir``, or None.
 
     Looked for, in order: the scan's own relative path; a file or series folder named after the scan_id; one
-    named after the source's file stem (or folder name). A name may end in ``_mask``, ``_seg`` or ``_label``.
+    named after the source's file stem or series folder (also when the scan was given as the root itself). A
+    name may end in ``_mask``, ``_seg`` or ``_label``.
     Two equally good candidates are an error rather than a guess.
     """
     root = Path(masks_dir)
     if not root.is_dir():
         raise SettingsError(f"{root}: masks folder not found")
     source = Path(scan.source)
-    same_path = root / source
-    if source.parts and (same_path.is_file() or same_path.is_dir()):
-        return same_path
-    candidates = _mask_candidates(root)
-    for key in (scan.scan_id, _stem(source.name)):
-        if not key:
+    if source.parts and not source.is_absolute():
+        same_path = root / source
+        if same_path.is_file() or same_path.is_dir():
+            return same_path
+    candidates = _mask_candidates(str(root.resolve()), root.stat().st_mtime_ns)
+    keys = [scan.scan_id, _stem(source.name)]
+    if scan.paths:  # the scan's own file (NIfTI) or folder (DICOM), also when it was given as the root itself
+        first = Path(scan.paths[0])
+        keys.append(first.parent.name if scan.kind == "dicom" else _stem(first.name))
+    for key in dict.fromkeys(keys):
+        if not key or key == ".":
             continue
         wanted = {key + suffix for suffix in _MASK_NAME_SUFFIXES}
         hits = [path for name, path in candidates if name in wanted]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            listed = ", ".join(str(h.relative_to(root)) for h in sorted(hits))
+            listed = ", ".join(str(h.relative_to(root.resolve())) for h in sorted(hits))
             raise ScanError(scan.source, f"several masks match '{key}' under {root}: {listed}", "regions")
     return None
 
 
-def _mask_candidates(root: Path) -> list[tuple[str, Path]]:
-    """NIfTI files and leaf folders (a DICOM series) under ``root``, keyed by their stem or folder name."""
+@lru_cache(maxsize=8)
+def _mask_candidates(root: str, mtime_ns: int) -> tuple[tuple[str, Path], ...]:
+    """NIfTI files and leaf folders of other files (a DICOM series) under ``root``, keyed by stem or name.
+
+    Listed once per folder (and modification time) rather than once per scan: a run over thousands of scans
+    asks for the same listing each time.
+    """
     found = []
-    for path in sorted(root.rglob("*")):
+    for path in sorted(Path(root).rglob("*")):
         if path.is_file() and path.name.lower().endswith(_NIFTI_SUFFIXES):
             found.append((_stem(path.name), path))
-        elif path.is_dir() and not any(child.is_dir() for child in path.iterdir()):
-            found.append((path.name, path))
-    return found
+        elif path.is_dir():
+            children = list(path.iterdir())
+            if children and not any(c.is_dir() or c.name.lower().endswith(_NIFTI_SUFFIXES) for c in children):
+                found.append((path.name, path))
+    return tuple(found)
 
 
 def load_mask(path: str | Path, scan: Scan) -> np.ndarray:
@@ -381,14 +392,14 @@ def _read_nifti_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_dicom_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from mri_lrp.scans import read_scans  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ScanError(str(path), "DICOM masks need the package's DICOM reader", "regions") from exc
-    scans = list(read_scans(path))
-    if len(scans) != 1:
-        raise ScanError(str(path), f"mask folder holds {len(scans)} series, expected one", "regions")
-    return scans[0].data, scans[0].affine
+    """A mask stored as a DICOM series folder, read by the same readers as the scans."""
+    from mri_lrp.scans import discover, read_scan
+
+    refs, _ = discover([str(path)], volume=None)
+    if len(refs) != 1:
+        raise ScanError(str(path), f"mask folder holds {len(refs)} readable series, expected one", "regions")
+    mask_scan = read_scan(refs[0])
+    return mask_scan.data, mask_scan.affine
 
 
 def mask_partition(mask: np.ndarray) -> Partition:
@@ -401,30 +412,31 @@ def mask_partition(mask: np.ndarray) -> Partition:
 
 def region_rows(scan_id: str, relevance: np.ndarray, partition: Partition, voxel_ml: float,
                 mask: np.ndarray | None = None) -> list[dict]:
-    """One row per region (columns REGION_COLUMNS), then ``inside_mask``/``outside_mask`` when a mask is given.
+    """One row per region (REGION_COLUMNS), then ``inside_mask`` and ``outside_mask`` when a mask is given.
 
     Sums are accumulated in float64, so each partition adds up to the scan's total to rounding.
     """
     rel = np.asarray(relevance)
     if rel.shape != partition.index.shape:
         raise ValueError(f"relevance shape {rel.shape} differs from the partition's {partition.index.shape}")
-    total = float(rel.sum(dtype=np.float64))
-    rows = _partition_rows(scan_id, rel, partition, voxel_ml, total)
+    if mask is not None and np.shape(mask) != rel.shape:
+        raise ValueError(f"mask shape {np.shape(mask)} differs from relevance shape {rel.shape}")
+    flat = rel.ravel().astype(np.float64)
+    signed = (np.maximum(flat, 0.0), np.minimum(flat, 0.0))
+    total = float(flat.sum())
+    rows = _partition_rows(scan_id, signed, partition, voxel_ml, total)
     if mask is not None:
-        if np.shape(mask) != rel.shape:
-            raise ValueError(f"mask shape {np.shape(mask)} differs from relevance shape {rel.shape}")
-        rows += _partition_rows(scan_id, rel, mask_partition(mask), voxel_ml, total)
+        rows += _partition_rows(scan_id, signed, mask_partition(mask), voxel_ml, total)
     return rows
 
 
-def _partition_rows(scan_id: str, rel: np.ndarray, partition: Partition, voxel_ml: float,
-                    total: float) -> list[dict]:
+def _partition_rows(scan_id: str, signed: tuple[np.ndarray, np.ndarray], partition: Partition,
+                    voxel_ml: float, total: float) -> list[dict]:
     n = len(partition.ids)
     flat_index = partition.index.ravel()
-    flat = rel.ravel().astype(np.float64)
     voxels = np.bincount(flat_index, minlength=n)
-    pos = np.bincount(flat_index, weights=np.maximum(flat, 0.0), minlength=n)
-    neg = np.bincount(flat_index, weights=np.minimum(flat, 0.0), minlength=n)
+    pos = np.bincount(flat_index, weights=signed[0], minlength=n)
+    neg = np.bincount(flat_index, weights=signed[1], minlength=n)
     sums = pos + neg
     order = sorted(range(n), key=lambda r: (-sums[r], partition.ids[r]))
     ranks = {region: place + 1 for place, region in enumerate(order)}
@@ -480,14 +492,16 @@ def top_region(rows: Iterable[Mapping]) -> str:
 
 
 def by_class_table(summary_rows: Iterable[Mapping], region_rows: Iterable[Mapping]) -> list[dict]:
-    """Mean relevance_sum, fraction and density per (predicted class, region), with the number of scans.
+    """Mean relevance_sum, fraction and density per (predicted class, target class, region), with scan count.
 
-    Works on freshly computed rows or rows read back from CSV (strings); scans without a predicted class in
-    the summary (failed ones) are left out. Classes sort by name; regions keep their first-seen order.
+    Relevance for different target classes is never averaged together: rows carrying ``target_class`` (runs
+    with ``--target all``) are grouped by it too; without it the column is empty. Works on fresh rows or rows
+    read back from CSV (strings); scans without a predicted class in the summary (failed ones) are left out.
+    Classes sort by name; regions keep their first-seen order.
     """
     predicted = {str(row["scan_id"]): str(row["predicted_class"]) for row in summary_rows
                  if row.get("predicted_class") not in (None, "")}
-    groups: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
     region_order: dict[str, int] = {}
     for row in region_rows:
         cls = predicted.get(str(row["scan_id"]))
@@ -495,14 +509,15 @@ def by_class_table(summary_rows: Iterable[Mapping], region_rows: Iterable[Mappin
             continue
         name = str(row["region_name"])
         region_order.setdefault(name, len(region_order))
-        groups.setdefault((cls, name), []).append((float(row["relevance_sum"]),
-                                                   float(row["relevance_fraction"]),
-                                                   float(row["relevance_density"])))
+        key = (cls, str(row.get("target_class") or ""), name)
+        groups.setdefault(key, []).append((float(row["relevance_sum"]), float(row["relevance_fraction"]),
+                                           float(row["relevance_density"])))
     table = []
-    for (cls, name) in sorted(groups, key=lambda key: (key[0], region_order[key[1]])):
-        values = np.asarray(groups[(cls, name)], dtype=np.float64)
+    for (cls, target, name) in sorted(groups, key=lambda key: (key[0], key[1], region_order[key[2]])):
+        values = np.asarray(groups[(cls, target, name)], dtype=np.float64)
         means = values.mean(axis=0)
-        table.append({"predicted_class": cls, "region_name": name, "scans": len(values),
+        table.append({"predicted_class": cls, "target_class": target, "region_name": name,
+                      "scans": len(values),
                       "mean_relevance_sum": float(means[0]), "mean_relevance_fraction": float(means[1]),
                       "mean_relevance_density": float(means[2])})
     return table

@@ -171,8 +171,6 @@ def validate(s: Settings) -> None:
     _validate_device(s.device)
     if s.checkpoint is not None and not os.path.isfile(s.checkpoint):
         raise SettingsError(f"{s.checkpoint}: checkpoint file not found")
-    if s.model is not None and ":" not in s.model:
-        raise SettingsError(f"--model: expected MODULE:CLASS (e.g. monai.networks.nets:DenseNet121), got '{s.model}'")
     if s.model is not None and s.checkpoint is None:
         raise SettingsError("--model needs --checkpoint (the state_dict file to load into it)")
     if (s.atlas is None) != (s.atlas_labels is None):

@@ -32,8 +32,8 @@ def _run(args: list[str], timeout: float, env: dict[str, str] | None = None) -> 
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-def install_packages(timeout: float = 180.0) -> str | None:
-    """Install the SLURM and munge packages when missing; returns a reason when that is impossible."""
+def install_packages(timeout: float = 150.0) -> str | None:
+    """Install the SLURM and munge packages when missing (all apt calls within ``timeout``); else why not."""
     if all(_which(b) for b in _BINARIES):
         return None
     if os.geteuid() != 0:
@@ -42,13 +42,14 @@ def install_packages(timeout: float = 180.0) -> str | None:
         return "SLURM is not installed and apt-get is not available"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     command = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    deadline = time.monotonic() + timeout
     try:
         result = _run(command, timeout, env)
         if result.returncode != 0:  # stale package lists: refresh once and retry
-            _run(["apt-get", "update"], timeout, env)
-            result = _run(command, timeout, env)
+            _run(["apt-get", "update"], max(1.0, deadline - time.monotonic()), env)
+            result = _run(command, max(1.0, deadline - time.monotonic()), env)
     except subprocess.TimeoutExpired:
-        return f"apt-get install {' '.join(PACKAGES)} took longer than {timeout:.0f} s"
+        return f"apt-get could not install {' '.join(PACKAGES)} within {timeout:.0f} s"
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"apt-get install {' '.join(PACKAGES)} failed: {tail[0]}"
@@ -208,7 +209,6 @@ class SlurmCluster:
             f"PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
-        (self.root / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
 
     def _start_daemon(self, name: str, args: list[str], timeout: float) -> None:
         pid_file = self.root / "state" / f"{name}.pid"
@@ -230,7 +230,9 @@ class SlurmCluster:
         return result.stdout.strip() == "idle"
 
     # --- client commands -----------------------------------------------------------------------
-    def run(self, args: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, args: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster (SLURM_CONF set); raises on timeout."""
         binary = _which(args[0]) or args[0]
         return _run([binary, *args[1:]], timeout, {**self.env, **(env or {})})

@@ -8,8 +8,9 @@ Our format is one ``torch.save`` file holding a dict of plain values::
 
 It is read with ``torch.load(weights_only=True)``, whose unpickler only builds tensors and plain containers,
 so opening a checkpoint never runs code stored in it. The architecture is a zoo name (``"cnn3d"``) or an
-import path ``"package.module:ClassName"`` of an installed ``torch.nn.Module`` subclass; only such classes
-are instantiated, with the stored JSON keyword arguments.
+import path ``"package.module:ClassName"`` of an installed ``torch.nn.Module`` subclass (or of a factory
+function annotated to return one, such as ``monai.networks.nets:resnet18``); nothing else is called, and
+only with the stored JSON keyword arguments. Importing that module runs installed code, never the file's.
 
 Other files users already have:
 
@@ -30,11 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import pickle
+import pickletools
 import re
 import tempfile
+import typing
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,10 +145,9 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | 
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _load_ours(path, obj, sha256, model, model_kwargs, class_names, input_spec)
-    if isinstance(obj, nn.Module):
-        net, source = obj, "pickle"
-    elif isinstance(obj, dict) and isinstance(_nested_module(obj), nn.Module):
-        net, source = _nested_module(obj), "pickle"
+    pickled = obj if isinstance(obj, nn.Module) else _nested_module(obj)
+    if pickled is not None:
+        net, source = pickled, "pickle"
     else:
         state_dict = _find_state_dict(path, obj)
         if model is None:
@@ -179,11 +182,13 @@ def _read(path: Path, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found is None:
+        # torch names the class or function the pickle wants to build; garbage fails on an opcode instead.
+        found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        wanted = found.group(1) if found else _raw_pickle_global(path)
+        if wanted is None:
             raise _err(path, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
         if not trust:
-            raise _err(path, f"holds a pickled Python object ({found.group(1)}); unpickling can "
+            raise _err(path, f"holds a pickled Python object ({wanted}); unpickling can "
                              "run arbitrary code, so it is refused. Pass --trust-checkpoint only "
                              "if you trust its source, or re-save the model's state_dict") from None
     except Exception as exc:  # torch.load raises many types for corrupt files (EOFError, KeyError, ...)
@@ -192,6 +197,30 @@ def _read(path: Path, trust: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a trusted pickle may still need classes that are not importable here
         raise _err(path, f"cannot unpickle ({_first_line(exc)})") from None
+
+
+def _raw_pickle_global(path: Path) -> str | None:
+    """The class or function a plain pickle file would import, read from its opcodes without running it.
+
+    torch's safe unpickler stops at the framing opcodes of ``pickle.dump`` files before it reaches the
+    import, so for such files the name is found here (preferring one outside torch's tensor rebuilders);
+    garbage yields None.
+    """
+    strings: list[str] = []
+    names: list[str] = []
+    try:
+        with path.open("rb") as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                if opcode.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle (or a truncated one): the caller reports the file as unreadable
+        return None
+    foreign = [n for n in names if not n.startswith(("torch.", "collections."))]
+    return (foreign or names or [None])[0]
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -221,6 +250,9 @@ def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
         spec = input_spec or InputSpec.from_dict(meta["input_spec"])
         extra = meta.get("extra") or {}
         state_dict = obj["state_dict"]
+        if not (isinstance(architecture, str) and isinstance(kwargs, (dict, type(None)))
+                and isinstance(extra, dict) and _is_tensor_dict(state_dict)):
+            raise TypeError("architecture, kwargs, extra or state_dict has the wrong type")
     except (KeyError, TypeError, ValueError) as exc:
         raise _err(path, f"damaged mri-lrp checkpoint metadata ({_first_line(exc)})") from None
     net = resolve_architecture(architecture, kwargs or {}, path)
@@ -236,8 +268,9 @@ def resolve_architecture(architecture: str, kwargs: dict[str, Any],
                          path: str | os.PathLike[str] = "<model>") -> nn.Module:
     """Build the network named by a zoo name or ``"package.module:ClassName"``.
 
-    Only ``torch.nn.Module`` subclasses are instantiated, so a name stored in a file cannot call an
-    arbitrary function (``os:system``) with its kwargs.
+    Only ``torch.nn.Module`` subclasses, and factory functions annotated to return one (MONAI's
+    ``resnet18``), are called, so a name stored in a file cannot call an arbitrary function
+    (``os:system``) with its kwargs.
     """
     if ":" not in architecture:
         try:
@@ -256,8 +289,9 @@ def resolve_architecture(architecture: str, kwargs: dict[str, Any],
         if not hasattr(target, part):
             raise _err(path, f"model {architecture!r}: {module_name!r} has no {attr!r}")
         target = getattr(target, part)
-    if not (isinstance(target, type) and issubclass(target, nn.Module)):
-        raise _err(path, f"model {architecture!r} is not a torch.nn.Module class")
+    if not _builds_module(target):
+        raise _err(path, f"model {architecture!r} is neither a torch.nn.Module class nor a function "
+                         "annotated to return one")
     try:
         return target(**kwargs)
     except Exception as exc:  # the class's own constructor rejects the kwargs
@@ -265,8 +299,23 @@ def resolve_architecture(architecture: str, kwargs: dict[str, Any],
                          f"({_first_line(exc)})") from None
 
 
-def _nested_module(obj: dict[str, Any]) -> nn.Module | None:
+def _builds_module(target: Any) -> bool:
+    """True for an nn.Module class, or a function whose return annotation resolves to one."""
+    if isinstance(target, type):
+        return issubclass(target, nn.Module)
+    if not inspect.isfunction(target):
+        return False
+    try:
+        returned = typing.get_type_hints(target).get("return")
+    except Exception:  # unresolvable annotations: treat as unknown, hence refused
+        return False
+    return isinstance(returned, type) and issubclass(returned, nn.Module)
+
+
+def _nested_module(obj: Any) -> nn.Module | None:
     """A trusted training dict may carry the whole model under "model" or "net"."""
+    if not isinstance(obj, dict):
+        return None
     for key in ("model", "net"):
         if isinstance(obj.get(key), nn.Module):
             return obj[key]

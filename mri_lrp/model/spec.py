@@ -40,10 +40,12 @@ class InputSpec:
             if value is not None and len(value) != self.dims:
                 raise ValueError(f"input spec: {name} needs {self.dims} values, got {list(value)}")
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"input spec: normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}")
-        if self.orientation is not None and sorted(self.orientation.upper().replace("L", "R").replace(
-                "P", "A").replace("I", "S")) != ["A", "R", "S"]:
-            raise ValueError(f"input spec: orientation must be three axis codes like 'RAS', not {self.orientation!r}")
+            raise ValueError(
+                f"input spec: normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}")
+        if self.orientation is not None and sorted(
+                self.orientation.upper().replace("L", "R").replace("P", "A").replace("I", "S")) != ["A", "R", "S"]:
+            raise ValueError(
+                f"input spec: orientation must be three axis codes like 'RAS', not {self.orientation!r}")
         if self.slice_axis.upper() not in ("R", "L", "A", "P", "S", "I"):
             raise ValueError(f"input spec: slice_axis must be an axis code like 'S', not {self.slice_axis!r}")
 

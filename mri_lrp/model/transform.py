@@ -68,18 +68,17 @@ class AxisResample:
 
 
 @dataclass(frozen=True)
-class ModelInput:
-    """The model tensor for one scan, plus the small, picklable geometry that maps relevance back.
+class ModelSpace:
+    """Where a model input sits relative to its scan: small and picklable, all the way back needs.
 
-    ``tensor``: 3D spec -> (C, X, Y, Z); 2D spec -> (S, C, X, Y), one sample per slice. The scan volume is
-    repeated into each of the C channels (a single-contrast scan feeding a C-channel model).
-    ``affine``: model voxel -> world RAS mm; indices (x, y, z) for 3D, (x, y, slice) for 2D.
-    ``axes``/``flips``: oriented axis j is scan axis ``axes[j]``; scan axis i is reversed first when
-    ``flips[i]``. ``resample``: one map per oriented axis (identity along a 2D model's slice axis).
-    ``slice_axis``: for 2D, the oriented axis the slices run along; None for 3D.
+    ``model_shape``: shape of the model tensor. ``affine``: model voxel -> world RAS mm; indices (x, y, z) for
+    3D, (x, y, slice) for 2D. ``axes``/``flips``: oriented axis j is scan axis ``axes[j]``; scan axis i is
+    reversed first when ``flips[i]``. ``resample``: one map per oriented axis (identity along a 2D model's
+    slice axis). ``slice_axis``: for 2D, the oriented axis the slices run along; None for 3D.
+    ``scan_shape``/``scan_affine``: the scan grid relevance returns to (to write it without the scan).
     """
 
-    tensor: torch.Tensor
+    model_shape: tuple[int, ...]
     affine: np.ndarray
     scan_shape: tuple[int, int, int]
     scan_affine: np.ndarray
@@ -87,6 +86,20 @@ class ModelInput:
     flips: tuple[bool, bool, bool]
     resample: tuple[AxisResample, AxisResample, AxisResample]
     slice_axis: int | None
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The model tensor for one scan and its ``space`` (what maps relevance back).
+
+    ``tensor``: 3D spec -> (C, X, Y, Z); 2D spec -> (S, C, X, Y), one sample per slice. The scan volume is
+    repeated into each of the C channels (a single-contrast scan feeding a C-channel model). Intensity
+    statistics are taken over the whole model grid (all slices together for 2D), so slices are scaled alike.
+    ``notes``: non-fatal remarks for the scan's report (e.g. a single slice lying across the slice axis).
+    """
+
+    tensor: torch.Tensor
+    space: ModelSpace
     notes: tuple[str, ...] = ()
 
 
@@ -107,7 +120,7 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
     out_shape = tuple(r.n_out for r in resample)
     if int(np.prod(out_shape)) * spec.channels > MAX_MODEL_VALUES:
         raise ScanError(scan.source, f"model grid {list(out_shape)} x {spec.channels} channels is too large "
-                        f"(spacing {spec.spacing}, shape {spec.shape})", stage="transform")
+                        f"(spacing {spec.spacing}, shape {spec.shape})", stage="preprocess")
 
     volume = torch.as_tensor(np.ascontiguousarray(scan.data, dtype=np.float32), device=device)
     volume = _reorient(volume, axes, flips)
@@ -124,8 +137,8 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
         volume = volume.permute(slice_axis, *in_plane)
         tensor = volume.unsqueeze(1).expand(volume.shape[0], spec.channels, *volume.shape[1:])
         model_affine = model_affine[:, [*in_plane, slice_axis, 3]]
-    return ModelInput(
-        tensor=tensor.contiguous(),
+    space = ModelSpace(
+        model_shape=tuple(tensor.shape),
         affine=model_affine,
         scan_shape=scan.shape,
         scan_affine=np.array(scan.affine, dtype=np.float64),
@@ -133,33 +146,35 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
         flips=flips,
         resample=resample,
         slice_axis=slice_axis,
-        notes=tuple(notes),
     )
+    return ModelInput(tensor=tensor.contiguous(), space=space, notes=tuple(notes))
 
 
-def to_scan(relevance: torch.Tensor, ctx: ModelInput) -> np.ndarray:
-    """Model-space relevance (shaped like ``ctx.tensor``) -> float32 (I, J, K) relevance in the scan's grid.
+def to_scan(relevance: torch.Tensor, ctx: ModelInput | ModelSpace) -> np.ndarray:
+    """Model-space relevance (shaped like the model tensor) -> float32 (I, J, K) relevance in the scan's grid.
 
     Sums the channels, sends the result through the transposed resampling matrices (in float64, on the
     relevance's device) and undoes the reorientation; the total is preserved to float32 rounding.
+    ``ctx`` may be the ModelInput or just its ``space`` (e.g. once the tensor itself has been dropped).
     """
-    if tuple(relevance.shape) != tuple(ctx.tensor.shape):
+    space = ctx.space if isinstance(ctx, ModelInput) else ctx
+    if tuple(relevance.shape) != tuple(space.model_shape):
         raise ValueError(f"relevance has shape {list(relevance.shape)}, "
-                         f"the model input {list(ctx.tensor.shape)}")
+                         f"the model input {list(space.model_shape)}")
     volume = relevance.detach().to(torch.float64)
-    if ctx.slice_axis is None:
+    if space.slice_axis is None:
         volume = volume.sum(dim=0)
     else:
         volume = volume.sum(dim=1)
-        in_plane = [d for d in range(3) if d != ctx.slice_axis]
-        volume = volume.permute(*np.argsort([ctx.slice_axis, *in_plane]).tolist())
-    volume = _apply_axes(volume, ctx.resample, transpose=True)
-    volume = _unorient(volume, ctx.axes, ctx.flips)
+        in_plane = [d for d in range(3) if d != space.slice_axis]
+        volume = volume.permute(*np.argsort([space.slice_axis, *in_plane]).tolist())
+    volume = _apply_axes(volume, space.resample, transpose=True)
+    volume = _unorient(volume, space.axes, space.flips)
     return volume.to(torch.float32).cpu().numpy()
 
 
 def normalise(volume: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """Intensity normalisation over the whole model grid; constant images give zeros, never NaN.
+    """Intensity normalisation over the whole model grid; a constant image gives zeros, never NaN.
 
     zscore: mean and standard deviation of the non-zero voxels; those voxels are standardised and zero
     (background) voxels stay 0, the usual convention for skull-stripped brain MRI. All voxels are used
@@ -174,14 +189,19 @@ def normalise(volume: torch.Tensor, spec: InputSpec) -> torch.Tensor:
         values = volume[mask] if bool(mask.any()) else volume.reshape(-1)
         std, mean = torch.std_mean(values.to(torch.float64), correction=0)
         std_f, mean_f = float(std), float(mean)
-        scaled = (volume - mean_f) / std_f if std_f > 0 else volume - mean_f
+        scaled = (volume - mean_f) / std_f if _spread(std_f, mean_f) else torch.zeros_like(volume)
         return torch.where(mask, scaled, torch.zeros_like(volume)) if bool(mask.any()) else scaled
     if kind == "percentile":
         lo, hi = _percentiles(volume, spec.clip)
         volume = volume.clamp(lo, hi)
     else:
         lo, hi = float(volume.min()), float(volume.max())
-    return (volume - lo) / (hi - lo) if hi > lo else torch.zeros_like(volume)
+    return (volume - lo) / (hi - lo) if _spread(hi - lo, max(abs(lo), abs(hi))) else torch.zeros_like(volume)
+
+
+def _spread(width: float, level: float) -> bool:
+    """Whether a spread is real contrast, not float32 rounding of a constant (e.g. after resampling)."""
+    return width > 1e-6 * max(abs(level), 1e-30)
 
 
 def _percentiles(volume: torch.Tensor, clip: tuple[float, float]) -> tuple[float, float]:
@@ -198,17 +218,20 @@ def _percentiles(volume: torch.Tensor, clip: tuple[float, float]) -> tuple[float
 
 
 def _orientation(scan: Scan, spec: InputSpec) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
-    """Axis permutation and flips taking the stored grid to ``spec.orientation`` (RAS for 2D when None)."""
+    """Axis permutation and flips taking the stored grid to ``spec.orientation`` (RAS for 2D when None).
+
+    Also refuses an affine that cannot place voxels in the world (non-finite or singular).
+    """
+    affine = np.asarray(scan.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ScanError(scan.source, "voxel-to-world affine is missing or not finite", stage="preprocess")
+    start = io_orientation(affine)
+    if np.isnan(start).any() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ScanError(scan.source, "voxel-to-world affine has no usable orientation: "
+                        f"{affine[:3, :3].tolist()}", stage="preprocess")
     codes = spec.orientation or ("RAS" if spec.dims == 2 else None)
     if codes is None:
         return (0, 1, 2), (False, False, False)
-    affine = np.asarray(scan.affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise ScanError(scan.source, "voxel-to-world affine is missing or not finite", stage="transform")
-    start = io_orientation(affine)
-    if np.isnan(start).any():
-        raise ScanError(scan.source, "voxel-to-world affine has no usable orientation: "
-                        f"{affine[:3, :3].tolist()}", stage="transform")
     change = ornt_transform(start, axcodes2ornt(tuple(codes.upper())))
     targets = [int(t) for t in change[:, 0]]
     axes = tuple(int(i) for i in np.argsort(targets))
@@ -233,7 +256,7 @@ def _slice_axis(scan: Scan, spec: InputSpec, axes: tuple[int, int, int],
     through = axes.index(2)
     if through == along_spec:
         return through, ""
-    return through, f"single-slice scan lies across {codes[through]}, not the model's slice axis {wanted}"
+    return through, f"single-slice scan is cut across {codes[through]}, not the model's slice axis {wanted}"
 
 
 def _resample_maps(shape: tuple[int, ...], spacing: tuple[float, ...], spec: InputSpec,

@@ -1,0 +1,183 @@
+"""explain(): one forward through the rewritten graph, one backward seeded with the output relevance."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mri_lrp.errors import SettingsError, UnsupportedLayerError
+from mri_lrp.lrp.composites import assign
+from mri_lrp.lrp.graph import LrpGraph, RunContext, build
+from mri_lrp.lrp.ops import Tracker
+from mri_lrp.lrp.rules import AlphaBeta
+
+INITS = ("prob", "logit", "sglrp")
+Target = int | str | torch.Tensor | Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Relevance and per-sample diagnostics, all on the input's device.
+
+    With ``target="all"`` every per-sample field gains a class axis: relevance (B, K, ...), the rest (B, K).
+    conservation_error = |Σ R_in − Σ R_out| / Σ |R_out| (the denominator is |R_out| whenever only the target
+    neuron starts with relevance; SGLRP's output relevance sums to zero, so its L1 size is used).
+    absorbed = what bias, ε and empty αβ sides kept, summed over layers (beyond the α − β scaling).
+    """
+
+    relevance: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+    target: torch.Tensor
+    output_relevance: torch.Tensor
+    relevance_sum: torch.Tensor
+    conservation_error: torch.Tensor
+    absorbed: torch.Tensor
+
+
+class Explainer:
+    """Trace, merge BatchNorm and assign rules once; then call it on as many batches as needed.
+
+    Parameters beyond the rule choice: alpha, beta, epsilon, gamma, include_bias, low, high (rule
+    parameters), batchnorm ("pass" or "epsilon": the rule for BatchNorm that cannot be merged) and
+    residual_epsilon (the stabiliser of residual additions).
+    """
+
+    def __init__(self, model: nn.Module, rule: str = "alphabeta", composite: str | None = None,
+                 overrides: Mapping[str, Any] | None = None, **params: Any) -> None:
+        batchnorm = params.pop("batchnorm", "pass")
+        if batchnorm not in ("pass", "epsilon"):
+            raise SettingsError(f"batchnorm rule must be 'pass' or 'epsilon', got {batchnorm!r}")
+        residual_epsilon = float(params.pop("residual_epsilon", 1e-6))
+        self.model = model
+        self.graph: LrpGraph = build(model, batchnorm, residual_epsilon, float(params.get("epsilon", 1e-6)))
+        if not self.graph.sites:
+            raise UnsupportedLayerError("model", type(model).__name__, "no conv or linear layer to explain")
+        self.rules = assign(self.graph.sites, rule, composite, overrides, params)
+        unconserved = {(r.alpha, r.beta) for r in self.rules if isinstance(r, AlphaBeta)
+                       and abs(r.alpha - r.beta - 1.0) > 1e-12}
+        for alpha, beta in sorted(unconserved):
+            warnings.warn(f"alphabeta with alpha={alpha:g}, beta={beta:g}: alpha - beta != 1, so relevance is "
+                          f"not conserved (each layer scales it by {alpha - beta:g})", stacklevel=2)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(layer name, layer type, what relevance does there) in graph order, each layer once."""
+        out, seen = [], set()
+        for name, type_name, what in self.graph.rows:
+            text = self.rules[what].describe() if isinstance(what, int) else what
+            if isinstance(what, int) and self.graph.sites[what].merged:
+                text += f" (BatchNorm '{self.graph.sites[what].merged}' merged)"
+            if (name, text) not in seen:
+                seen.add((name, text))
+                out.append((name, type_name, text))
+        return out
+
+    def __call__(self, x: torch.Tensor, target: Target = None, init: str = "prob",
+                 class_names: Sequence[str] | None = None) -> Explanation:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+            raise SettingsError("input must be a floating-point tensor with a batch dimension")
+        if init not in INITS:
+            raise SettingsError(f"unknown init '{init}' (known: {', '.join(INITS)})")
+        batch = x.shape[0]
+        every = isinstance(target, str) and target == "all"
+        if every:
+            with torch.no_grad():
+                classes = self._forward(x.detach(), Tracker(batch)).shape[1]
+            x = x.repeat_interleave(classes, dim=0)
+            target = torch.arange(classes, device=x.device).repeat(batch)
+        xr = x.detach().requires_grad_(True)
+        tracker = Tracker(xr.shape[0])
+        with torch.enable_grad():
+            logits = self._forward(xr, tracker)
+            targets = resolve_target(target, logits.detach(), class_names)
+            r_out = output_relevance(logits.detach(), targets, init)
+            relevance = torch.autograd.grad(logits, xr, r_out, allow_unused=True)[0]
+        if relevance is None:
+            relevance = torch.zeros_like(xr)
+        logits = logits.detach()
+        probs = torch.softmax(logits, dim=1)
+        out_sum = r_out.sum(1)
+        in_sum = relevance.flatten(1).sum(1)
+        error = (in_sum - out_sum).abs() / r_out.abs().sum(1).clamp_min(torch.finfo(r_out.dtype).tiny)
+        absorbed = tracker.absorbed if tracker.absorbed is not None else torch.zeros_like(out_sum)
+        result = Explanation(relevance.detach(), logits, probs, targets, out_sum, in_sum, error, absorbed.detach())
+        return _per_class(result, batch) if every else result
+
+    def _forward(self, x: torch.Tensor, tracker: Tracker) -> torch.Tensor:
+        logits = self.graph.run(x, RunContext(self.rules, tracker))
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise UnsupportedLayerError("output", "output", f"expected class scores of shape (batch, classes), "
+                                        f"got {shape}")
+        return logits
+
+
+def _per_class(e: Explanation, batch: int) -> Explanation:
+    """Fold the class-expanded batch of target="all" back into a class axis."""
+    def fold(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(batch, -1, *t.shape[1:])
+    first = slice(None, None, e.logits.shape[0] // batch)
+    return Explanation(fold(e.relevance), e.logits[first], e.probs[first], fold(e.target), fold(e.output_relevance),
+                       fold(e.relevance_sum), fold(e.conservation_error), fold(e.absorbed))
+
+
+def resolve_target(target: Target, logits: torch.Tensor, class_names: Sequence[str] | None = None) -> torch.Tensor:
+    """Per-sample class indices: predicted (None/"predicted"), an index, a class name, or a tensor/list."""
+    batch, classes = logits.shape
+    if target is None or (isinstance(target, str) and target == "predicted"):
+        return logits.argmax(1)
+    if isinstance(target, str):
+        if target.lstrip("-").isdigit():
+            target = int(target)
+        elif class_names is not None and target in class_names:
+            target = list(class_names).index(target)
+        else:
+            known = f"known: {', '.join(class_names)}" if class_names else "no class names given"
+            raise SettingsError(f"unknown target class '{target}' ({known})")
+    if isinstance(target, int) and not isinstance(target, bool):
+        t = torch.full((batch,), target, dtype=torch.long, device=logits.device)
+    else:
+        t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(batch).clone()
+        if t.shape != (batch,):
+            raise SettingsError(f"target must give one class per sample ({batch}), got {t.numel()}")
+    if bool(((t < 0) | (t >= classes)).any()):
+        raise SettingsError(f"target class index out of range 0..{classes - 1}: {t.tolist()}")
+    return t
+
+
+def output_relevance(logits: torch.Tensor, target: torch.Tensor, init: str = "prob") -> torch.Tensor:
+    """Relevance at the output neurons: target probability, target logit, or SGLRP's contrastive split."""
+    probs = torch.softmax(logits, dim=1)
+    pick = target.view(-1, 1)
+    p_t = probs.gather(1, pick)
+    r = torch.zeros_like(logits)
+    if init == "prob":
+        return r.scatter(1, pick, p_t)
+    if init == "logit":
+        return r.scatter(1, pick, logits.gather(1, pick))
+    return (-p_t * probs).scatter(1, pick, p_t * (1 - p_t))
+
+
+def explain(model: nn.Module, x: torch.Tensor, rule: str = "alphabeta", alpha: float = 2.0, beta: float = 1.0,
+            epsilon: float = 1e-6, gamma: float = 0.25, target: Target = None, init: str = "prob",
+            composite: str | None = None, overrides: Mapping[str, Any] | None = None,
+            class_names: Sequence[str] | None = None, **rule_kwargs: Any) -> Explanation:
+    """LRP relevance of `x` (batch first, 2D or 3D, any device/dtype) for `model`'s target class."""
+    explainer = Explainer(model, rule=rule, composite=composite, overrides=overrides, alpha=alpha, beta=beta,
+                          epsilon=epsilon, gamma=gamma, **rule_kwargs)
+    return explainer(x, target=target, init=init, class_names=class_names)
+
+
+def describe_rules(model: nn.Module, rule: str = "alphabeta", composite: str | None = None,
+                   overrides: Mapping[str, Any] | None = None, **params: Any) -> list[tuple[str, str, str]]:
+    """Which rule each layer of `model` gets (for `mri-lrp info`), without running it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Explainer(model, rule=rule, composite=composite, overrides=overrides, **params).describe()

@@ -1,0 +1,127 @@
+"""Autograd functions whose backward IS an LRP rule: what flows backwards through them is relevance.
+
+Ops that only move values around (view, cat, max pool, ...) keep their plain gradient, which routes
+relevance unchanged; everything else in a rewritten graph is one of the functions below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mri_lrp.lrp.rules import Affine, Rule, safe_divide, stabilise
+
+
+class Tracker:
+    """Per-call accumulator of what each op did not pass on (bias, ε, empty αβ sides), per sample."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.absorbed: torch.Tensor | None = None
+
+    def record(self, r_out: torch.Tensor, r_in: torch.Tensor | tuple[torch.Tensor, ...], scale: float = 1.0) -> None:
+        """Add scale·ΣR_out − ΣR_in for each sample (ops whose leading dim is not the batch are skipped)."""
+        ins = r_in if isinstance(r_in, tuple) else (r_in,)
+        if r_out.dim() == 0 or r_out.shape[0] != self.batch or any(t.shape[0] != self.batch for t in ins):
+            return
+        lost = r_out.flatten(1).sum(1) * scale - sum(t.flatten(1).sum(1) for t in ins)
+        self.absorbed = lost if self.absorbed is None else self.absorbed + lost
+
+
+class LayerRule(torch.autograd.Function):
+    """A conv/linear layer: forward is the layer (with bias), backward applies the layer's rule."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: Affine, rule: Rule, tracker: Tracker) -> torch.Tensor:
+        w, b = layer.params(x)
+        z = layer.forward(x, w, b)
+        ctx.save_for_backward(x, z)
+        ctx.layer, ctx.rule, ctx.tracker = layer, rule, tracker
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        x, z = ctx.saved_tensors
+        r_in = ctx.rule.relevance(ctx.layer, x, z, r)
+        ctx.tracker.record(r, r_in, ctx.rule.scale())
+        return r_in, None, None, None
+
+
+class PassThrough(torch.autograd.Function):
+    """Element-wise maps (activations, constant scaling/shift, unmerged BatchNorm): relevance passes unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        y = fn(x)
+        if y.shape != x.shape:
+            raise ValueError(f"element-wise op changed the shape {tuple(x.shape)} -> {tuple(y.shape)}")
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return r, None
+
+
+class ElementwiseEpsilon(torch.autograd.Function):
+    """LRP-ε on an element-wise affine map y = s·x + t: R_x = s·x / (y + ε sign y) · R (the shift absorbs)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], epsilon: float,
+                tracker: Tracker) -> torch.Tensor:
+        y = fn(x)
+        ctx.save_for_backward(x, y)
+        ctx.fn, ctx.epsilon, ctx.tracker = fn, epsilon, tracker
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        x, y = ctx.saved_tensors
+        shift = ctx.fn(torch.zeros_like(x))
+        r_in = (y - shift) * r / stabilise(y, ctx.epsilon)
+        ctx.tracker.record(r, r_in)
+        return r_in, None, None, None
+
+
+class Sum(torch.autograd.Function):
+    """y = a + sign·b (residual add/sub): each operand gets R in proportion to its share of y (ε-stabilised)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, sign: float, epsilon: float,
+                tracker: Tracker) -> torch.Tensor:
+        if a.shape != b.shape:
+            raise ValueError(f"operands have different shapes {tuple(a.shape)} and {tuple(b.shape)} (broadcast)")
+        y = a + sign * b
+        ctx.save_for_backward(a, b, y)
+        ctx.sign, ctx.epsilon, ctx.tracker = sign, epsilon, tracker
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
+        a, b, y = ctx.saved_tensors
+        s = r / stabilise(y, ctx.epsilon)
+        ra, rb = a * s, ctx.sign * b * s
+        ctx.tracker.record(r, (ra, rb))
+        return ra, rb, None, None, None
+
+
+class PositiveLinear(torch.autograd.Function):
+    """A linear map with non-negative weights (average pooling, mean over dims): z-rule, R_j ∝ a_j."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tracker: Tracker) -> torch.Tensor:
+        y = fn(x)
+        ctx.save_for_backward(x, y)
+        ctx.fn, ctx.tracker = fn, tracker
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, y = ctx.saved_tensors
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            c = torch.autograd.grad(ctx.fn(xr), xr, safe_divide(r, y))[0]
+        r_in = x * c
+        ctx.tracker.record(r, r_in)
+        return r_in, None, None

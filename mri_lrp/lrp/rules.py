@@ -1,0 +1,280 @@
+"""LRP rules for conv/linear layers: each rule is one small class that shares a layer's output relevance.
+
+Every rule follows the same recipe (Montavon et al. 2019): a modified forward z, a stabilised division
+s = R / z, one transposed pass c = Wᵀs, and R_in = a ⊙ c. Rules run inside the backward of the layer's
+autograd function, so they see the layer input `a`, the plain output `z` (with bias) and the output
+relevance `R`. Adding a rule means adding one class here and one line in `RULES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from mri_lrp.errors import SettingsError
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A conv (1-3d) or linear map with its own weight and bias tensors (never the user's Parameters)."""
+
+    kind: str  # "linear" or "conv"
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] | str = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's map with a (possibly modified) weight: the 'modified forward' of a rule."""
+        if self.kind == "linear":
+            return F.linear(x, weight, bias)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 3]
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def transpose(self, grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Wᵀ·grad: the gradient of forward(x, weight) with respect to x, without autograd."""
+        if self.kind == "linear":
+            return grad @ weight
+        padding = self.padding
+        if isinstance(padding, str):  # "same"/"valid": ask autograd once, it knows the implicit padding
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                return torch.autograd.grad(self.forward(xr, weight), xr, grad)[0]
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, None, list(self.stride), list(padding), list(self.dilation), False,
+            [0] * len(self.stride), self.groups, [True, False, False],
+        )[0]
+
+    def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias in x's dtype and device (a no-op when they already match)."""
+        w = self.weight.to(device=x.device, dtype=x.dtype)
+        b = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
+        return w, b
+
+
+def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """z + ε·sign(z) with sign(0) = +1, so the denominator is never zero when ε > 0."""
+    return torch.where(z >= 0, epsilon, -epsilon).to(z.dtype).add_(z)
+
+
+def safe_divide(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """r / z where z ≠ 0, else 0: a side with no contributions receives (and passes on) nothing."""
+    zero = z == 0
+    return (r / z.masked_fill(zero, 1.0)).masked_fill_(zero, 0.0)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Base class: `relevance(layer, a, z, R)` returns the input relevance of one layer."""
+
+    name: ClassVar[str] = ""
+
+    def scale(self) -> float:
+        """How much relevance the rule passes on by design (α − β for αβ; 1 otherwise); used for `absorbed`."""
+        return 1.0
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line with the rule and its parameters (shown by `mri-lrp info`)."""
+        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"{self.name}({args})" if args else self.name
+
+
+@dataclass(frozen=True)
+class Epsilon(Rule):
+    """LRP-ε: R_j = a_j Σ_k w_jk R_k / (z_k + ε·sign z_k); bias stays in z, so bias and ε absorb a little."""
+
+    name: ClassVar[str] = "epsilon"
+    epsilon: float = 1e-6
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w, _ = layer.params(a)
+        return layer.transpose(r / stabilise(z, self.epsilon), w, a).mul_(a)
+
+
+@dataclass(frozen=True)
+class Zero(Rule):
+    """LRP-0: R_j = a_j Σ_k w_jk R_k / z_k (gradient × input); outputs with z_k = 0 pass nothing on."""
+
+    name: ClassVar[str] = "zero"
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w, _ = layer.params(a)
+        return layer.transpose(safe_divide(r, z), w, a).mul_(a)
+
+
+@dataclass(frozen=True)
+class Gamma(Rule):
+    """LRP-γ: weights w + γw⁺ favour positive contributions; assumes a ≥ 0 (lower/middle layers)."""
+
+    name: ClassVar[str] = "gamma"
+    gamma: float = 0.25
+    epsilon: float = 1e-6
+    include_bias: bool = False
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w, b = layer.params(a)
+        wg = w + self.gamma * w.clamp(min=0)
+        bg = b + self.gamma * b.clamp(min=0) if (self.include_bias and b is not None) else None
+        zg = layer.forward(a, wg, bg)
+        return a * layer.transpose(r / stabilise(zg, self.epsilon), wg, a)
+
+
+@dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """LRP-αβ (Bach et al. 2015), sign-aware: positive parts a⁺w⁺ + a⁻w⁻ get αR, negative parts −βR.
+
+    Bias excluded by default (as in the seed formula); `include_bias` adds b⁺ / b⁻ to the two sums.
+    z⁻ comes from the plain forward as (z − b) − z⁺, so the rule costs one extra forward; when the layer
+    input is non-negative (after a ReLU) only the w⁺/w⁻ pair is needed.
+    """
+
+    name: ClassVar[str] = "alphabeta"
+    alpha: float = 2.0
+    beta: float = 1.0
+    include_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0:
+            raise SettingsError(f"alphabeta: alpha and beta must be >= 0 (got alpha={self.alpha}, beta={self.beta})")
+
+    def scale(self) -> float:
+        return self.alpha - self.beta
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w, b = layer.params(a)
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        signed = bool(a.amin() < 0)
+        if signed:
+            ap, an = a.clamp(min=0), a.clamp(max=0)
+            zp = layer.forward(ap, wp).add_(layer.forward(an, wn))
+        else:
+            zp = layer.forward(a, wp)
+        zn = torch.sub(z, zp)
+        if b is not None:
+            zn.sub_(_channel_view(b, z, layer.kind))
+            if self.include_bias:
+                zp.add_(_channel_view(b.clamp(min=0), z, layer.kind))
+                zn.add_(_channel_view(b.clamp(max=0), z, layer.kind))
+        # A sum of same-signed contributions is 0 only if each one is 0, so any finite denominator there
+        # gives those outputs' relevance to nobody: the side is lost, as in the formula.
+        zp.masked_fill_(zp == 0, 1.0)
+        zn.masked_fill_(zn == 0, 1.0)
+        first = self._pair(layer, r, zp, zn, wp, wn, a)
+        if not signed:
+            return first.mul_(a)
+        return first.mul_(ap).add_(self._pair(layer, r, zp, zn, wn, wp, a).mul_(an))
+
+    def _pair(self, layer: Affine, r: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor, w1: torch.Tensor,
+              w2: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """αW1ᵀ(r/z⁺) − βW2ᵀ(r/z⁻) as one transposed pass over stacked weights (two when the conv is grouped)."""
+        if layer.groups != 1:
+            return (layer.transpose(r / zp, self.alpha * w1, a)
+                    .add_(layer.transpose(r / zn, -self.beta * w2, a)))
+        dim = 1 if layer.kind == "conv" else r.dim() - 1
+        channels = r.shape[dim]
+        shape = list(r.shape)
+        shape[dim] = 2 * channels
+        stacked = r.new_empty(shape)
+        torch.div(r, zp, out=stacked.narrow(dim, 0, channels))
+        torch.div(r, zn, out=stacked.narrow(dim, channels, channels))
+        return layer.transpose(stacked, torch.cat([self.alpha * w1, -self.beta * w2]), a)
+
+
+@dataclass(frozen=True)
+class ZPlus(AlphaBeta):
+    """z⁺: αβ with α = 1, β = 0 (only positive contributions)."""
+
+    name: ClassVar[str] = "zplus"
+    alpha: float = field(default=1.0, init=False)
+    beta: float = field(default=0.0, init=False)
+
+    def describe(self) -> str:
+        return f"zplus(include_bias={self.include_bias!r})"
+
+
+@dataclass(frozen=True)
+class Box(Rule):
+    """zᴮ: inputs bounded in [low, high]; R_j ∝ a_j w_jk − l_j w_jk⁺ − h_j w_jk⁻ (first layer).
+
+    Bounds default to each sample's own data range (min and max of that sample's input).
+    """
+
+    name: ClassVar[str] = "box"
+    low: float | None = None
+    high: float | None = None
+    epsilon: float = 1e-6
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w, _ = layer.params(a)
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        flat = a.flatten(1)
+        shape = (-1,) + (1,) * (a.dim() - 1)
+        low = flat.amin(1).view(shape) if self.low is None else torch.tensor(self.low, dtype=a.dtype, device=a.device)
+        high = flat.amax(1).view(shape) if self.high is None else torch.tensor(self.high, dtype=a.dtype, device=a.device)
+        lo, hi = low.expand_as(a), high.expand_as(a)
+        zb = layer.forward(a, w) - layer.forward(lo, wp) - layer.forward(hi, wn)
+        s = r / stabilise(zb, self.epsilon)
+        return a * layer.transpose(s, w, a) - lo * layer.transpose(s, wp, a) - hi * layer.transpose(s, wn, a)
+
+
+@dataclass(frozen=True)
+class WSquare(Rule):
+    """w²: R_j = Σ_k w_jk² / Σ_j w_jk² R_k; ignores the input values (first layer, unbounded inputs)."""
+
+    name: ClassVar[str] = "wsquare"
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w, _ = layer.params(a)
+        return _input_free(layer, w * w, a, r)
+
+
+@dataclass(frozen=True)
+class Flat(Rule):
+    """flat: every input feeding output k gets an equal share of R_k (first layer; ignores inputs)."""
+
+    name: ClassVar[str] = "flat"
+
+    def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w, _ = layer.params(a)
+        return _input_free(layer, torch.ones_like(w), a, r)
+
+
+def _input_free(layer: Affine, v: torch.Tensor, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Share R_k ∝ v_jk over the inputs that really feed k (zero padding feeds nothing)."""
+    ones = torch.ones_like(a)
+    return layer.transpose(safe_divide(r, layer.forward(ones, v)), v, a)
+
+
+def _channel_view(b: torch.Tensor, z: torch.Tensor, kind: str) -> torch.Tensor:
+    """Bias shaped to broadcast over z: channel dim 1 for convs (B, C, ...), last dim for linear layers."""
+    return b.view((-1,) + (1,) * (z.dim() - 2)) if kind == "conv" else b
+
+
+RULES: dict[str, type[Rule]] = {
+    cls.name: cls for cls in (Zero, Epsilon, Gamma, AlphaBeta, ZPlus, Box, WSquare, Flat)
+}
+#: Other spellings users type for the same rules.
+ALIASES = {"lrp0": "zero", "z": "zero", "eps": "epsilon", "ab": "alphabeta", "alpha-beta": "alphabeta",
+           "z+": "zplus", "zb": "box", "zbox": "box", "w2": "wsquare", "w^2": "wsquare"}
+
+
+def make_rule(name: str, params: dict[str, Any] | None = None, strict: bool = False) -> Rule:
+    """Build a rule by name; `params` may hold more keys than the rule takes unless `strict`."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in RULES:
+        raise SettingsError(f"unknown LRP rule '{name}' (known: {', '.join(RULES)})")
+    cls = RULES[key]
+    known = {f.name for f in fields(cls) if f.init}
+    params = dict(params or {})
+    extra = set(params) - known
+    if strict and extra:
+        raise SettingsError(f"rule '{key}' takes no parameter(s) {sorted(extra)} (takes: {sorted(known)})")
+    return cls(**{k: v for k, v in params.items() if k in known})

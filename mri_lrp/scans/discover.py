@@ -1,0 +1,178 @@
+"""Find the scans under the given files and folders: NIfTI by extension, DICOM by content, grouped into series.
+
+Only headers are read here. A file that claims to be a scan (a NIfTI or DICOM extension, or the DICOM 'DICM'
+marker) but cannot be read still becomes a ScanRef, so reading it fails as that one scan and the user sees it
+among the failures; anything else that is not a scan is reported as Skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mri_lrp.scans.dicom import DicomHeader, read_header, split_series
+from mri_lrp.scans.ids import NIFTI_SUFFIXES, file_scan_id, make_unique, series_scan_id, short_hash
+from mri_lrp.scans.nifti import count_volumes
+from mri_lrp.scans.refs import ScanRef, Skipped
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A file met during the walk: where it is, and how the user reaches it."""
+
+    abs_path: str
+    rel: str            # relative to its root
+    display: str        # the given path joined with rel
+    root_index: int
+    display_root: str
+
+
+def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[_Found]:
+    """Every file under the given paths, each once, folders in sorted order, symlinked folders not followed."""
+    found: list[_Found] = []
+    seen: set[str] = set()
+
+    def add(abs_path: str, rel: str, display: str, root_index: int, display_root: str) -> None:
+        real = os.path.realpath(abs_path)
+        if real not in seen:
+            seen.add(real)
+            found.append(_Found(abs_path, rel, display, root_index, display_root))
+
+    for root_index, given in enumerate(paths):
+        given = str(given)
+        if os.path.isdir(given):
+            root = os.path.abspath(given)
+
+            def on_error(e: OSError) -> None:
+                skipped.append(Skipped(str(e.filename), f"cannot list folder: {e.strerror}"))
+
+            for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    abs_path = os.path.join(dirpath, name)
+                    rel = os.path.relpath(abs_path, root)
+                    if os.path.isfile(abs_path):  # never open pipes or devices: reading one can block
+                        add(abs_path, rel, os.path.join(given, rel), root_index, given)
+                    else:
+                        reason = "broken symbolic link" if os.path.islink(abs_path) else "not a regular file"
+                        skipped.append(Skipped(os.path.join(given, rel), reason))
+        elif os.path.isfile(given):
+            abs_path = os.path.abspath(given)
+            add(abs_path, os.path.basename(abs_path), given, root_index, os.path.dirname(given) or ".")
+        elif os.path.lexists(given):
+            skipped.append(Skipped(given, "not a regular file or folder"))
+        else:
+            skipped.append(Skipped(given, "no such file or folder"))
+    return found
+
+
+def _probe_dicom(f: _Found) -> DicomHeader | str | Exception:
+    """The DICOM header of a file, a reason it is no scan (str), or the error of a claimed-but-broken file."""
+    claimed = f.rel.lower().endswith(DICOM_SUFFIXES)
+    try:
+        with open(f.abs_path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as e:
+        return e if claimed else f"cannot open: {e.strerror}"
+    if not head:
+        return ValueError("empty file") if claimed else "empty file"
+    marked = head[128:132] == b"DICM"
+    # Without the 'DICM' marker, only try a forced parse when the bytes start like a DICOM element (group
+    # 0x0002 or 0x0008, little endian): a forced parse of arbitrary data is slow and can misread it.
+    raw = head[:2] in (b"\x02\x00", b"\x08\x00")
+    if not (marked or raw or claimed):
+        return "not a DICOM or NIfTI file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return read_header(f.abs_path, force=not marked)
+    except Exception as e:  # pydicom raises many types for data it cannot parse
+        return e if (marked or claimed) else "not a DICOM or NIfTI file"
+
+
+def _nifti_refs(f: _Found, volume: int | None) -> list[tuple[_Found, ScanRef]]:
+    base = file_scan_id(f.rel)
+    ref = ScanRef(kind="nifti", source=f.rel, scan_id=base, paths=(f.abs_path,), location=f.display)
+    volumes = count_volumes(f.abs_path)
+    if volumes is None or volumes == 1:
+        return [(f, ref)]
+    chosen = range(volumes) if volume is None else [volume]
+    return [(f, replace(ref, scan_id=f"{base}_vol{v:04d}", volume=v)) for v in chosen]
+
+
+def _series_folder(files: list[_Found]) -> str:
+    """The series' folder relative to the first file's root (the deepest folder holding all its files)."""
+    first = files[0]
+    dirs = [os.path.dirname(f.rel) or "." for f in files if f.root_index == first.root_index]
+    try:
+        common = os.path.commonpath(dirs)
+    except ValueError:
+        common = os.path.dirname(first.rel)
+    return common or "."
+
+
+def _dicom_refs(series: dict[str, list[tuple[_Found, DicomHeader]]],
+                skipped: list[Skipped]) -> list[tuple[_Found, ScanRef]]:
+    """One ScanRef per stackable part of each series; localizers become Skipped notes."""
+    folders = {uid: _series_folder([f for f, _ in members]) for uid, members in series.items()}
+    taken: dict[tuple[str, str], int] = {}
+    for uid, members in series.items():
+        key = (folders[uid], str(members[0][1].series_number))
+        taken[key] = taken.get(key, 0) + 1
+
+    out = []
+    for uid, members in series.items():
+        first, header = members[0]
+        folder = folders[uid]
+        label = f"s{header.series_number}" if header.series_number is not None else "s"
+        if header.series_number is None or taken[(folder, str(header.series_number))] > 1:
+            label = f"{label}_{short_hash(uid)}"
+        location = first.display_root if folder == "." else os.path.join(first.display_root, folder)
+        for stack in split_series([(n, h) for n, (_, h) in enumerate(members)]):
+            name = f"{label}_{stack.label}" if stack.label else label
+            if stack.localizer:
+                skipped.append(Skipped(location, f"localizer series {name} ({len(stack.members)} images) dropped"))
+                continue
+            file_keys = list(dict.fromkeys(key for key, _ in stack.members))
+            index = {key: i for i, key in enumerate(file_keys)}
+            frames = tuple((index[key], frame) for key, frame in stack.members if frame is not None)
+            out.append((first, ScanRef(
+                kind="dicom", source=folder, scan_id=series_scan_id(folder, name),
+                paths=tuple(members[key][0].abs_path for key in file_keys), location=location,
+                frames=frames, series_description=header.description)))
+    return out
+
+
+def discover(paths: Sequence[str | Path], volume: int | None = None) -> tuple[list[ScanRef], list[Skipped]]:
+    """The scans under ``paths`` (files or folders, recursively), in a deterministic order, and what was skipped.
+
+    ``volume`` picks one 0-based volume of every 4D NIfTI (None: each volume is its own scan).
+    """
+    skipped: list[Skipped] = []
+    found = _walk(paths, skipped)
+    refs: list[tuple[_Found, ScanRef]] = []
+    series: dict[str, list[tuple[_Found, DicomHeader]]] = {}
+    for f in found:
+        name = os.path.basename(f.rel)
+        if name.lower().endswith(NIFTI_SUFFIXES):
+            refs.extend(_nifti_refs(f, volume))
+        elif name.upper() == "DICOMDIR":
+            skipped.append(Skipped(f.display, "DICOMDIR index file (the images it lists are read directly)"))
+        else:
+            probe = _probe_dicom(f)
+            if isinstance(probe, DicomHeader):
+                series.setdefault(probe.series_uid, []).append((f, probe))
+            elif isinstance(probe, str):
+                skipped.append(Skipped(f.display, probe))
+            else:  # a file that claims to be DICOM but is broken: reading it will fail with the reason
+                refs.append((f, ScanRef(kind="dicom", source=f.rel, scan_id=file_scan_id(f.rel),
+                                        paths=(f.abs_path,), location=f.display)))
+    refs.extend(_dicom_refs(series, skipped))
+    refs.sort(key=lambda item: (item[0].root_index, item[1].source, item[1].scan_id))
+    unique = make_unique([ref.scan_id for _, ref in refs])
+    return [replace(ref, scan_id=scan_id) for (_, ref), scan_id in zip(refs, unique, strict=True)], skipped

@@ -1,0 +1,41 @@
+"""Rows for `mri-lrp inspect`: what each scan looks like once read, and what was skipped, without a model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+from mri_lrp.errors import ScanError
+from mri_lrp.scans.discover import discover
+from mri_lrp.scans.read import read_scan
+
+
+def inspect_rows(paths: Sequence[str | Path], volume: int | None = None) -> list[dict[str, Any]]:
+    """One JSON-ready row per scan (kind "error" when it cannot be read) and per skipped path (kind "skipped").
+
+    Keys: scan_id, source, kind, shape, spacing, orientation, series_description, problems, status
+    (ok / warning / error / skipped).
+    """
+    refs, skipped = discover(paths, volume=volume)
+    rows: list[dict[str, Any]] = []
+    for ref in refs:
+        row: dict[str, Any] = {"scan_id": ref.scan_id, "source": ref.location, "kind": ref.kind, "shape": None,
+                               "spacing": None, "orientation": None,
+                               "series_description": ref.series_description, "problems": []}
+        try:
+            scan = read_scan(ref)
+        except ScanError as e:
+            row.update(kind="error", problems=[e.reason], status="error")
+        else:
+            row.update(shape=list(scan.shape), spacing=[round(v, 4) for v in scan.spacing],
+                       orientation="".join(nib.aff2axcodes(scan.affine)), problems=list(scan.warnings),
+                       status="warning" if scan.warnings else "ok")
+        rows.append(row)
+    for item in skipped:
+        rows.append({"scan_id": "", "source": item.path, "kind": "skipped", "shape": None, "spacing": None,
+                     "orientation": None, "series_description": "", "problems": [item.reason],
+                     "status": "skipped"})
+    return rows

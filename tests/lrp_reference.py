@@ -1,0 +1,135 @@
+"""A slow, obviously-right float64 LRP reference for small sequential networks (the tests' oracle).
+
+Each conv/linear/avg-pool layer becomes its explicit dense matrix (built by applying it to basis vectors),
+and every rule is its textbook formula written over that matrix, one sample and one output neuron at a time.
+Nothing here is shared with the fast path in mri_lrp.lrp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def dense_matrix(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) with layer(x).flatten() == W @ x.flatten() + b, W of shape (n_out, n_in)."""
+    n = math.prod(in_shape)
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
+    with torch.no_grad():
+        bias = layer(torch.zeros(1, *in_shape, dtype=torch.float64)).reshape(-1)
+        cols = layer(basis).reshape(n, -1) - bias
+    return cols.T.contiguous(), bias
+
+
+def _stab(z: float, eps: float) -> float:
+    return z + eps * (1.0 if z >= 0 else -1.0)
+
+
+def rule_matrix(rule: dict, W: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Share matrix S (n_out, n_in): R_in[j] = Σ_k S[k, j] R_out[k], written out per output neuron k."""
+    name = rule["rule"]
+    n_out, n_in = W.shape
+    S = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for k in range(n_out):
+        w = W[k]
+        if name in ("zero", "epsilon"):
+            contrib = a * w
+            z = float(contrib.sum() + b[k])
+            eps = rule.get("epsilon", 1e-6) if name == "epsilon" else 0.0
+            den = _stab(z, eps) if name == "epsilon" else z
+            S[k] = contrib / den if den != 0 else 0.0
+        elif name == "gamma":
+            g = rule.get("gamma", 0.25)
+            contrib = a * (w + g * w.clamp(min=0))
+            S[k] = contrib / _stab(float(contrib.sum()), rule.get("epsilon", 1e-6))
+        elif name in ("alphabeta", "zplus"):
+            alpha, beta = (1.0, 0.0) if name == "zplus" else (rule.get("alpha", 2.0), rule.get("beta", 1.0))
+            contrib = a * w
+            pos, neg = contrib.clamp(min=0), contrib.clamp(max=0)
+            zp, zn = float(pos.sum()), float(neg.sum())
+            if rule.get("include_bias", False):
+                zp += max(float(b[k]), 0.0)
+                zn += min(float(b[k]), 0.0)
+            S[k] = (alpha * pos / zp if zp != 0 else 0.0) - (beta * neg / zn if zn != 0 else 0.0)
+        elif name == "box":
+            lo = float(a.min()) if rule.get("low") is None else rule["low"]
+            hi = float(a.max()) if rule.get("high") is None else rule["high"]
+            contrib = a * w - lo * w.clamp(min=0) - hi * w.clamp(max=0)
+            S[k] = contrib / _stab(float(contrib.sum()), rule.get("epsilon", 1e-6))
+        elif name == "wsquare":
+            S[k] = w * w / float((w * w).sum())
+        elif name == "flat":
+            connected = (w != 0).to(torch.float64)
+            S[k] = connected / float(connected.sum())
+        else:
+            raise ValueError(name)
+    return S
+
+
+def init_relevance(logits: torch.Tensor, target: int, init: str) -> torch.Tensor:
+    """Output relevance of one sample, written from the definitions."""
+    p = torch.exp(logits - logits.max())
+    p = p / p.sum()
+    r = torch.zeros_like(logits)
+    if init == "prob":
+        r[target] = p[target]
+    elif init == "logit":
+        r[target] = logits[target]
+    else:  # sglrp
+        for n in range(len(logits)):
+            r[n] = p[target] * (1 - p[target]) if n == target else -p[target] * p[n]
+    return r
+
+
+def reference_lrp(model: nn.Sequential, x: torch.Tensor, rules: list[dict], target: int | None = None,
+                  init: str = "prob") -> tuple[torch.Tensor, torch.Tensor]:
+    """(relevance of x, output relevance) for ONE sample x (no batch dim) of a sequential float64 model.
+
+    `rules` holds one rule dict per conv/linear layer, in order.
+    """
+    model = model.double()
+    acts, mats = [x.double().reshape(1, *x.shape)], []
+    rule_iter = iter(rules)
+    for layer in model:
+        a = acts[-1]
+        in_shape = tuple(a.shape[1:])
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            W, b = dense_matrix(layer, in_shape)
+            mats.append(("layer", W, b, next(rule_iter), in_shape))
+        elif isinstance(layer, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+            W, b = dense_matrix(layer, in_shape)
+            mats.append(("layer", W, b, {"rule": "zero"}, in_shape))
+        elif isinstance(layer, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            mats.append(("max", layer, in_shape))
+        else:  # ReLU, Flatten: relevance passes unchanged / is reshaped
+            mats.append(("same", None, in_shape))
+        with torch.no_grad():
+            acts.append(layer(a))
+    logits = acts[-1].reshape(-1)
+    t = int(logits.argmax()) if target is None else target
+    r_out = init_relevance(logits, t, init)
+    r = r_out.clone()
+    for (kind, *rest), a in zip(reversed(mats), reversed(acts[:-1]), strict=True):
+        flat_a = a.reshape(-1)
+        if kind == "layer":
+            W, b, rule, in_shape = rest
+            r = rule_matrix(rule, W, b, flat_a).T @ r
+        elif kind == "max":
+            layer, in_shape = rest
+            pool = type(layer).__name__[-2:]
+            fn = {"1d": F.max_pool1d, "2d": F.max_pool2d, "3d": F.max_pool3d}[pool]
+            _, idx = fn(a, layer.kernel_size, layer.stride, layer.padding, layer.dilation, return_indices=True)
+            idx = idx.reshape(a.shape[1], -1)
+            per_channel = math.prod(in_shape[1:])
+            r_in = torch.zeros(math.prod(in_shape), dtype=torch.float64)
+            r_ch = r.reshape(a.shape[1], -1)
+            for c in range(a.shape[1]):
+                for o in range(idx.shape[1]):
+                    r_in[c * per_channel + int(idx[c, o])] += r_ch[c, o]
+            r = r_in
+        # "same": nothing to do; shapes are handled by flattening
+    return r.reshape(x.shape), r_out
