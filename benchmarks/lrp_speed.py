@@ -159,7 +159,8 @@ def main() -> None:
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available")
-    label = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    cpu = f"CPU, {torch.get_num_threads()} threads"
+    label = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu
     print(f"device: {label}; torch {torch.__version__}")
     print("| model | batch | method | time (s) | x gradient | peak mem (MiB) | x gradient | build (s) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -282,3 +282,13 @@ def test_input_validation_errors_are_typed() -> None:
         explain(_cnn().eval(), torch.ones(2, 1, 16, 16, dtype=torch.long))
     with pytest.raises(SettingsError, match="unknown LRP rule"):
         explain(_cnn().eval(), torch.randn(1, 1, 16, 16), rule="magic")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_result_matches_cpu() -> None:
+    model = _cnn().eval()
+    x = torch.randn(2, 1, 16, 16)
+    cpu = explain(model, x, rule="epsilon-gamma-box")
+    gpu = explain(copy.deepcopy(model).cuda(), x.cuda(), rule="epsilon-gamma-box")
+    assert gpu.relevance.device.type == "cuda" and gpu.absorbed.device.type == "cuda"
+    assert torch.allclose(gpu.relevance.cpu(), cpu.relevance, atol=1e-5 * cpu.relevance.abs().max().item())

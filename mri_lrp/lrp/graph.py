@@ -2,7 +2,8 @@
 
 The user's model is only read: its forward is traced once, leaf layers are re-implemented here with their
 eval-mode semantics (BatchNorm with running statistics, Dropout as identity), and parameters are used as
-detached tensors. BatchNorm directly after a conv/linear whose output has no other user is merged into it
+detached tensors. (Python branches on `self.training` inside the user's own modules are traced as the model's
+current mode takes them.) BatchNorm directly after a conv/linear whose output has no other user is merged into it
 (new tensors). Anything without a rule raises `UnsupportedLayerError` while building, before any heatmap.
 """
 
@@ -101,19 +102,16 @@ class LrpGraph:
 
 def _name_of(node: fx.Node) -> str:
     """The op's name with in-place spellings folded (relu_ → relu, iadd → add)."""
-    if node.op == "call_method":
-        name = str(node.target)
-    else:
-            name = getattr(node.target, "__name__", str(node.target))
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
     name = INPLACE_OPERATORS.get(name, name)
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
 def _is_inplace(node: fx.Node) -> bool:
     """Whether the traced call would write into its input (we then run it on a copy)."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return (str(name).endswith("_") or str(name) in INPLACE_OPERATORS or node.kwargs.get("inplace") is True
-            or any(a is True for a in node.args[1:]))
+    name = str(node.target if node.op == "call_method" else getattr(node.target, "__name__", ""))
+    positional = _name_of(node) in ACTIVATION and any(a is True for a in node.args[1:])  # F.relu(x, True)
+    return name.endswith("_") or name in INPLACE_OPERATORS or node.kwargs.get("inplace") is True or positional
 
 
 def _from_torch(node: fx.Node) -> bool:
@@ -306,11 +304,11 @@ def _module_step(node: fx.Node, model: nn.Module, sites: list[Site], site_of: di
             rows.append((name, tname, f"epsilon on the affine map (epsilon={epsilon:g})"))
             return lambda a, k, c: ElementwiseEpsilon.apply(a[0], fn, epsilon, c.tracker)
         rows.append((name, tname, "pass-through (cannot be merged: not directly after a conv/linear)"))
-        return lambda a, k, c: PassThrough.apply(a[0], fn)
+        return lambda a, k, c: PassThrough.apply(a[0], fn, tname, name)
     if isinstance(module, ACTIVATION_MODULES):
         copy = bool(getattr(module, "inplace", False))
         rows.append((name, tname, "pass-through"))
-        return lambda a, k, c: PassThrough.apply(a[0], _bind(module.forward, a, k, 0, copy))
+        return lambda a, k, c: PassThrough.apply(a[0], _bind(module.forward, a, k, 0, copy), tname, name)
     if isinstance(module, ROUTE_MODULES):
         rows.append((name, tname, "winner takes all" if "Max" in tname else "routing"))
         return _plain(module.forward)
@@ -347,7 +345,7 @@ def _function_step(node: fx.Node, model: nn.Module, dep: set[fx.Node], rows: lis
         raise UnsupportedLayerError(name, node.name, "softmax is only supported as the last operation")
     if len(tensor_deps) == 1 and tensor_deps[0] == 0 and name in ACTIVATION:
         rows.append((node.name, name, "pass-through"))
-        return lambda a, k, c: PassThrough.apply(a[0], _bind(fn, a, k, 0, copy))
+        return lambda a, k, c: PassThrough.apply(a[0], _bind(fn, a, k, 0, copy), name, node.name)
     if len(tensor_deps) == 1 and tensor_deps[0] == 0 and name in POSITIVE_LINEAR:
         rows.append((node.name, name, "z-rule (share in proportion to each input)"))
         return lambda a, k, c: PositiveLinear.apply(a[0], _bind(fn, a, k, 0, False), c.tracker)
@@ -355,12 +353,12 @@ def _function_step(node: fx.Node, model: nn.Module, dep: set[fx.Node], rows: lis
     if len(tensor_deps) == 1 and (scalable or name in ADD):
         rows.append((node.name, name, "pass-through (constant operand)"))
         i = tensor_deps[0]
-        return lambda a, k, c: PassThrough.apply(a[i], _bind(fn, a, k, i, copy))
+        return lambda a, k, c: PassThrough.apply(a[i], _bind(fn, a, k, i, copy), name, node.name)
     if tensor_deps == [0, 1] and name in ADD:
         sign = ADD[name] * float(node.kwargs.get("alpha", 1.0))
         rows.append((node.name, name, f"residual {name}: share in proportion to each operand "
                                       f"(epsilon={residual_epsilon:g})"))
-        return lambda a, k, c: Sum.apply(a[0], a[1], sign, residual_epsilon, c.tracker)
+        return lambda a, k, c: Sum.apply(a[0], a[1], sign, residual_epsilon, c.tracker, node.name)
     if name in SCALE and len(tensor_deps) > 1:
         raise UnsupportedLayerError(name, node.name, "product of two input-dependent tensors (e.g. gating): "
                                     "no LRP rule")

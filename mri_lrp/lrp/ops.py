@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from mri_lrp.errors import UnsupportedLayerError
 from mri_lrp.lrp.rules import Affine, Rule, safe_divide, stabilise
 
 
@@ -21,7 +22,8 @@ class Tracker:
         self.batch = batch
         self.absorbed: torch.Tensor | None = None
 
-    def record(self, r_out: torch.Tensor, r_in: torch.Tensor | tuple[torch.Tensor, ...], scale: float = 1.0) -> None:
+    def record(self, r_out: torch.Tensor, r_in: torch.Tensor | tuple[torch.Tensor, ...],
+               scale: float = 1.0) -> None:
         """Add scale·ΣR_out − ΣR_in for each sample (ops whose leading dim is not the batch are skipped)."""
         ins = r_in if isinstance(r_in, tuple) else (r_in,)
         if r_out.dim() == 0 or r_out.shape[0] != self.batch or any(t.shape[0] != self.batch for t in ins):
@@ -53,15 +55,17 @@ class PassThrough(torch.autograd.Function):
     """Element-wise maps (activations, constant scaling/shift, unmerged BatchNorm): relevance passes unchanged."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], op: str,
+                where: str) -> torch.Tensor:
         y = fn(x)
         if y.shape != x.shape:
-            raise ValueError(f"element-wise op changed the shape {tuple(x.shape)} -> {tuple(y.shape)}")
+            raise UnsupportedLayerError(op, where, f"broadcasts its input {tuple(x.shape)} to {tuple(y.shape)}: "
+                                        f"relevance cannot pass through unchanged")
         return y
 
     @staticmethod
-    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return r, None
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return r, None, None, None
 
 
 class ElementwiseEpsilon(torch.autograd.Function):
@@ -88,29 +92,31 @@ class Sum(torch.autograd.Function):
     """y = a + sign·b (residual add/sub): each operand gets R in proportion to its share of y (ε-stabilised)."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, sign: float, epsilon: float,
-                tracker: Tracker) -> torch.Tensor:
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, sign: float, epsilon: float, tracker: Tracker,
+                where: str) -> torch.Tensor:
         if a.shape != b.shape:
-            raise ValueError(f"operands have different shapes {tuple(a.shape)} and {tuple(b.shape)} (broadcast)")
+            raise UnsupportedLayerError("add", where, f"operands of shapes {tuple(a.shape)} and {tuple(b.shape)} "
+                                        f"broadcast: no LRP rule")
         y = a + sign * b
         ctx.save_for_backward(a, b, y)
         ctx.sign, ctx.epsilon, ctx.tracker = sign, epsilon, tracker
         return y
 
     @staticmethod
-    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None, None]:
         a, b, y = ctx.saved_tensors
         s = r / stabilise(y, ctx.epsilon)
         ra, rb = a * s, ctx.sign * b * s
         ctx.tracker.record(r, (ra, rb))
-        return ra, rb, None, None, None
+        return ra, rb, None, None, None, None
 
 
 class PositiveLinear(torch.autograd.Function):
     """A linear map with non-negative weights (average pooling, mean over dims): z-rule, R_j ∝ a_j."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tracker: Tracker) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                tracker: Tracker) -> torch.Tensor:
         y = fn(x)
         ctx.save_for_backward(x, y)
         ctx.fn, ctx.tracker = fn, tracker

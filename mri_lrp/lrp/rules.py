@@ -215,14 +215,21 @@ class Box(Rule):
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, _ = layer.params(a)
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        flat = a.flatten(1)
-        shape = (-1,) + (1,) * (a.dim() - 1)
-        low = flat.amin(1).view(shape) if self.low is None else torch.tensor(self.low, dtype=a.dtype, device=a.device)
-        high = flat.amax(1).view(shape) if self.high is None else torch.tensor(self.high, dtype=a.dtype, device=a.device)
-        lo, hi = low.expand_as(a), high.expand_as(a)
+        lo, hi = self._bounds(a)
         zb = layer.forward(a, w) - layer.forward(lo, wp) - layer.forward(hi, wn)
         s = r / stabilise(zb, self.epsilon)
         return a * layer.transpose(s, w, a) - lo * layer.transpose(s, wp, a) - hi * layer.transpose(s, wn, a)
+
+    def _bounds(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower and upper input bounds shaped like `a`: the given values, else each sample's min and max."""
+        shape = (-1,) + (1,) * (a.dim() - 1)
+        flat = a.flatten(1)
+
+        def bound(value: float | None, data: torch.Tensor) -> torch.Tensor:
+            b = data.view(shape) if value is None else torch.tensor(value, dtype=a.dtype, device=a.device)
+            return b.expand_as(a)
+
+        return bound(self.low, flat.amin(1)), bound(self.high, flat.amax(1))
 
 
 @dataclass(frozen=True)
