@@ -100,7 +100,7 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
-        _print_table(rows, ["scan_id", "kind", "shape", "spacing", "orientation", "series_description",
+        _print_table(rows, ["scan_id", "source", "kind", "shape", "spacing", "orientation", "series_description",
                             "problems"])
     if not any(r.get("kind") not in ("skipped", "error") for r in rows):
         raise typer.Exit(4)

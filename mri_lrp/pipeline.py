@@ -15,6 +15,7 @@ import platform
 import signal
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -118,7 +119,11 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     target = resolve_target(settings.target, loaded.class_names)
     device = resolve_device(settings.device)
     model = loaded.model.to(device)
-    explainer = Explainer(model, **rule_params(settings))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = Explainer(model, **rule_params(settings))
+    for w in caught:
+        reporter.note(f"warning: {w.message}")
     atlas = load_atlas(settings.atlas, settings.atlas_labels) if settings.atlas else None
     fingerprint = settings.fingerprint(loaded.sha256)
 

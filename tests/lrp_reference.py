@@ -44,7 +44,10 @@ def rule_matrix(rule: dict, W: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -
         elif name == "gamma":
             g = rule.get("gamma", 0.25)
             contrib = a * (w + g * w.clamp(min=0))
-            S[k] = contrib / _stab(float(contrib.sum()), rule.get("epsilon", 1e-6))
+            z = float(contrib.sum())
+            if rule.get("include_bias", False):
+                z += float(b[k]) + g * max(float(b[k]), 0.0)
+            S[k] = contrib / _stab(z, rule.get("epsilon", 1e-6))
         elif name in ("alphabeta", "zplus"):
             alpha, beta = (1.0, 0.0) if name == "zplus" else (rule.get("alpha", 2.0), rule.get("beta", 1.0))
             contrib = a * w

@@ -73,6 +73,7 @@ def test_overrides_from_toml_match_layer_names_and_types_later_patterns_winning(
     ({"overrides": {"0": {"epsilon": 1.0}}}, "'rule' key"),
     ({"rule": "alphabeta", "alpha": -1.0, "beta": 0.0}, "must be >= 0"),
     ({"batchnorm": "merge"}, "batchnorm rule"),
+    ({"alfa": 2.0}, "unknown LRP parameter"),
 ])
 def test_bad_rule_settings_are_settings_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):

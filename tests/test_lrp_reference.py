@@ -33,6 +33,7 @@ RULES = [
     {"rule": "zero"},
     {"rule": "epsilon", "epsilon": 0.1},
     {"rule": "gamma", "gamma": 0.25},
+    {"rule": "gamma", "gamma": 1.0, "include_bias": True},
     {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0},
     {"rule": "alphabeta", "alpha": 1.0, "beta": 0.0, "include_bias": True},
     {"rule": "zplus"},

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -168,3 +169,28 @@ def test_inspect_rows_describe_scans_errors_and_skips_as_json(tmp_path, nibabel_
     assert gap["kind"] == "error" and "missing slice" in gap["problems"][0] and gap["status"] == "error"
     skipped = [r for r in rows if r["kind"] == "skipped"]
     assert [Path(r["source"]).name for r in skipped] == ["notes.txt"]
+
+
+def test_permission_denied_on_an_unclaimed_file_is_a_skip_note_even_as_root(tmp_path, monkeypatch):
+    (tmp_path / "locked").write_bytes(b"x" * 200)
+    real_open = open
+
+    def denying_open(path, *args, **kwargs):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(sys.modules["mri_lrp.scans.discover"], "open", denying_open, raising=False)
+    refs, skipped = discover([tmp_path])
+    assert refs == [] and [s.reason for s in skipped] == ["cannot open: Permission denied"]
+
+
+def test_nifti_label_images_are_skipped_as_masks_not_scans(tmp_path: Path) -> None:
+    scan = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
+    mask = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4))
+    mask.header.set_intent("label")
+    nib.save(scan, tmp_path / "t1.nii.gz")
+    nib.save(mask, tmp_path / "t1_mask.nii.gz")
+    refs, skipped = discover([tmp_path])
+    assert [r.source for r in refs] == ["t1.nii.gz"]
+    assert [s.reason for s in skipped] == ["NIfTI label image (intent 'label'): a mask or atlas, not a scan"]

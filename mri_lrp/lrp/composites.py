@@ -9,13 +9,13 @@ patterns win over earlier ones.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fnmatch import fnmatchcase
 from typing import Any
 
 from mri_lrp.errors import SettingsError
 from mri_lrp.lrp.graph import Site
-from mri_lrp.lrp.rules import Rule, make_rule
+from mri_lrp.lrp.rules import RULES, Rule, make_rule
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ def assign(sites: list[Site], rule: str = "alphabeta", composite: str | None = N
            params: Mapping[str, Any] | None = None) -> list[Rule]:
     """One rule per site. `params` (alpha, beta, epsilon, gamma, ...) fill in whatever a rule takes."""
     params = dict(params or {})
+    known = {f.name for cls in RULES.values() for f in fields(cls) if f.init}
+    if set(params) - known:
+        raise SettingsError(f"unknown LRP parameter(s) {sorted(set(params) - known)} (known: {sorted(known)})")
     if composite is None and rule.lower() in COMPOSITES:
         composite, rule = rule.lower(), "alphabeta"
     preset = None

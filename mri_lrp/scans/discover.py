@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mri_lrp.scans.dicom import DicomHeader, read_header, split_series
 from mri_lrp.scans.ids import NIFTI_SUFFIXES, file_scan_id, make_unique, series_scan_id, short_hash
-from mri_lrp.scans.nifti import count_volumes
+from mri_lrp.scans.nifti import count_volumes, is_label_image
 from mri_lrp.scans.refs import ScanRef, Skipped
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -136,7 +136,8 @@ def _dicom_refs(series: dict[str, list[tuple[_Found, DicomHeader]]],
         for stack in split_series([(n, h) for n, (_, h) in enumerate(members)]):
             name = f"{label}_{stack.label}" if stack.label else label
             if stack.localizer:
-                skipped.append(Skipped(location, f"localizer series {name} ({len(stack.members)} images) dropped"))
+                count = f"{len(stack.members)} image{'s' if len(stack.members) > 1 else ''}"
+                skipped.append(Skipped(location, f"localizer series {name} ({count}) dropped"))
                 continue
             file_keys = list(dict.fromkeys(key for key, _ in stack.members))
             index = {key: i for i, key in enumerate(file_keys)}
@@ -160,7 +161,10 @@ def discover(paths: Sequence[str | Path], volume: int | None = None) -> tuple[li
     for f in found:
         name = os.path.basename(f.rel)
         if name.lower().endswith(NIFTI_SUFFIXES):
-            refs.extend(_nifti_refs(f, volume))
+            if is_label_image(f.abs_path):
+                skipped.append(Skipped(f.display, "NIfTI label image (intent 'label'): a mask or atlas, not a scan"))
+            else:
+                refs.extend(_nifti_refs(f, volume))
         elif name.upper() == "DICOMDIR":
             skipped.append(Skipped(f.display, "DICOMDIR index file (the images it lists are read directly)"))
         else:

@@ -55,6 +55,15 @@ def count_volumes(path: str) -> int | None:
         return None
 
 
+def is_label_image(path: str) -> bool:
+    """True for a NIfTI whose header declares it a label map (intent 'label'): a mask or atlas, not a scan."""
+    try:
+        img = _load(path, path)
+    except ScanError:
+        return False
+    return img.header.get_intent()[0] == "label"
+
+
 def _form_warnings(img: nib.Nifti1Image) -> list[str]:
     header = img.header
     sform, scode = header.get_sform(coded=True)

@@ -1,0 +1,177 @@
+"""End-to-end speed of `mri-lrp explain` against the naive sequential script, on generated 128³ NIfTI heads.
+
+    python benchmarks/pipeline_speed.py [--device cpu|cuda] [--n 16] [--size 128] [--model-grid 64]
+                                        [--workers N] [--batch-size auto|N] [--data DIR] [--json OUT]
+
+Writes ``--n`` phantom heads of ``--size``³ voxels at 1.5 mm (`mri_lrp.phantoms`, the four classes in turn,
+stored orientations mixed) as float32 .nii.gz, and one checkpoint of the zoo's ``cnn3d`` (seeded weights,
+non-trivial BatchNorm statistics) whose input is ``--model-grid``³ covering the same field of view, RAS,
+z-scored. Both sides get exactly these files and this checkpoint, and compute the same LRP-αβ (α=2, β=1)
+relevance for the predicted class (benchmarks/naive_baseline.py checks it against the package's engine).
+
+Each side runs as its own process, started cold, one after the other. "process wall" is the time from start to
+exit as seen from here (interpreter, imports, model loading and, for the pipeline, reader workers included);
+"run wall" is the time the side itself reports for its scan loop (naive) or its run (pipeline run.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from mri_lrp.model.checkpoint import save_checkpoint
+from mri_lrp.model.spec import InputSpec
+from mri_lrp.model.zoo import build_model
+from mri_lrp.phantoms import LABELS, ORIENTATIONS, generate_phantom
+
+HERE = Path(__file__).resolve().parent
+SPACING_MM = 1.5
+CLASSES = list(LABELS)
+
+
+def make_scans(folder: Path, n: int, size: int) -> list[Path]:
+    """``n`` phantom heads of ``size``³ at 1.5 mm as .nii.gz; files already there from an earlier run stay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"head_{i:03d}.nii.gz"
+        if not path.exists():
+            phantom = generate_phantom(1000 + i, LABELS[i % len(LABELS)], shape=(size,) * 3,
+                                       spacing=(SPACING_MM,) * 3, orientation=ORIENTATIONS[i % len(ORIENTATIONS)])
+            nib.save(nib.Nifti1Image(phantom.volume, phantom.affine), path)
+        paths.append(path)
+    return paths
+
+
+def make_checkpoint(path: Path, size: int, grid: int) -> InputSpec:
+    """The benchmark model: zoo cnn3d with seeded weights and BatchNorm statistics that are not the identity."""
+    torch.manual_seed(0)
+    model = build_model("cnn3d", num_classes=len(CLASSES))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    spacing = size * SPACING_MM / grid
+    spec = InputSpec(dims=3, channels=1, shape=(grid,) * 3, spacing=(spacing,) * 3, orientation="RAS",
+                     normalization="zscore")
+    save_checkpoint(path, model.eval(), architecture="cnn3d", kwargs={"num_classes": len(CLASSES)},
+                    class_names=CLASSES, input_spec=spec)
+    return spec
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    return time.perf_counter() - t0, proc
+
+
+def run_naive(data: Path, checkpoint: Path, out: Path, device: str, env: dict[str, str]) -> dict[str, Any]:
+    """The naive script as a fresh process; its own per-stage seconds plus the process wall time."""
+    wall, proc = _timed([sys.executable, str(HERE / "naive_baseline.py"), str(data), "--checkpoint",
+                         str(checkpoint), "--out", str(out), "--device", device], env)
+    if proc.returncode != 0:
+        raise SystemExit(f"naive baseline failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall"] = wall
+    return result
+
+
+def run_pipeline(data: Path, checkpoint: Path, out: Path, args: argparse.Namespace,
+                 env: dict[str, str]) -> dict[str, Any]:
+    """`mri-lrp explain` as a fresh process; its run.json plus the process wall time."""
+    cmd = [str(Path(sys.executable).with_name("mri-lrp")), "explain", str(data), "--checkpoint", str(checkpoint),
+           "--out", str(out), "--no-resume", "--quiet", "--rule", "alphabeta", "--alpha", "2", "--beta", "1",
+           "--device", args.device, "--batch-size", str(args.batch_size)]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    wall, proc = _timed(cmd, env)
+    if proc.returncode != 0:
+        raise SystemExit(f"mri-lrp explain failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    manifest = json.loads((out / "run.json").read_text())
+    return {"command": " ".join(cmd), "process_wall": wall, "run_json": manifest}
+
+
+def report(n: int, naive: dict[str, Any], pipe: dict[str, Any]) -> dict[str, Any]:
+    """The numbers: scans/s both ways, the ratios, and each side's per-stage seconds."""
+    seconds = pipe["run_json"]["seconds"]
+    counts = pipe["run_json"]["counts"]
+    if counts["done"] != n or counts["failed"]:
+        raise SystemExit(f"mri-lrp explain did not explain every scan: {counts}")
+    result = {
+        "scans": n,
+        "naive": {"process_wall_s": round(naive["process_wall"], 2), "run_wall_s": naive["seconds"]["wall"],
+                  "scans_per_s": round(n / naive["process_wall"], 3),
+                  "stage_s": {k: v for k, v in naive["seconds"].items() if k != "wall"}},
+        "pipeline": {"process_wall_s": round(pipe["process_wall"], 2), "run_wall_s": seconds["wall"],
+                     "scans_per_s": round(n / pipe["process_wall"], 3),
+                     "stage_s": {k: v for k, v in seconds.items() if k not in ("wall", "device_busy_fraction")},
+                     "device": pipe["run_json"]["device"],
+                     "device_busy_fraction": seconds.get("device_busy_fraction")},
+        "speedup_process": round(naive["process_wall"] / pipe["process_wall"], 2),
+        "speedup_run": round(naive["seconds"]["wall"] / seconds["wall"], 2),
+        "pipeline_command": pipe["command"],
+    }
+    return result
+
+
+def print_report(r: dict[str, Any]) -> None:
+    nv, pp = r["naive"], r["pipeline"]
+    print(f"{r['scans']} scans, pipeline device {pp['device']}")
+    print(f"{'':>10} {'process wall s':>15} {'run wall s':>11} {'scans/s':>8}")
+    for name, side in (("naive", nv), ("pipeline", pp)):
+        print(f"{name:>10} {side['process_wall_s']:>15.2f} {side['run_wall_s']:>11.2f} {side['scans_per_s']:>8.3f}")
+    print(f"speed-up: {r['speedup_process']:.2f}x (process wall), {r['speedup_run']:.2f}x (run wall)")
+    print("naive stage seconds:    " + ", ".join(f"{k} {v:.2f}" for k, v in nv["stage_s"].items()))
+    print("pipeline stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in pp["stage_s"].items())
+          + "  (summed over workers/threads; they overlap)")
+    if pp["device_busy_fraction"] is not None and "cuda" in pp["device"]:
+        print(f"device busy: {100 * pp['device_busy_fraction']:.0f}% of the pipeline's run wall")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (both sides)")
+    parser.add_argument("--n", type=int, default=16, help="number of scans")
+    parser.add_argument("--size", type=int, default=128, help="scan grid size per axis (1.5 mm voxels)")
+    parser.add_argument("--model-grid", type=int, default=64, help="model input size per axis (same field of view)")
+    parser.add_argument("--workers", type=int, default=None, help="pipeline reader processes (default: its own)")
+    parser.add_argument("--batch-size", default="auto", help="pipeline batch size: auto | N")
+    parser.add_argument("--data", type=Path, default=None, help="keep scans, checkpoint and outputs here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="mri-lrp-bench-") as tmp:
+        root = args.data or Path(tmp)
+        t0 = time.perf_counter()
+        scans = root / "scans"
+        make_scans(scans, args.n, args.size)
+        checkpoint = root / f"cnn3d_{args.model_grid}.pt"
+        spec = make_checkpoint(checkpoint, args.size, args.model_grid)
+        print(f"data: {args.n} x {args.size}^3 at {SPACING_MM} mm in {scans} ({time.perf_counter() - t0:.1f} s); "
+              f"model input {list(spec.shape or ())} at {spec.spacing[0] if spec.spacing else '-'} mm", flush=True)
+        env = dict(os.environ, MPLBACKEND="Agg")
+        naive = run_naive(scans, checkpoint, root / "out_naive", args.device, env)
+        pipe = run_pipeline(scans, checkpoint, root / "out_pipeline", args, env)
+        result = report(args.n, naive, pipe)
+        result["setup"] = {"size": args.size, "spacing_mm": SPACING_MM, "model_grid": args.model_grid,
+                           "model_spacing_mm": spec.spacing[0] if spec.spacing else None,
+                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+        print_report(result)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
