@@ -2,11 +2,11 @@
 
     python benchmarks/lrp_speed.py [--device cpu|cuda] [--repeats 5] [--models cnn2d,cnn3d] [--json OUT]
 
-Times are the fastest of the repeats after a warm-up (the least disturbed by other load; the median is
-reported too); the explainer is built once (tracing and BatchNorm merging
-are not in the per-batch time, but are reported). Peak memory: on CUDA the peak allocated above the
-resident model and input; on CPU the peak resident-set growth of a fresh child process per measurement
-(torch's CPU allocations are invisible to tracemalloc).
+Times are the fastest of the repeats after a warm-up (the least disturbed by other load); the median and
+the process CPU time (which other processes on a shared machine disturb less) are reported too. The
+explainer is built once: tracing and BatchNorm merging are not in the per-batch time, but are reported.
+Peak memory: on CUDA the peak allocated above the resident model and input; on CPU the peak resident-set
+growth of a fresh child process per measurement (torch's CPU allocations are invisible to tracemalloc).
 """
 
 from __future__ import annotations
@@ -92,15 +92,17 @@ def time_methods(name: str, device: str, repeats: int) -> dict[str, dict[str, fl
     for fn, _ in runners.values():
         fn()
     times: dict[str, list[float]] = {method: [] for method in METHODS}
+    cpu: dict[str, list[float]] = {method: [] for method in METHODS}
     for _ in range(repeats):
         for method, (fn, _) in runners.items():
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
             times[method].append(time.perf_counter() - start)
-    return {m: {"seconds": min(t), "median_seconds": statistics.median(t), "build_seconds": runners[m][1]}
-            for m, t in times.items()}
+            cpu[method].append(time.process_time() - start_cpu)
+    return {m: {"seconds": min(t), "median_seconds": statistics.median(t), "cpu_seconds": min(cpu[m]),
+                "build_seconds": runners[m][1]} for m, t in times.items()}
 
 
 def peak_memory(name: str, method: str, device: str) -> float:
@@ -164,23 +166,25 @@ def main() -> None:
     cpu = f"CPU, {torch.get_num_threads()} threads"
     label = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu
     print(f"device: {label}; torch {torch.__version__}")
-    print("| model | batch | method | time (s) | median (s) | time / gradient | peak mem (MiB) | mem / gradient "
-          "| build (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch | method | time (s) | median (s) | time / gradient | CPU time / gradient | "
+          "peak mem (MiB) | mem / gradient | build (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for name in args.models.split(","):
-        base_t = base_m = None
+        base_t = base_c = base_m = None
         timed = time_methods(name, device, args.repeats)
         for method in METHODS:
             t = timed[method]
             m = peak_memory(name, method, device)
             if method == "gradient":
-                base_t, base_m = t["seconds"], m
+                base_t, base_c, base_m = t["seconds"], t["cpu_seconds"], m
             row = {"model": name, "shape": MODELS[name][1], "method": method, **t, "peak_mib": m,
-                   "time_ratio": t["seconds"] / base_t, "memory_ratio": m / base_m if base_m else float("nan")}
+                   "time_ratio": t["seconds"] / base_t, "cpu_ratio": t["cpu_seconds"] / base_c,
+                   "memory_ratio": m / base_m if base_m else float("nan")}
             results.append(row)
             print(f"| {name} | {'x'.join(map(str, MODELS[name][1]))} | {method} | {t['seconds']:.3f} | "
-                  f"{t['median_seconds']:.3f} | {row['time_ratio']:.2f} | {m:.0f} | {row['memory_ratio']:.2f} | "
+                  f"{t['median_seconds']:.3f} | {row['time_ratio']:.2f} | {row['cpu_ratio']:.2f} | {m:.0f} | "
+                  f"{row['memory_ratio']:.2f} | "
                   f"{t['build_seconds']:.3f} |",
                   flush=True)
     if args.json:

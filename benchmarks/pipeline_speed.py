@@ -19,15 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
-import numpy as np
 import torch
 
 from mri_lrp.model.checkpoint import save_checkpoint
@@ -70,21 +71,38 @@ def make_checkpoint(path: Path, size: int, grid: int) -> InputSpec:
     return spec
 
 
-def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+@dataclass
+class Timed:
+    """One side's process: wall and CPU seconds (its reader workers included), and the machine's load."""
+
+    wall: float
+    cpu: float
+    load_before: float
+    load_after: float
+    proc: subprocess.CompletedProcess
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> Timed:
+    """Run ``cmd`` to the end; CPU time comes from the children's rusage, which counts grandchildren (the
+    pipeline's reader processes) once their parent has reaped them."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    return time.perf_counter() - t0, proc
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(wall, cpu, load_before, os.getloadavg()[0], proc)
 
 
 def run_naive(data: Path, checkpoint: Path, out: Path, device: str, env: dict[str, str]) -> dict[str, Any]:
     """The naive script as a fresh process; its own per-stage seconds plus the process wall time."""
-    wall, proc = _timed([sys.executable, str(HERE / "naive_baseline.py"), str(data), "--checkpoint",
-                         str(checkpoint), "--out", str(out), "--device", device], env)
-    if proc.returncode != 0:
-        raise SystemExit(f"naive baseline failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_wall"] = wall
-    return result
+    run = _timed([sys.executable, str(HERE / "naive_baseline.py"), str(data), "--checkpoint",
+                  str(checkpoint), "--out", str(out), "--device", device], env)
+    if run.proc.returncode != 0:
+        raise SystemExit(f"naive baseline failed (exit {run.proc.returncode}):\n{run.proc.stderr[-3000:]}")
+    result = json.loads(run.proc.stdout.strip().splitlines()[-1])
+    return {**result, "process_wall": run.wall, "cpu": run.cpu, "load": (run.load_before, run.load_after)}
 
 
 def run_pipeline(data: Path, checkpoint: Path, out: Path, args: argparse.Namespace,
@@ -95,42 +113,53 @@ def run_pipeline(data: Path, checkpoint: Path, out: Path, args: argparse.Namespa
            "--device", args.device, "--batch-size", str(args.batch_size)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
-    wall, proc = _timed(cmd, env)
-    if proc.returncode != 0:
-        raise SystemExit(f"mri-lrp explain failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    run = _timed(cmd, env)
+    if run.proc.returncode != 0:
+        raise SystemExit(f"mri-lrp explain failed (exit {run.proc.returncode}):\n{run.proc.stderr[-3000:]}")
     manifest = json.loads((out / "run.json").read_text())
-    return {"command": " ".join(cmd), "process_wall": wall, "run_json": manifest}
+    return {"command": " ".join(cmd), "process_wall": run.wall, "cpu": run.cpu,
+            "load": (run.load_before, run.load_after), "run_json": manifest}
 
 
-def report(n: int, naive: dict[str, Any], pipe: dict[str, Any]) -> dict[str, Any]:
-    """The numbers: scans/s both ways, the ratios, and each side's per-stage seconds."""
+def side_numbers(n: int, naive: dict[str, Any], pipe: dict[str, Any]) -> dict[str, Any]:
+    """One naive run and one pipeline run: scans/s, CPU seconds, per-stage seconds, machine load."""
     seconds = pipe["run_json"]["seconds"]
     counts = pipe["run_json"]["counts"]
     if counts["done"] != n or counts["failed"]:
         raise SystemExit(f"mri-lrp explain did not explain every scan: {counts}")
-    result = {
-        "scans": n,
+    return {
         "naive": {"process_wall_s": round(naive["process_wall"], 2), "run_wall_s": naive["seconds"]["wall"],
-                  "scans_per_s": round(n / naive["process_wall"], 3),
+                  "cpu_s": round(naive["cpu"], 2), "scans_per_s": round(n / naive["process_wall"], 3),
+                  "load_avg": naive["load"],
                   "stage_s": {k: v for k, v in naive["seconds"].items() if k != "wall"}},
         "pipeline": {"process_wall_s": round(pipe["process_wall"], 2), "run_wall_s": seconds["wall"],
-                     "scans_per_s": round(n / pipe["process_wall"], 3),
+                     "cpu_s": round(pipe["cpu"], 2), "scans_per_s": round(n / pipe["process_wall"], 3),
+                     "load_avg": pipe["load"],
                      "stage_s": {k: v for k, v in seconds.items() if k not in ("wall", "device_busy_fraction")},
                      "device": pipe["run_json"]["device"],
                      "device_busy_fraction": seconds.get("device_busy_fraction")},
         "speedup_process": round(naive["process_wall"] / pipe["process_wall"], 2),
         "speedup_run": round(naive["seconds"]["wall"] / seconds["wall"], 2),
-        "pipeline_command": pipe["command"],
     }
-    return result
 
 
-def print_report(r: dict[str, Any]) -> None:
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each side's fastest run (the least disturbed by other load) and the ratio of the two."""
+    naive = min((r["naive"] for r in runs), key=lambda side: side["process_wall_s"])
+    pipe = min((r["pipeline"] for r in runs), key=lambda side: side["process_wall_s"])
+    return {"naive": naive, "pipeline": pipe,
+            "speedup_process": round(naive["process_wall_s"] / pipe["process_wall_s"], 2),
+            "speedup_run": round(naive["run_wall_s"] / pipe["run_wall_s"], 2)}
+
+
+def print_run(label: str, r: dict[str, Any]) -> None:
     nv, pp = r["naive"], r["pipeline"]
-    print(f"{r['scans']} scans, pipeline device {pp['device']}")
-    print(f"{'':>10} {'process wall s':>15} {'run wall s':>11} {'scans/s':>8}")
+    print(f"{label}: pipeline device {pp['device']}")
+    print(f"{'':>10} {'process wall s':>15} {'run wall s':>11} {'CPU s':>7} {'scans/s':>8} {'load avg':>12}")
     for name, side in (("naive", nv), ("pipeline", pp)):
-        print(f"{name:>10} {side['process_wall_s']:>15.2f} {side['run_wall_s']:>11.2f} {side['scans_per_s']:>8.3f}")
+        load = "{:.1f}->{:.1f}".format(*side["load_avg"])
+        print(f"{name:>10} {side['process_wall_s']:>15.2f} {side['run_wall_s']:>11.2f} {side['cpu_s']:>7.1f} "
+              f"{side['scans_per_s']:>8.3f} {load:>12}")
     print(f"speed-up: {r['speedup_process']:.2f}x (process wall), {r['speedup_run']:.2f}x (run wall)")
     print("naive stage seconds:    " + ", ".join(f"{k} {v:.2f}" for k, v in nv["stage_s"].items()))
     print("pipeline stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in pp["stage_s"].items())
@@ -147,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-grid", type=int, default=64, help="model input size per axis (same field of view)")
     parser.add_argument("--workers", type=int, default=None, help="pipeline reader processes (default: its own)")
     parser.add_argument("--batch-size", default="auto", help="pipeline batch size: auto | N")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for both sides (default: torch's own choice)")
+    parser.add_argument("--repeats", type=int, default=1, help="naive/pipeline pairs, alternating; best is kept")
     parser.add_argument("--data", type=Path, default=None, help="keep scans, checkpoint and outputs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
+    if args.n < 1 or args.repeats < 1 or args.size < 8 or args.model_grid < 16:
+        parser.error("--n and --repeats must be >= 1, --size >= 8 and --model-grid >= 16")
 
     with tempfile.TemporaryDirectory(prefix="mri-lrp-bench-") as tmp:
         root = args.data or Path(tmp)
@@ -161,13 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {args.n} x {args.size}^3 at {SPACING_MM} mm in {scans} ({time.perf_counter() - t0:.1f} s); "
               f"model input {list(spec.shape or ())} at {spec.spacing[0] if spec.spacing else '-'} mm", flush=True)
         env = dict(os.environ, MPLBACKEND="Agg")
-        naive = run_naive(scans, checkpoint, root / "out_naive", args.device, env)
-        pipe = run_pipeline(scans, checkpoint, root / "out_pipeline", args, env)
-        result = report(args.n, naive, pipe)
-        result["setup"] = {"size": args.size, "spacing_mm": SPACING_MM, "model_grid": args.model_grid,
-                           "model_spacing_mm": spec.spacing[0] if spec.spacing else None,
-                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-        print_report(result)
+        if args.torch_threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.torch_threads)
+        runs = []
+        for i in range(args.repeats):
+            naive = run_naive(scans, checkpoint, root / "out_naive", args.device, env)
+            pipe = run_pipeline(scans, checkpoint, root / "out_pipeline", args, env)
+            runs.append(side_numbers(args.n, naive, pipe))
+            print_run(f"run {i + 1}/{args.repeats}", runs[-1])
+        result = {"scans": args.n, "pipeline_command": pipe["command"], "runs": runs,
+                  "setup": {"size": args.size, "spacing_mm": SPACING_MM, "model_grid": args.model_grid,
+                            "model_spacing_mm": spec.spacing[0] if spec.spacing else None,
+                            "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads}}
+        if args.repeats > 1:
+            result["best"] = best_of(runs)
+            print_run(f"best of {args.repeats}", result["best"])
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -14,8 +14,8 @@ A shard is ``I/N`` (0-based). It comes from ``--shard``, else from the environme
 
 Assignment sorts scan ids by the SHA-256 of the id and deals them round-robin: it depends only on the set
 of ids (not on file order, machine or rerun), shard sizes differ by at most one, and each id lands in
-exactly one shard. Every shard must therefore see the same set of scans; ``scan_set_digest`` lets the run
-record which set that was, so a merge can tell when shards saw different folders.
+exactly one shard. Every shard must therefore see the same set of scans; each writes the ids it was dealt
+to ``plan.txt``, and the merge checks that the plans fit together.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def _slurm_array_indices(environ: Mapping[str, str]) -> list[int]:
     if count == 2:
         return [low, high]
     raise SettingsError(
-        f"SLURM array {low}..{high} with {count} tasks is not evenly spaced, so a task's position "
-        f"is unknown; {hint}"
+        f"SLURM array {low}..{high} with {count} tasks: its step is not given (a list like 0,4,9), so "
+        f"the task's position in it is unknown; {hint}"
     )
 
 
@@ -195,10 +195,3 @@ def assign(scan_ids: Iterable[str], shard: Shard) -> list[str]:
     ordered = sorted(ids, key=_hash_key)
     return ordered[shard.index :: shard.count]
 
-
-def scan_set_digest(scan_ids: Iterable[str]) -> str:
-    """SHA-256 of the sorted set of ids: equal in every shard that saw the same scans."""
-    digest = hashlib.sha256()
-    for scan_id in sorted(set(scan_ids)):
-        digest.update(scan_id.encode("utf-8") + b"\n")
-    return digest.hexdigest()

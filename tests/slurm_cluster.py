@@ -91,8 +91,9 @@ def _wait_for(check, timeout: float, what: str, logs: list[Path]) -> None:
 class SlurmCluster:
     """One node (this machine, at 127.0.0.1) in one partition; use as a context manager."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, budget: float = 300.0) -> None:
         self.root = root
+        self.deadline = time.monotonic() + budget
         self.conf = root / "slurm.conf"
         self.node = socket.gethostname().split(".")[0]
         self.pids: dict[str, int] = {}
@@ -117,7 +118,7 @@ class SlurmCluster:
         self.root.chmod(0o755)
         self._start_munge(timeout)
         self._write_conf()
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.env = {"SLURM_CONF": str(self.conf)}
         self._start_daemon("slurmctld", [_which("slurmctld") or "slurmctld", "-f", str(self.conf)], timeout)
         self._start_daemon(
             "slurmd", [_which("slurmd") or "slurmd", "-f", str(self.conf), "-N", self.node], timeout
@@ -126,10 +127,11 @@ class SlurmCluster:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Cancel leftover jobs, then end the daemons this harness started (by PID), newest first."""
-        if "slurmctld" in self.pids and self.env:
-            try:
-                _run([_which("scancel") or "scancel", "--full", "--user", "root"], 10, self.env)
-            except (subprocess.TimeoutExpired, OSError):
+        if "slurmctld" in self.pids and "slurmd" in self.pids:
+            try:  # let slurmd end the jobs' processes before it goes away itself
+                self.run(["scancel", "--full", "--user", "root"], 10)
+                _wait_for(self._queue_empty, timeout, "cancelled jobs to end", [])
+            except (subprocess.TimeoutExpired, OSError, ClusterError):
                 pass
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self.pids.pop(name, None)
@@ -229,13 +231,30 @@ class SlurmCluster:
             return False
         return result.stdout.strip() == "idle"
 
+    def time_left(self, cap: float = 150.0) -> float:
+        """Seconds the next wait may take: at most ``cap`` and never past the overall budget."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ClusterError("the cluster's time budget is spent")
+        return min(cap, left)
+
+    def _queue_empty(self) -> bool:
+        try:
+            result = self.run(["squeue", "--noheader"], timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        return result.returncode == 0 and not result.stdout.strip()
+
     # --- client commands -----------------------------------------------------------------------
     def run(
         self, args: list[str], timeout: float, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess:
-        """Run a SLURM client command against this cluster (SLURM_CONF set); raises on timeout."""
+        """Run a SLURM client command against this cluster; raises on timeout.
+
+        ``env`` replaces this process's environment (jobs inherit it); SLURM_CONF is always set.
+        """
         binary = _which(args[0]) or args[0]
-        return _run([binary, *args[1:]], timeout, {**self.env, **(env or {})})
+        return _run([binary, *args[1:]], timeout, {**(os.environ if env is None else env), **self.env})
 
     def sbatch_wait(self, args: list[str], timeout: float, env: dict[str, str] | None = None) -> int:
         """``sbatch --wait`` a job and return its exit code; cancels the job when it overruns ``timeout``."""

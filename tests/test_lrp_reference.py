@@ -13,11 +13,14 @@ from mri_lrp.lrp import Explainer
 def _net(dims: int) -> nn.Sequential:
     torch.manual_seed(dims)
     if dims == 1:
-        layers = [nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(3, 4, 3), nn.ReLU(),
-                  nn.Flatten(), nn.Linear(8, 3)]
+        layers = [nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(3, 4, 3, padding="same",
+                  dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)]
     elif dims == 2:
         layers = [nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(3, 4, 3, padding=1, stride=2),
                   nn.ReLU(), nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3)]
+    elif dims == 4:  # grouped 2D convs (signed input into a grouped first layer)
+        layers = [nn.Conv2d(2, 4, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2, groups=2),
+                  nn.ReLU(), nn.Flatten(), nn.Linear(54, 3)]
     else:
         layers = [nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2), nn.Conv3d(2, 3, 3, padding=1), nn.ReLU(),
                   nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, 3)]
@@ -28,7 +31,7 @@ def _net(dims: int) -> nn.Sequential:
     return net
 
 
-INPUT = {1: (2, 8), 2: (1, 8, 8), 3: (1, 6, 6, 6)}
+INPUT = {1: (2, 8), 2: (1, 8, 8), 3: (1, 6, 6, 6), 4: (2, 8, 8)}
 RULES = [
     {"rule": "zero"},
     {"rule": "epsilon", "epsilon": 0.1},
@@ -53,7 +56,7 @@ def _compare(net: nn.Sequential, x: torch.Tensor, rules: list[dict], explainer: 
         assert torch.allclose(got.output_relevance[i], r_out.sum(), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("dims", [1, 2, 3, 4])
 @pytest.mark.parametrize("spec", RULES, ids=lambda s: "-".join(f"{v}" for v in s.values()))
 def test_every_rule_matches_dense_reference_with_signed_inputs(dims: int, spec: dict) -> None:
     net = _net(dims)

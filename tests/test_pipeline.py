@@ -179,3 +179,58 @@ def test_sigterm_stops_cleanly_and_keeps_finished_scans(tmp_path: Path) -> None:
     done = read_rows(out / "summary.csv")
     assert 1 <= len(done) < 14
     assert json.loads((out / "run.json").read_text())["interrupted"] == "SIGTERM"
+
+
+def _checkpoint(path: Path, architecture: str, dims: int, shape: tuple[int, ...]) -> Path:
+    import torch
+
+    from mri_lrp.model.checkpoint import save_checkpoint
+    from mri_lrp.model.spec import InputSpec
+    from mri_lrp.model.zoo import build_model
+
+    torch.manual_seed(0)
+    net = build_model(architecture, num_classes=3, width=4, depth=2)
+    save_checkpoint(path, net, architecture=architecture, kwargs={"num_classes": 3, "width": 4, "depth": 2},
+                    class_names=["a", "b", "c"],
+                    input_spec=InputSpec(dims=dims, shape=shape, spacing=(6.0,) * dims))
+    return path
+
+
+def test_a_slice_model_explains_every_slice_and_stacks_them_into_the_volume(small_set: Path, tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "slices.pt", "cnn2d", 2, (32, 32))
+    out = tmp_path / "out"
+    res = run_cli("explain", str(small_set), "--checkpoint", str(ckpt), "--out", str(out), "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    for row in read_rows(out / "summary.csv"):
+        rel = np.asarray(nib.load(out / "scans" / row["scan_id"] / "relevance.nii.gz").dataobj)
+        assert rel.shape == tuple(int(n) for n in row["shape"].split("x"))
+        slices_with_relevance = int((np.abs(rel).sum(axis=(0, 1)) > 0).sum())
+        assert slices_with_relevance > rel.shape[2] // 2
+        assert float(row["conservation_error"]) < 0.05  # empty background slices keep no relevance
+
+
+def test_target_all_writes_one_relevance_volume_and_overlay_per_class(small_set: Path, tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "vol.pt", "cnn3d", 3, (32, 32, 32))
+    out = tmp_path / "out"
+    res = run_cli("explain", str(small_set), "--checkpoint", str(ckpt), "--out", str(out), "--target", "all",
+                  "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    row = read_rows(out / "summary.csv")[0]
+    assert row["target_class"] == "all"
+    scan_dir = out / "scans" / row["scan_id"]
+    rel = nib.load(scan_dir / "relevance.nii.gz")
+    assert rel.shape[3] == 3
+    assert sorted(p.name for p in scan_dir.glob("overlay_*.png")) == ["overlay_a.png", "overlay_b.png",
+                                                                      "overlay_c.png"]
+    regions = read_rows(scan_dir / "regions.csv")
+    assert {r["target_class"] for r in regions} == {"a", "b", "c"}
+
+
+def test_a_named_target_class_is_explained_for_every_scan(small_set: Path, tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "vol.pt", "cnn3d", 3, (32, 32, 32))
+    out = tmp_path / "out"
+    assert run_cli("explain", str(small_set), "--checkpoint", str(ckpt), "--out", str(out), "--target", "b",
+                   "--workers", "0").returncode == 0
+    assert {r["target_class"] for r in read_rows(out / "summary.csv")} == {"b"}
+    bad = run_cli("explain", str(small_set), "--checkpoint", str(ckpt), "--out", str(out), "--target", "zebra")
+    assert bad.returncode == 2 and "zebra" in bad.stderr

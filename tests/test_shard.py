@@ -16,7 +16,6 @@ from mri_lrp.shard import (
     assign,
     local_device_from_env,
     parse_array_spec,
-    scan_set_digest,
     shard_from_env,
 )
 
@@ -66,6 +65,8 @@ def test_sparse_stepped_array_uses_the_position_in_the_index_list_not_the_raw_id
     # --array=1-7:2 -> ids 1,3,5,7 (SLURM sets STEP=2, COUNT=4)
     shards = [shard_from_env(slurm_env(task, 1, 7, 4, step=2)) for task in (1, 3, 5, 7)]
     assert shards == [Shard(i, 4) for i in range(4)]
+    # --array=0-10:3 -> ids 0,3,6,9 (SLURM sets MAX=9, the last id, not 10)
+    assert [shard_from_env(slurm_env(t, 0, 9, 4, step=3)) for t in (0, 3, 6, 9)] == [Shard(i, 4) for i in range(4)]
 
 
 def test_two_task_irregular_array_is_its_minimum_and_maximum() -> None:
@@ -75,9 +76,12 @@ def test_two_task_irregular_array_is_its_minimum_and_maximum() -> None:
 
 
 def test_irregular_array_without_the_index_list_is_refused_rather_than_guessed() -> None:
-    # --array=0,4,9: SLURM reports MIN=0 MAX=9 COUNT=3 STEP=1, which fits 0,4,9 and 0,5,9 alike
+    # --array=0,4,9: SLURM reports MIN=0 MAX=9 COUNT=3 STEP=1, which fits 0,4,9 and 0,5,9 alike;
+    # even --array=1,3,5 comes with STEP=1, so no list of three or more ids is inferred
     with pytest.raises(SettingsError, match="MRI_LRP_ARRAY"):
         shard_from_env(slurm_env(4, 0, 9, 3))
+    with pytest.raises(SettingsError, match="MRI_LRP_ARRAY"):
+        shard_from_env(slurm_env(3, 1, 5, 3))
 
 
 def test_array_index_list_from_mri_lrp_array_resolves_irregular_arrays() -> None:
@@ -113,7 +117,7 @@ def test_bad_array_spec_is_a_settings_error(spec: str) -> None:
 
 
 def test_step_inconsistent_with_count_falls_back_to_the_irregular_rule() -> None:
-    with pytest.raises(SettingsError, match="not evenly spaced"):
+    with pytest.raises(SettingsError, match="step is not given"):
         shard_from_env(slurm_env(4, 0, 9, 3, step=2))
 
 
@@ -208,11 +212,6 @@ def test_assignment_is_pinned_to_sha256_of_the_id() -> None:
 def test_duplicate_ids_cannot_be_assigned() -> None:
     with pytest.raises(ValueError, match="unique"):
         assign(["a", "a"], Shard(0, 1))
-
-
-def test_scan_set_digest_depends_on_the_set_only() -> None:
-    assert scan_set_digest(["b", "a"]) == scan_set_digest(["a", "b"])
-    assert scan_set_digest(["a", "b"]) != scan_set_digest(["a", "b", "c"])
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -25,11 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "configs" / "slurm"
 SAMPLES = REPO / "sample_scans"
 MRI_LRP = str(Path(sys.executable).with_name("mri-lrp"))
-# the same options for every run; one thread each so that sharded and single runs do identical arithmetic
+# the same options for every run (array tasks get their thread count from the job script's OMP_NUM_THREADS)
 EXPLAIN_ARGS = ["--device", "cpu", "--masks", str(SAMPLES / "masks")]
 SBATCH_ARGS = ["--cpus-per-task=1", "--mem=512M", "--gres=none", "--time=10:00"]
 TIMING_COLUMNS = {"seconds"}
-JOB_TIMEOUT = 150.0
+SHARD_VARIABLES = ("SLURM_ARRAY_", "MRI_LRP_ARRAY", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+BUDGET = 300.0  # seconds for everything after the install; every wait takes at most what is left
 
 
 @pytest.fixture(scope="module")
@@ -40,29 +42,31 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("slurm")
-    with SlurmCluster(root) as running:
+    with SlurmCluster(root, budget=BUDGET) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder every SLURM job can reach (jobs run as root on this node, but cd into it)."""
+    """The jobs' working folder (their logs go to logs/ in it) and every run's output."""
     path = tmp_path_factory.mktemp("jobs")
     path.chmod(0o755)
     return path
 
 
 def explain_env() -> dict[str, str]:
-    return {**os.environ, "MRI_LRP": MRI_LRP, "OMP_NUM_THREADS": "1"}
+    """This environment without any shard of its own (CI may itself run inside a SLURM job or torchrun)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(SHARD_VARIABLES)}
+    return {**inherited, "MRI_LRP": MRI_LRP, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def single_run(work: Path) -> Path:
+def single_run(cluster, work: Path) -> Path:
     """The reference: one process over every sample scan."""
     out = work / "single"
     result = subprocess.run(
         [MRI_LRP, "explain", str(SAMPLES), "--out", str(out), *EXPLAIN_ARGS],
-        capture_output=True, text=True, timeout=240, env=explain_env(), check=False,
+        capture_output=True, text=True, timeout=cluster.time_left(240), env=explain_env(), check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
@@ -75,12 +79,28 @@ def read_rows(path: Path, drop: set[str] = frozenset()) -> list[dict[str, str]]:
     return sorted(rows, key=lambda row: row["scan_id"])
 
 
-def assert_same_tables(merged: Path, single: Path, scan_ids: set[str] | None = None) -> None:
+def same_cell(a: str, b: str) -> bool:
+    """Equal text, or numbers equal up to float32 rounding.
+
+    Reader workers hand scans over in the order they finish, so batches (and the order of float32 sums)
+    can differ between runs; conservation_error, a residue of about 1e-7, then differs in its last digits.
+    """
+    if a == b:
+        return True
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-6)
+    except ValueError:
+        return False
+
+
+def assert_same_tables(merged: Path, single: Path) -> None:
     for table, drop in (("summary.csv", TIMING_COLUMNS), ("regions.csv", set()), ("failures.csv", set())):
-        expected = read_rows(single / table, drop)
-        if scan_ids is not None:
-            expected = [row for row in expected if row["scan_id"] in scan_ids]
-        assert read_rows(merged / table, drop) == expected, table
+        got, expected = read_rows(merged / table, drop), read_rows(single / table, drop)
+        assert [row["scan_id"] for row in got] == [row["scan_id"] for row in expected], table
+        for row, reference in zip(got, expected, strict=True):
+            assert row.keys() == reference.keys(), table
+            differing = {k: (row[k], reference[k]) for k in row if not same_cell(row[k], reference[k])}
+            assert not differing, f"{table} {row['scan_id']}: {differing}"
 
 
 def sbatch_explain(cluster, work: Path, out: Path, array: str, env: dict[str, str] | None = None) -> int:
@@ -88,7 +108,7 @@ def sbatch_explain(cluster, work: Path, out: Path, array: str, env: dict[str, st
     logs.mkdir(exist_ok=True)
     args = [f"--array={array}", *SBATCH_ARGS, f"--output={logs}/explain-%A_%a.log", f"--chdir={work}",
             str(SLURM_DIR / "explain-array.sbatch"), str(SAMPLES), str(out), *EXPLAIN_ARGS]
-    return cluster.sbatch_wait(args, JOB_TIMEOUT, {**explain_env(), **(env or {})})
+    return cluster.sbatch_wait(args, cluster.time_left(), {**explain_env(), **(env or {})})
 
 
 def merge_cli(*args: str) -> subprocess.CompletedProcess:
@@ -125,7 +145,7 @@ def test_merge_job_gives_the_single_run_tables(
     logs = work / "logs"
     rc = cluster.sbatch_wait(
         [*SBATCH_ARGS, f"--output={logs}/merge-%j.log", str(SLURM_DIR / "merge.sbatch"), str(array_run)],
-        JOB_TIMEOUT, explain_env(),
+        cluster.time_left(), explain_env(),
     )
     assert rc == 0, job_logs(work)
     assert json.loads((array_run / "run.json").read_text())["complete"] is True
@@ -161,7 +181,7 @@ def test_lost_shard_resubmitted_alone_completes_the_merge(
 def test_submit_script_runs_an_irregular_array_then_the_dependent_merge(cluster, work: Path) -> None:
     subset = work / "subset"
     subset.mkdir()
-    chosen = sorted(SAMPLES.glob("*.nii.gz"))[:4]
+    chosen = sorted(SAMPLES.glob("*.nii.gz"))[:3]  # one scan per task
     for path in chosen:
         shutil.copy(path, subset / path.name)
     out = work / "submitted"
@@ -173,7 +193,8 @@ def test_submit_script_runs_an_irregular_array_then_the_dependent_merge(cluster,
     assert submitted.returncode == 0, submitted.stderr
     merge_job = submitted.stdout.split()[-1]
 
-    deadline = time.monotonic() + JOB_TIMEOUT
+    wait = cluster.time_left()
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         queue = cluster.run(["squeue", "--noheader", f"--jobs={merge_job}", "--format=%T"], timeout=10)
         if not queue.stdout.strip() and (out / "run.json").is_file():
@@ -181,7 +202,7 @@ def test_submit_script_runs_an_irregular_array_then_the_dependent_merge(cluster,
         time.sleep(1)
     else:
         cluster.run(["scancel", merge_job], timeout=10)
-        pytest.fail(f"merge job {merge_job} did not finish within {JOB_TIMEOUT:.0f} s\n{job_logs(work)}")
+        pytest.fail(f"merge job {merge_job} did not finish within {wait:.0f} s\n{job_logs(work)}")
 
     run = json.loads((out / "run.json").read_text())
     assert run["merged"] is True and run["complete"] is True, run

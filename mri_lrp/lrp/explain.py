@@ -45,7 +45,8 @@ class Explainer:
 
     Parameters beyond the rule choice: alpha, beta, epsilon, gamma, include_bias, low, high (rule
     parameters), batchnorm ("pass" or "epsilon": the rule for BatchNorm that cannot be merged) and
-    residual_epsilon (the stabiliser of residual additions).
+    residual_epsilon (the stabiliser of residual additions). Merged BatchNorm layers are snapshots of the
+    weights at build time: build a new Explainer after changing the model.
     """
 
     def __init__(self, model: nn.Module, rule: str = "alphabeta", composite: str | None = None,
@@ -54,7 +55,6 @@ class Explainer:
         if batchnorm not in ("pass", "epsilon"):
             raise SettingsError(f"batchnorm rule must be 'pass' or 'epsilon', got {batchnorm!r}")
         residual_epsilon = float(params.pop("residual_epsilon", 1e-6))
-        self.model = model
         self.graph: LrpGraph = build(model, batchnorm, residual_epsilon, float(params.get("epsilon", 1e-6)))
         if not self.graph.sites:
             raise UnsupportedLayerError("model", type(model).__name__, "no conv or linear layer to explain")

@@ -161,29 +161,35 @@ def _affine(module: nn.Module, name: str) -> Affine:
 
 
 def _bn_affine(bn: nn.modules.batchnorm._BatchNorm, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """BatchNorm in eval mode as y = scale·x + shift per channel (float64 for an exact merge)."""
+    """BatchNorm in eval mode as y = scale·x + shift per channel (float64 on the CPU, for an exact merge on any
+    device, including those without float64)."""
     if type(bn).forward is not nn.modules.batchnorm._BatchNorm.forward:
         raise UnsupportedLayerError(type(bn).__name__, name, "custom BatchNorm forward: no exact LRP rule")
     if bn.running_mean is None or bn.running_var is None:
         raise UnsupportedLayerError(type(bn).__name__, name, "batch statistics without running estimates: a "
                                     "sample's result would depend on its batch")
-    var, mean = bn.running_var.detach().double(), bn.running_mean.detach().double()
+    var, mean = _exact(bn.running_var), _exact(bn.running_mean)
     scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
-        scale = scale * bn.weight.detach().double()
+        scale = scale * _exact(bn.weight)
     shift = -mean * scale
     if bn.bias is not None:
-        shift = shift + bn.bias.detach().double()
+        shift = shift + _exact(bn.bias)
     return scale, shift
+
+
+def _exact(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float64)
 
 
 def _merge(layer: Affine, scale: torch.Tensor, shift: torch.Tensor) -> Affine:
     """BN(layer(x)) as one layer with new weight and bias tensors (bias absorbs the BN shift)."""
-    w = layer.weight.double()
+    w = _exact(layer.weight)
     w = w * scale.view((-1,) + (1,) * (w.dim() - 1))
-    b = shift + (layer.bias.double() * scale if layer.bias is not None else 0.0)
-    dtype = layer.weight.dtype
-    return Affine(layer.kind, w.to(dtype), b.to(dtype), layer.stride, layer.padding, layer.dilation, layer.groups)
+    b = shift + (_exact(layer.bias) * scale if layer.bias is not None else 0.0)
+    like = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    return Affine(layer.kind, w.to(**like), b.to(**like), layer.stride, layer.padding, layer.dilation,
+                  layer.groups)
 
 
 def trace(model: nn.Module) -> fx.Graph:
@@ -299,7 +305,8 @@ def _module_step(node: fx.Node, model: nn.Module, sites: list[Site], site_of: di
             site.layer, site.merged = _merge(site.layer, scale, shift), name
             rows.append((name, tname, f"merged into '{site.name}'"))
             return lambda a, k, c: a[0]
-        fn = _batchnorm_fn(scale, shift)
+        like = {"device": module.running_var.device, "dtype": module.running_var.dtype}
+        fn = _batchnorm_fn(scale.to(**like), shift.to(**like))
         if batchnorm == "epsilon":
             rows.append((name, tname, f"epsilon on the affine map (epsilon={epsilon:g})"))
             return lambda a, k, c: ElementwiseEpsilon.apply(a[0], fn, epsilon, c.tracker)

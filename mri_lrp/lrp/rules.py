@@ -150,13 +150,14 @@ class AlphaBeta(Rule):
 
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, b = layer.params(a)
+        groups, dim = layer.groups, (1 if layer.kind == "conv" else a.dim() - 1)
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         signed = bool(a.amin() < 0)
-        if signed:
-            ap, an = a.clamp(min=0), a.clamp(max=0)
-            zp = layer.forward(ap, wp).add_(layer.forward(an, wn))
-        else:
-            zp = layer.forward(a, wp)
+        x = a
+        if signed:  # a⁺ and a⁻ become separate input channels: positive side (w⁺|w⁻), negative side (w⁻|w⁺)
+            x = _interleave(a.clamp(min=0), a.clamp(max=0), dim, groups)
+            wp, wn = torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)
+        zp = layer.forward(x, wp)
         zn = torch.sub(z, zp)
         if b is not None:
             zn.sub_(_channel_view(b, z, layer.kind))
@@ -167,25 +168,39 @@ class AlphaBeta(Rule):
         # gives those outputs' relevance to nobody: the side is lost, as in the formula.
         zp.masked_fill_(zp == 0, 1.0)
         zn.masked_fill_(zn == 0, 1.0)
-        first = self._pair(layer, r, zp, zn, wp, wn, a)
-        if not signed:
-            return first.mul_(a)
-        return first.mul_(ap).add_(self._pair(layer, r, zp, zn, wn, wp, a).mul_(an))
+        # αW⁺ᵀ(r/z⁺) − βW⁻ᵀ(r/z⁻) as ONE transposed pass: both sides stacked as output channels
+        shares = _interleaved_divide(r, zp, zn, dim, groups)
+        del zp, zn  # lower the peak: the shares are all the transposed pass needs
+        c = layer.transpose(shares, _interleave(self.alpha * wp, -self.beta * wn, 0, groups), x).mul_(x)
+        return _fold_pairs(c, dim, groups) if signed else c
 
-    def _pair(self, layer: Affine, r: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor, w1: torch.Tensor,
-              w2: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """αW1ᵀ(r/z⁺) − βW2ᵀ(r/z⁻) as one transposed pass over stacked weights (two when the conv is grouped)."""
-        if layer.groups != 1:
-            return (layer.transpose(r / zp, self.alpha * w1, a)
-                    .add_(layer.transpose(r / zn, -self.beta * w2, a)))
-        dim = 1 if layer.kind == "conv" else r.dim() - 1
-        channels = r.shape[dim]
-        shape = list(r.shape)
-        shape[dim] = 2 * channels
-        stacked = r.new_empty(shape)
-        torch.div(r, zp, out=stacked.narrow(dim, 0, channels))
-        torch.div(r, zn, out=stacked.narrow(dim, channels, channels))
-        return layer.transpose(stacked, torch.cat([self.alpha * w1, -self.beta * w2]), a)
+
+def _interleave(u: torch.Tensor, v: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
+    """u and v stacked along `dim` group by group, [u_0, v_0, u_1, v_1, ...], so grouped convs stay grouped."""
+    shape = list(u.shape)
+    split = shape[:dim] + [groups, shape[dim] // groups] + shape[dim + 1:]
+    pairs = torch.stack([u.reshape(split), v.reshape(split)], dim + 1)
+    return pairs.reshape(shape[:dim] + [2 * shape[dim]] + shape[dim + 1:])
+
+
+def _interleaved_divide(r: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
+    """_interleave(r / zp, r / zn) written straight into one buffer (no extra copy)."""
+    shape = list(r.shape)
+    c = shape[dim]
+    split = shape[:dim] + [groups, c // groups] + shape[dim + 1:]
+    out = r.new_empty(shape[:dim] + [groups, 2, c // groups] + shape[dim + 1:])
+    rs = r.reshape(split)
+    torch.div(rs, zp.reshape(split), out=out.select(dim + 1, 0))
+    torch.div(rs, zn.reshape(split), out=out.select(dim + 1, 1))
+    return out.view(shape[:dim] + [2 * c] + shape[dim + 1:])
+
+
+def _fold_pairs(c: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
+    """Undo _interleave by adding each pair: the relevance of a⁺ and a⁻ of the same input."""
+    shape = list(c.shape)
+    half = shape[dim] // 2
+    pairs = c.view(shape[:dim] + [groups, 2, half // groups] + shape[dim + 1:])
+    return pairs.sum(dim + 1).view(shape[:dim] + [half] + shape[dim + 1:])
 
 
 @dataclass(frozen=True)
