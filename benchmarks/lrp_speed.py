@@ -1,6 +1,7 @@
 """Cost of LRP relative to one input-gradient pass (forward + gradient w.r.t. the input, parameters frozen).
 
-    python benchmarks/lrp_speed.py [--device cpu|cuda] [--repeats 5] [--models cnn2d,cnn3d] [--json OUT]
+    python benchmarks/lrp_speed.py [--device cpu|cuda] [--repeats 5] [--models cnn2d,cnn3d] [--threads N]
+                                   [--json OUT]
 
 Times are the fastest of the repeats after a warm-up (the least disturbed by other load); the median and
 the process CPU time (which other processes on a shared machine disturb less) are reported too. The
@@ -117,8 +118,8 @@ def peak_memory(name: str, method: str, device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    out = subprocess.run([sys.executable, __file__, "--child", name, method], capture_output=True, text=True,
-                         check=True)
+    command = [sys.executable, __file__, "--child", name, method, "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -155,8 +156,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default="cnn2d,cnn3d")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         _child(*args.child)
         return

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 import torch
 
 from mri_lrp.model.checkpoint import save_checkpoint
@@ -121,6 +122,21 @@ def run_pipeline(data: Path, checkpoint: Path, out: Path, args: argparse.Namespa
             "load": (run.load_before, run.load_after), "run_json": manifest}
 
 
+def relevance_difference(naive_out: Path, pipe_out: Path, scans: list[Path]) -> float:
+    """Worst scan's Σ|naive − pipeline| / Σ|pipeline| relevance: both sides must have computed the same
+    explanation, or the timing compares different work. (The L1 ratio, not the largest voxel difference: αβ
+    divides by sums of same-signed contributions, so a voxel whose sum is near zero turns float32 rounding
+    differences between batch sizes into visible ones; over the whole map they stay around 1e-4.)"""
+    worst = 0.0
+    for path in scans:
+        stem = path.name.split(".")[0]
+        naive = np.asarray(nib.load(naive_out / f"{stem}_relevance.nii.gz").dataobj, dtype=np.float64)
+        piped = np.asarray(nib.load(pipe_out / "scans" / stem / "relevance.nii.gz").dataobj, dtype=np.float64)
+        total = max(float(np.abs(piped).sum()), np.finfo(np.float64).tiny)
+        worst = max(worst, float(np.abs(naive - piped).sum()) / total)
+    return worst
+
+
 def side_numbers(n: int, naive: dict[str, Any], pipe: dict[str, Any]) -> dict[str, Any]:
     """One naive run and one pipeline run: scans/s, CPU seconds, per-stage seconds, machine load."""
     seconds = pipe["run_json"]["seconds"]
@@ -161,6 +177,8 @@ def print_run(label: str, r: dict[str, Any]) -> None:
         print(f"{name:>10} {side['process_wall_s']:>15.2f} {side['run_wall_s']:>11.2f} {side['cpu_s']:>7.1f} "
               f"{side['scans_per_s']:>8.3f} {load:>12}")
     print(f"speed-up: {r['speedup_process']:.2f}x (process wall), {r['speedup_run']:.2f}x (run wall)")
+    if "relevance_l1_rel_diff" in r:
+        print(f"same relevance both ways: sum |difference| / sum |relevance| <= {r['relevance_l1_rel_diff']:.1e}")
     print("naive stage seconds:    " + ", ".join(f"{k} {v:.2f}" for k, v in nv["stage_s"].items()))
     print("pipeline stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in pp["stage_s"].items())
           + "  (summed over workers/threads; they overlap)")
@@ -189,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.data or Path(tmp)
         t0 = time.perf_counter()
         scans = root / "scans"
-        make_scans(scans, args.n, args.size)
+        files = make_scans(scans, args.n, args.size)
         checkpoint = root / f"cnn3d_{args.model_grid}.pt"
         spec = make_checkpoint(checkpoint, args.size, args.model_grid)
         print(f"data: {args.n} x {args.size}^3 at {SPACING_MM} mm in {scans} ({time.perf_counter() - t0:.1f} s); "
@@ -202,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             naive = run_naive(scans, checkpoint, root / "out_naive", args.device, env)
             pipe = run_pipeline(scans, checkpoint, root / "out_pipeline", args, env)
             runs.append(side_numbers(args.n, naive, pipe))
+            diff = relevance_difference(root / "out_naive", root / "out_pipeline", files)
+            runs[-1]["relevance_l1_rel_diff"] = diff
             print_run(f"run {i + 1}/{args.repeats}", runs[-1])
+            if diff > 1e-3:
+                raise SystemExit(f"the two sides computed different relevance (relative difference {diff:.1e})")
         result = {"scans": args.n, "pipeline_command": pipe["command"], "runs": runs,
                   "setup": {"size": args.size, "spacing_mm": SPACING_MM, "model_grid": args.model_grid,
                             "model_spacing_mm": spec.spacing[0] if spec.spacing else None,

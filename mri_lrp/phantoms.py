@@ -337,8 +337,8 @@ def _draw_glioma(rng: np.random.Generator, head: dict, anatomy: dict) -> dict:
     radius = rng.uniform(8.0, 18.0)
     return {
         "kind": "glioma", "center": point, "radii": radius * rng.uniform(0.8, 1.2, size=3),
-        "ripple": _lobulated_radius(rng, 0.2), "necrosis": rng.uniform(0.0, 0.6),
-        "rim": rng.uniform(1.05, 1.35), "core": rng.uniform(0.25, 0.45),
+        "ripple": _lobulated_radius(rng, 0.2), "necrosis": rng.uniform(0.0, 0.5),
+        "rim": rng.uniform(1.2, 1.5), "core": rng.uniform(0.25, 0.45),
         "oedema_extent": rng.uniform(1.25, 1.6), "oedema_ripple": _lobulated_radius(rng, 0.3),
         "oedema": rng.uniform(0.6, 0.8),
     }

@@ -455,9 +455,8 @@ class _Job:
         t0 = time.perf_counter()
         x_all = p.model_input.tensor
         try:
-            with torch.no_grad():
-                logits = torch.cat([self.loaded.model(self._to_device(chunk)).float().cpu()
-                                    for chunk in x_all.split(self.batch_size)])
+            logits = torch.cat([self.explainer.logits(self._to_device(chunk)).float().cpu()
+                                for chunk in x_all.split(self.batch_size)])
             probs = torch.softmax(logits, dim=1).mean(dim=0)
             if self.target == "all":
                 targets = list(range(len(self.loaded.class_names)))

@@ -292,3 +292,11 @@ def test_cuda_result_matches_cpu() -> None:
     gpu = explain(copy.deepcopy(model).cuda(), x.cuda(), rule="epsilon-gamma-box")
     assert gpu.relevance.device.type == "cuda" and gpu.absorbed.device.type == "cuda"
     assert torch.allclose(gpu.relevance.cpu(), cpu.relevance, atol=1e-5 * cpu.relevance.abs().max().item())
+
+
+def test_logits_match_the_model_without_its_trailing_softmax() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(2 * 6 * 6, 3), torch.nn.Softmax(dim=1)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    scores = Explainer(net, rule="epsilon").logits(x)
+    torch.testing.assert_close(torch.softmax(scores, dim=1), net(x))

@@ -46,7 +46,7 @@ def test_same_seed_gives_identical_arrays_and_different_seeds_differ() -> None:
 
 
 def test_output_types_and_label_drawn_from_seed() -> None:
-    labels = {generate_phantom(seed, **COARSE).label for seed in range(24)}
+    labels = {generate_phantom(seed, spacing=(8.0, 8.0, 8.0)).label for seed in range(24)}
     assert labels == set(LABELS)
     p = generate_phantom(3, **COARSE)
     assert p.label == generate_phantom(3, **COARSE).label

@@ -27,7 +27,8 @@ class Explanation:
     With ``target="all"`` every per-sample field gains a class axis: relevance (B, K, ...), the rest (B, K).
     conservation_error = |Σ R_in − Σ R_out| / Σ |R_out| (the denominator is |R_out| whenever only the target
     neuron starts with relevance; SGLRP's output relevance sums to zero, so its L1 size is used).
-    absorbed = what bias, ε and empty αβ sides kept, summed over layers (beyond the α − β scaling).
+    absorbed = what bias, ε and empty αβ sides kept, summed over layers (beyond the α − β scaling); it is
+    negative where a neuron's contributions all had one sign, so the α share had no −β share to offset it.
     """
 
     relevance: torch.Tensor
@@ -107,6 +108,11 @@ class Explainer:
         absorbed = tracker.absorbed if tracker.absorbed is not None else torch.zeros_like(out_sum)
         result = Explanation(relevance.detach(), logits, probs, targets, out_sum, in_sum, error, absorbed.detach())
         return _per_class(result, batch) if every else result
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of the explained (eval-mode, Softmax-stripped) network, without relevance."""
+        with torch.no_grad():
+            return self._forward(x.detach(), Tracker(x.shape[0]))
 
     def _forward(self, x: torch.Tensor, tracker: Tracker) -> torch.Tensor:
         logits = self.graph.run(x, RunContext(self.rules, tracker))

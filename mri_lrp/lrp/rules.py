@@ -58,14 +58,21 @@ class Affine:
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """z + ε·sign(z) with sign(0) = +1, so the denominator is never zero when ε > 0."""
-    return torch.where(z >= 0, epsilon, -epsilon).to(z.dtype).add_(z)
+    """z + ε·sign(z), sign(0) = +1, so the denominator is never zero when ε > 0.
+
+    (z = −0.0 gets −ε: that only happens when every contribution is zero, so the shares are 0 either way.)
+    """
+    return torch.copysign(z.new_full((), epsilon), z).add_(z)
+
+
+def nonzero(z: torch.Tensor) -> torch.Tensor:
+    """z with exact zeros replaced by 1 (a comparison written as floats: much faster than masked_fill)."""
+    return torch.eq(z, 0, out=torch.empty_like(z)).add_(z)
 
 
 def safe_divide(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """r / z where z ≠ 0, else 0: a side with no contributions receives (and passes on) nothing."""
-    zero = z == 0
-    return (r / z.masked_fill(zero, 1.0)).masked_fill_(zero, 0.0)
+    return torch.ne(z, 0, out=torch.empty_like(z)).mul_(r / nonzero(z))
 
 
 @dataclass(frozen=True)
@@ -166,8 +173,8 @@ class AlphaBeta(Rule):
                 zn.add_(_channel_view(b.clamp(max=0), z, layer.kind))
         # A sum of same-signed contributions is 0 only if each one is 0, so any finite denominator there
         # gives those outputs' relevance to nobody: the side is lost, as in the formula.
-        zp.masked_fill_(zp == 0, 1.0)
-        zn.masked_fill_(zn == 0, 1.0)
+        zp.add_(zp == 0)  # in place: a fresh buffer costs more (page faults) than the add
+        zn.add_(zn == 0)
         # αW⁺ᵀ(r/z⁺) − βW⁻ᵀ(r/z⁻) as ONE transposed pass: both sides stacked as output channels
         shares = _interleaved_divide(r, zp, zn, dim, groups)
         del zp, zn  # lower the peak: the shares are all the transposed pass needs
