@@ -124,9 +124,11 @@ def run_pipeline(data: Path, checkpoint: Path, out: Path, args: argparse.Namespa
 
 def relevance_difference(naive_out: Path, pipe_out: Path, scans: list[Path]) -> float:
     """Worst scan's Σ|naive − pipeline| / Σ|pipeline| relevance: both sides must have computed the same
-    explanation, or the timing compares different work. (The L1 ratio, not the largest voxel difference: αβ
-    divides by sums of same-signed contributions, so a voxel whose sum is near zero turns float32 rounding
-    differences between batch sizes into visible ones; over the whole map they stay around 1e-4.)"""
+    explanation, or the timing compares different work. αβ divides by sums of same-signed contributions and
+    max pooling picks one winner, so float32 rounding that differs with the batch size (1 here, 2 in the
+    pipeline) moves a little relevance where such a sum is near zero or a pool nearly ties: the package's own
+    engine differs by up to ~2e-3 between batch 1 and 2 on these scans, and agrees with the naive hooks to
+    ~3e-7 at the same batch size. Different work (another rule, class or grid) differs by order 1."""
     worst = 0.0
     for path in scans:
         stem = path.name.split(".")[0]
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             diff = relevance_difference(root / "out_naive", root / "out_pipeline", files)
             runs[-1]["relevance_l1_rel_diff"] = diff
             print_run(f"run {i + 1}/{args.repeats}", runs[-1])
-            if diff > 1e-3:
+            if diff > 1e-2:
                 raise SystemExit(f"the two sides computed different relevance (relative difference {diff:.1e})")
         result = {"scans": args.n, "pipeline_command": pipe["command"], "runs": runs,
                   "setup": {"size": args.size, "spacing_mm": SPACING_MM, "model_grid": args.model_grid,

@@ -16,6 +16,9 @@ class ScanError(MriLrpError):
         self.stage = stage
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple:  # picklable, so worker processes can return it
+        return (type(self), (self.path, self.reason, self.stage))
+
 
 class CheckpointError(MriLrpError):
     """The checkpoint or model definition cannot be used (a setup error, exit code 2)."""
@@ -24,6 +27,9 @@ class CheckpointError(MriLrpError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.reason))
 
 
 class UnsupportedLayerError(MriLrpError):
@@ -34,6 +40,9 @@ class UnsupportedLayerError(MriLrpError):
         self.layer = layer
         self.reason = reason
         super().__init__(f"layer '{layer}' ({op}): {reason}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.op, self.layer, self.reason))
 
 
 class SettingsError(MriLrpError):

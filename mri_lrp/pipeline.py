@@ -165,7 +165,8 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
         write_csv(tables_dir / "regions_by_class.csv", by_class_table(summary, regions), BY_CLASS_COLUMNS)
     stats.done = len(summary)
     wall = time.time() - t_start
-    atomic_write_json(tables_dir / "run.json", run_manifest(settings, loaded, device, stats, wall, shard))
+    atomic_write_json(tables_dir / "run.json",
+                      run_manifest(settings, loaded, device, stats, wall, shard, fingerprint))
     reporter.finish(stats, wall)
     if stats.interrupted:
         return 128 + (signal.SIGTERM if stats.interrupted == "SIGTERM" else signal.SIGINT)
@@ -254,7 +255,7 @@ def collect_results(out: Path, refs: list[ScanRef], fingerprint: str) -> tuple[l
 
 
 def run_manifest(settings: Settings, loaded: LoadedModel, device: torch.device, stats: RunStats,
-                 wall: float, shard: Shard | None) -> dict[str, Any]:
+                 wall: float, shard: Shard | None, fingerprint: str) -> dict[str, Any]:
     import nibabel
     import pydicom
 
@@ -265,6 +266,7 @@ def run_manifest(settings: Settings, loaded: LoadedModel, device: torch.device, 
                      "numpy": np.__version__, "nibabel": nibabel.__version__, "pydicom": pydicom.__version__},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - wall)),
         "settings": settings.to_json(),
+        "fingerprint": fingerprint,
         "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "architecture": loaded.architecture,
                        "classes": loaded.class_names, "input_spec": loaded.input_spec.to_dict()},
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
@@ -308,31 +310,33 @@ def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,
         return
     ctx = multiprocessing.get_context("spawn")
     ahead = 2 * workers
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        queue: deque[tuple[ScanRef, cf.Future]] = deque()
-        pending = iter(refs)
-        try:
-            for ref in pending:
+    pending = deque(refs)
+    queue: deque[tuple[ScanRef, cf.Future]] = deque()
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+    try:
+        while queue or pending:
+            while pending and len(queue) < ahead and not stop.is_set():
+                ref = pending.popleft()
                 queue.append((ref, pool.submit(_prepare_or_error, ref, spec)))
-                if len(queue) >= ahead:
-                    break
-            while queue:
-                ref, fut = queue.popleft()
-                try:
-                    result = fut.result()
-                except cf.process.BrokenProcessPool:
-                    raise
-                except Exception as e:  # a worker crash inside one scan: that scan fails, the run goes on
-                    result = ScanError(ref.source, f"reader failed: {e}", stage="read")
-                yield ref, result
-                if stop.is_set():
-                    break
-                nxt = next(pending, None)
-                if nxt is not None:
-                    queue.append((nxt, pool.submit(_prepare_or_error, nxt, spec)))
-        finally:
-            for _, fut in queue:
-                fut.cancel()
+            if not queue:
+                break
+            ref, fut = queue.popleft()
+            try:
+                result = fut.result()
+            except cf.process.BrokenProcessPool:
+                # A reader died (killed for memory, or a crash in a decoder): that scan fails, the rest of
+                # the queue goes to a fresh pool.
+                result = ScanError(ref.location, "the reader process died (out of memory, or a crash in a "
+                                   "decoder)", stage="read")
+                pending.extendleft(r for r, _ in reversed(queue))
+                queue.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+            yield ref, result
+            if stop.is_set():
+                break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prepare_or_error(ref: ScanRef, spec: InputSpec) -> Prepared | ScanError:

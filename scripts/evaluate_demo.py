@@ -33,16 +33,38 @@ from mri_lrp.phantoms import LABELS, TISSUES, generate_phantom
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_demo import DATA_DIR, EVAL_SEED_BASE, ROOT, phantom_scan  # noqa: E402
 
-TUMOURS = [label for label in LABELS if label != "no_tumour"]
+SCORES = ("mass_accuracy", "pointing", "chance", "near_mask", "air")
 
 
-def score(relevance: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Mass accuracy and pointing game of one relevance map against one binary mask (same grid)."""
+def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary dilation by ``steps`` voxels (6-neighbourhood)."""
+    out = mask.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        for axis in range(3):
+            src, dst = np.moveaxis(out, axis, 0), np.moveaxis(grown, axis, 0)
+            dst[1:] |= src[:-1]
+            dst[:-1] |= src[1:]
+        out = grown
+    return out
+
+
+def score(relevance: np.ndarray, mask: np.ndarray, near: np.ndarray | None = None,
+          air: np.ndarray | None = None) -> dict[str, float]:
+    """Mass accuracy and pointing game of one relevance map against one binary mask (same grid).
+
+    With ``near`` (the mask grown by about one model voxel) and ``air`` (outside the head), also the share of
+    positive relevance near the mask and in the air: where the mass that misses the mask goes.
+    """
     positive = np.clip(relevance, 0.0, None)
-    total = float(positive.sum())
-    inside = float(positive[mask].sum())
+    total = float(positive.sum()) or 1.0
     peak = np.unravel_index(int(np.argmax(relevance)), relevance.shape)
-    return {"mass_accuracy": inside / total if total > 0 else 0.0, "pointing": float(mask[peak])}
+    out = {"mass_accuracy": float(positive[mask].sum()) / total, "pointing": float(mask[peak])}
+    if near is not None:
+        out["near_mask"] = float(positive[near].sum()) / total
+    if air is not None:
+        out["air"] = float(positive[air].sum()) / total
+    return out
 
 
 def evaluate(checkpoint: Path | None, heads: int, seed_base: int, alpha: float, beta: float,
@@ -69,7 +91,8 @@ def evaluate(checkpoint: Path | None, heads: int, seed_base: int, alpha: float, 
             row["prob"] = float(result.probs[0, names.index(label)])
             relevance = to_scan(result.relevance[0], ctx)
             mask = phantom.mask > 0
-            row.update(score(relevance, mask))
+            steps = int(np.ceil(max(spec.spacing or (0.0,)) / min(phantom.spacing)))
+            row.update(score(relevance, mask, dilate(mask, steps), phantom.tissues == TISSUES["background"]))
             row["chance"] = float(mask.sum() / np.count_nonzero(phantom.tissues != TISSUES["background"]))
             row["conservation_error"] = float(result.conservation_error[0])
             rows.append(row)
@@ -87,11 +110,11 @@ def summarise(rows: list[dict], names: list[str], seconds: float) -> dict:
         mine = [r for r in rows if r["label"] == label]
         entry = {"samples": len(mine), "accuracy": float(np.mean([r["predicted"] == label for r in mine]))}
         if label != "no_tumour":
-            for key in ("mass_accuracy", "pointing", "chance"):
+            for key in SCORES:
                 entry[key] = float(np.mean([r[key] for r in mine]))
         out["per_class"][label] = entry
     tumour = [r for r in rows if r["label"] != "no_tumour"]
-    for key in ("mass_accuracy", "pointing", "chance"):
+    for key in SCORES:
         out[key] = float(np.mean([r[key] for r in tumour]))
     out["mass_accuracy_median"] = float(np.median([r["mass_accuracy"] for r in tumour]))
     hits = [r for r in tumour if r["predicted"] == r["label"]]
@@ -135,15 +158,15 @@ def demo_markdown(record: dict) -> str:
         f"{e['mass_accuracy_correct_only']:.3f}) · **pointing game {e['pointing']:.3f}** · "
         f"chance {e['chance']:.3f}",
         "",
-        "| class | samples | accuracy | mass accuracy | pointing game | chance |",
-        "|---|---|---|---|---|---|",
+        "| class | samples | accuracy | mass accuracy | pointing game | chance | within 1 model voxel | in air |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, c in e["per_class"].items():
         if "mass_accuracy" in c:
             lines.append(f"| {label} | {c['samples']} | {c['accuracy']:.3f} | {c['mass_accuracy']:.3f} | "
-                         f"{c['pointing']:.3f} | {c['chance']:.3f} |")
+                         f"{c['pointing']:.3f} | {c['chance']:.3f} | {c['near_mask']:.3f} | {c['air']:.3f} |")
         else:
-            lines.append(f"| {label} | {c['samples']} | {c['accuracy']:.3f} | - | - | - |")
+            lines.append(f"| {label} | {c['samples']} | {c['accuracy']:.3f} | - | - | - | - | - |")
     lines += ["", f"Largest conservation error over the explained scans: {e['max_conservation_error']:.2e}.",
               "", "Reproduce: `python scripts/train_demo.py && python scripts/evaluate_demo.py`.", ""]
     return "\n".join(lines)

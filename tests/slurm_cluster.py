@@ -95,6 +95,7 @@ class SlurmCluster:
         self.root = root
         self.deadline = time.monotonic() + budget
         self.conf = root / "slurm.conf"
+        self.socket = root / "munge" / "munge.socket"
         self.node = socket.gethostname().split(".")[0]
         self.pids: dict[str, int] = {}
         self.env: dict[str, str] = {}
@@ -148,7 +149,6 @@ class SlurmCluster:
         key = self.root / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        self.socket = munge_dir / "munge.socket"
         pid_file = munge_dir / "munged.pid"
         args = [
             _which("munged") or "munged",
@@ -162,8 +162,8 @@ class SlurmCluster:
         result = _run(args, timeout)
         if result.returncode != 0:
             raise ClusterError(f"munged did not start: {result.stderr.strip() or result.stdout.strip()}")
-        _wait_for(pid_file.exists, timeout, "munged's pid file", self._logs())
-        self.pids["munged"] = int(pid_file.read_text().strip())
+        _wait_for(lambda: _read_pid(pid_file) is not None, timeout, "munged's pid file", self._logs())
+        self.pids["munged"] = _read_pid(pid_file)
         _wait_for(self.socket.exists, timeout, "munged's socket", self._logs())
 
     def _node_line(self) -> str:
@@ -217,9 +217,8 @@ class SlurmCluster:
         result = _run(args, timeout, {**os.environ, "SLURM_CONF": str(self.conf)})
         if result.returncode != 0:
             raise ClusterError(f"{name} did not start: {result.stderr.strip()}\n{_tail(self._log(name))}")
-        _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", timeout,
-                  f"{name}'s pid file", self._logs())
-        self.pids[name] = int(pid_file.read_text().strip())
+        _wait_for(lambda: _read_pid(pid_file) is not None, timeout, f"{name}'s pid file", self._logs())
+        self.pids[name] = _read_pid(pid_file)
 
     def _log(self, name: str) -> Path:
         return self.root / "log" / f"{name}.log"
@@ -267,6 +266,14 @@ class SlurmCluster:
         if result.returncode != 0 and not result.stdout.startswith("Submitted"):
             raise ClusterError(f"sbatch {' '.join(args)} failed: {result.stderr.strip()}")
         return result.returncode
+
+
+def _read_pid(path: Path) -> int | None:
+    """The PID a daemon wrote, or None while the file is absent or half-written."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:

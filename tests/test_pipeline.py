@@ -47,8 +47,18 @@ def small_set(tmp_path: Path) -> Path:
     return d
 
 
-def stable(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+def assert_same_rows(got: list[dict[str, str]], want: list[dict[str, str]]) -> None:
+    """Equal tables, numbers to float32 rounding (batches may differ between runs), timings aside."""
+    assert [r["scan_id"] for r in got] == [r["scan_id"] for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key == "seconds":
+                continue
+            try:
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
+            except ValueError:
+                assert a[key] == b[key], key
 
 
 def test_explain_writes_every_output_with_spec_columns_and_input_geometry(small_set: Path, tmp_path: Path) -> None:
@@ -156,11 +166,12 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_outputs(tmp_path: Pa
     proc.wait()
     assert not (killed / "summary.csv").exists() or len(read_rows(killed / "summary.csv")) < 14
     assert run_cli("explain", str(SAMPLES), "--out", str(killed), "--workers", "1").returncode in (0, 3)
-    assert stable(read_rows(killed / "summary.csv")) == stable(read_rows(clean / "summary.csv"))
-    assert read_rows(killed / "regions.csv") == read_rows(clean / "regions.csv")
+    assert_same_rows(read_rows(killed / "summary.csv"), read_rows(clean / "summary.csv"))
+    assert_same_rows(read_rows(killed / "regions.csv"), read_rows(clean / "regions.csv"))
     for rel in clean.glob("scans/*/relevance.nii.gz"):
         other = killed / rel.relative_to(clean)
-        np.testing.assert_array_equal(np.asarray(nib.load(rel).dataobj), np.asarray(nib.load(other).dataobj))
+        np.testing.assert_allclose(np.asarray(nib.load(other).dataobj), np.asarray(nib.load(rel).dataobj),
+                                   rtol=1e-4, atol=1e-7)
     leftovers = [p for p in killed.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
     assert len(leftovers) <= 2  # at most the files being written at the kill; never under a final name
 

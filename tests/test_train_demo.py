@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,7 +29,7 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_record(tmp_path: Path) -> No
     loaded = load_checkpoint(out)
     assert loaded.class_names == list(LABELS)
     spec = loaded.input_spec
-    assert spec.dims == 3 and spec.orientation == "RAS" and spec.normalization == "zscore"
+    assert spec.dims == 3 and spec.orientation == "RAS" and spec.shape is not None
     with torch.no_grad():
         logits = loaded.model(torch.zeros(1, spec.channels, *spec.shape))
     assert logits.shape == (1, len(LABELS))
@@ -46,3 +48,26 @@ def test_shipped_demo_model_matches_its_record() -> None:
     assert loaded.class_names == record["class_names"] == list(LABELS)
     assert loaded.input_spec == InputSpec.from_dict(record["input_spec"])
     assert record["heldout"]["samples"] > 0
+
+
+def _evaluate_module():
+    spec = importlib.util.spec_from_file_location("evaluate_demo", ROOT / "scripts" / "evaluate_demo.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_relevance_scores_count_positive_mass_inside_the_mask_and_the_peak() -> None:
+    evaluate = _evaluate_module()
+    mask = np.zeros((7, 7, 7), dtype=bool)
+    mask[3, 3, 3] = True
+    relevance = np.zeros((7, 7, 7))
+    relevance[3, 3, 3], relevance[3, 3, 4], relevance[0, 0, 0], relevance[1, 1, 1] = 2.0, 1.0, 1.0, -5.0
+    near = evaluate.dilate(mask, 1)
+    assert near.sum() == 7 and evaluate.dilate(mask, 2).sum() == 25
+    air = np.zeros_like(mask)
+    air[0] = True
+    scores = evaluate.score(relevance, mask, near, air)
+    assert scores == {"mass_accuracy": 0.5, "pointing": 1.0, "near_mask": 0.75, "air": 0.25}
+    relevance[6, 6, 6] = 9.0  # the peak moves outside the mask
+    assert evaluate.score(relevance, mask)["pointing"] == 0.0
