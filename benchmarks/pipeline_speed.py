@@ -43,7 +43,7 @@ CLASSES = list(LABELS)
 
 
 def make_scans(folder: Path, n: int, size: int) -> list[Path]:
-    """``n`` phantom heads of ``size``³ at 1.5 mm as .nii.gz; files already there from an earlier run stay."""
+    """``n`` phantom heads of ``size``³ at 1.5 mm as .nii.gz; files already there (``--data``) are kept."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mri-lrp-bench-") as tmp:
         root = args.data or Path(tmp)
         t0 = time.perf_counter()
-        scans = root / "scans"
+        scans = root / f"scans_{args.n}x{args.size}"
         files = make_scans(scans, args.n, args.size)
         checkpoint = root / f"cnn3d_{args.model_grid}.pt"
         spec = make_checkpoint(checkpoint, args.size, args.model_grid)
