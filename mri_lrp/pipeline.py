@@ -299,6 +299,15 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def _reader_context() -> multiprocessing.context.BaseContext:
+    """Readers fork from a server that has already imported torch and the readers: fast, fork-safe starts."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["mri_lrp.pipeline"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,
                     stop: threading.Event) -> Iterator[tuple[ScanRef, Prepared | ScanError]]:
     """Yield (ref, Prepared or ScanError) in input order, at most a few scans ahead of the consumer."""
@@ -308,7 +317,7 @@ def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,
                 return
             yield ref, _prepare_or_error(ref, spec)
         return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _reader_context()
     ahead = 2 * workers
     pending = deque(refs)
     queue: deque[tuple[ScanRef, cf.Future]] = deque()

@@ -232,7 +232,7 @@ def _mosaic_slices(rvol: np.ndarray, vol: np.ndarray) -> list[int]:
 def _panel(vol: np.ndarray, h_axis: int, v_axis: int, fixed: int, index: int,
            maps: list[np.ndarray]) -> np.ndarray:
     """One slice resampled to square display pixels, world axes pointing right and up."""
-    plane = np.take(vol, index, axis=fixed)          # (horizontal, vertical): h_axis < v_axis in _PLANES
+    plane = vol[(slice(None),) * fixed + (index,)]   # a view (np.take would copy the volume); (h, v) order
     plane = plane[maps[h_axis]][:, maps[v_axis]]
     return plane.T[::-1].astype(np.float32)
 
