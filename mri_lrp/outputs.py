@@ -11,7 +11,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +28,43 @@ FAILURE_COLUMNS = ["scan_id", "source", "stage", "error"]
 DONE_MARKER = "result.json"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary sibling and a rename."""
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it becomes ``path`` (umask permissions).
+
+    ``suffix`` lets writers that pick a format from the name (nibabel, matplotlib) see the right one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are for the team to read
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with writer threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes to ``path`` via a temporary sibling, fsync and a rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -78,18 +102,10 @@ def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
     """Write a float32 NIfTI atomically (nibabel picks compression from the suffix, so the temp keeps it)."""
     import nibabel as nib
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".nii.gz") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
 
 
 def _unlink_quietly(path: str) -> None:

@@ -12,13 +12,13 @@ on their closest world axes without resampling the obliquity away.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from mri_lrp.outputs import atomic_path
 
 PANEL_PX = 192            # longest field of view of the volume, in output pixels
 MOSAIC_SLICES = 12
@@ -76,15 +76,8 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     """Atomically write an RGB uint8 array as PNG (a reader never sees half a file)."""
     from matplotlib.image import imsave
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png.tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         imsave(tmp, rgb, format="png", pil_kwargs={"compress_level": 1})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *, title: str,

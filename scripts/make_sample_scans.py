@@ -22,9 +22,14 @@ SEED_BASE = 900_000  # training uses seeds below 500 000, evaluation 500 000 and
 SPACING_RANGE = (2.2, 2.8)  # modest grids (about 80-100 voxels per axis) keep the folder a few MB
 
 
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """int16 NIfTI with the affine in both sform and qform (code 1, scanner), as converters write them."""
+def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, label: bool = False) -> None:
+    """int16 NIfTI with the affine in both sform and qform (code 1, scanner), as converters write them.
+
+    Masks are marked as label maps (NIfTI intent 'label'), so scan discovery knows they are not scans.
+    """
     img = nib.Nifti1Image(data, affine)
+    if label:
+        img.header.set_intent("label")
     img.header.set_xyzt_units("mm")
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
@@ -59,7 +64,7 @@ def make_sample_scans(out: Path, per_class: int = 3, dicom: int = 2) -> list[dic
         mask = ""
         if phantom.mask.any():
             mask = f"masks/{mask_name}.nii.gz"
-            _save_nifti(phantom.mask, phantom.affine, out / mask)
+            _save_nifti(phantom.mask, phantom.affine, out / mask, label=True)
         rows.append(_describe(source, mask, phantom))
     (out / "README.md").write_text(_readme(rows))
     return rows

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "mri_lrp" / "data"
 CLASS_NAMES: list[str] = list(LABELS)  # fixed order: the model's output index i is CLASS_NAMES[i]
 DEMO_SPEC = InputSpec(dims=3, channels=1, shape=(56, 64, 56), spacing=(3.5, 3.5, 3.5), orientation="RAS",
-                      normalization="percentile")
+                      normalization="zscore")
 ARCHITECTURE = "cnn3d"
 MODEL_KWARGS: dict[str, int] = {"in_channels": 1, "num_classes": len(CLASS_NAMES), "width": 8, "depth": 4}
 TRAIN_SEED_BASE = 0          # training heads: seeds 0 .. heads-1

@@ -37,7 +37,6 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import typing
 import zipfile
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from mri_lrp import __version__
 from mri_lrp.errors import CheckpointError, SettingsError
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.zoo import build_model
+from mri_lrp.outputs import atomic_path
 
 FORMAT = "mri-lrp-checkpoint"
 VERSION = 1
@@ -112,15 +112,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, architect
     _check_spec_fits(path, model, input_spec)
     _check_outputs(path, model, input_spec, class_names)
     payload = {"format": FORMAT, "version": VERSION, "meta": meta, "state_dict": state_dict}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 # ----------------------------------------------------------------------------------------------- load
