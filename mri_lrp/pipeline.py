@@ -19,6 +19,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.lrp import Explainer
 from mri_lrp.model.checkpoint import LoadedModel, load_checkpoint
 from mri_lrp.model.spec import InputSpec
-from mri_lrp.model.transform import ModelInput, to_model, to_scan
+from mri_lrp.model.transform import ModelInput, ModelSpace, to_model, to_scan
 from mri_lrp.outputs import (
     DONE_MARKER,
     FAILURE_COLUMNS,
@@ -124,7 +125,8 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
         explainer = Explainer(model, **rule_params(settings))
     for w in caught:
         reporter.note(f"warning: {w.message}")
-    atlas = load_atlas(settings.atlas, settings.atlas_labels) if settings.atlas else None
+    if settings.atlas:
+        _atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
     fingerprint = settings.fingerprint(loaded.sha256)
 
     refs, skipped = discover(list(settings.scans), volume=settings.volume)
@@ -151,7 +153,7 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
         reporter.note(f"resume: {stats.resumed} scans already done with these settings")
 
     failures: list[dict[str, Any]] = []
-    writer = ScanWriter(out, settings, loaded, atlas, fingerprint)
+    writer = ScanWriter(out, settings, loaded.class_names, fingerprint)
     job = _Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
     with _StopOnSignal() as stop:
         job.stop = stop
@@ -279,6 +281,36 @@ def run_manifest(settings: Settings, loaded: LoadedModel, device: torch.device, 
     }
 
 
+@dataclass
+class WriteJob:
+    """What a writer process needs of an explained scan (no model tensors: cheap to send)."""
+
+    scan: Scan
+    space: ModelSpace
+    relevance: np.ndarray              # float32 (T, *model sample shape), one map per target
+    probs: np.ndarray
+    targets: list[int]
+    output_relevance: list[float]
+    absorbed: list[float]
+    seconds: float
+
+    @classmethod
+    def of(cls, res: Explained) -> WriteJob:
+        p = res.prepared
+        return cls(p.scan, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
+                   res.output_relevance, res.absorbed, res.seconds)
+
+
+@lru_cache(maxsize=2)
+def _atlas(labels: str, table: str | None) -> Any:
+    """The atlas, loaded once per process (writers run in their own processes)."""
+    return load_atlas(labels, table)
+
+
+def _write(writer: ScanWriter, job: WriteJob) -> tuple[float, str]:
+    return writer.write(job)
+
+
 # --- reading in workers -------------------------------------------------------------------------------
 
 def prepare(ref: ScanRef, spec: InputSpec) -> Prepared:
@@ -295,7 +327,10 @@ def prepare(ref: ScanRef, spec: InputSpec) -> Prepared:
 
 
 def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
+    # The parent decides how to stop (Ctrl-C and SLURM's TERM reach the whole process group): it lets the
+    # scans in flight finish, then shuts the pools down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -377,10 +412,10 @@ class _Job:
     def run(self, todo: list[ScanRef]) -> None:
         self.reporter.start(len(todo))
         writes: deque[tuple[Prepared, cf.Future]] = deque()
-        with cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="writer") as pool:
+        with self._writer_pool() as pool:
             def hand_off(results: list[Explained]) -> None:
                 for res in results:
-                    writes.append((res.prepared, pool.submit(self.writer.write, res)))
+                    writes.append((res.prepared, pool.submit(_write, self.writer, WriteJob.of(res))))
                 while len(writes) > 4:  # bounded: memory stays flat however many scans
                     self._finish_write(*writes.popleft())
 
@@ -405,6 +440,12 @@ class _Job:
                 self._finish_write(*writes.popleft())
         if self.stop.is_set():
             self.stats.interrupted = self.stop.signal_name  # type: ignore[attr-defined]
+
+    def _writer_pool(self) -> cf.Executor:
+        """Writers are processes (rendering and compression hold the GIL), or one thread with --workers 0."""
+        if self.settings.workers == 0:
+            return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        return cf.ProcessPoolExecutor(max_workers=2, mp_context=_reader_context(), initializer=_worker_init)
 
     def _finish_write(self, prepared: Prepared, fut: cf.Future) -> None:
         ref = prepared.ref
@@ -520,17 +561,20 @@ class _Job:
 class ScanWriter:
     """Writes one scan's files (relevance volume, overlay, regions) and, last, its done marker."""
 
-    def __init__(self, out: Path, settings: Settings, loaded: LoadedModel, atlas: Any, fingerprint: str) -> None:
-        self.out, self.settings, self.loaded, self.atlas = out, settings, loaded, atlas
+    def __init__(self, out: Path, settings: Settings, class_names: list[str], fingerprint: str) -> None:
+        self.out, self.settings, self.class_names = out, settings, list(class_names)
         self.fingerprint = fingerprint
 
-    def write(self, res: Explained) -> tuple[float, str]:
+    def write(self, res: WriteJob) -> tuple[float, str]:
         t0 = time.perf_counter()
-        scan, ctx = res.prepared.scan, res.prepared.model_input
-        names = self.loaded.class_names
+        scan, ctx = res.scan, res.space
+        names = self.class_names
         scan_dir = self.out / "scans" / scan.scan_id
         scan_dir.mkdir(parents=True, exist_ok=True)
-        partition = atlas_partition(self.atlas, scan) if self.atlas is not None else builtin_partition(scan)
+        if self.settings.atlas:
+            partition = atlas_partition(_atlas(self.settings.atlas, self.settings.atlas_labels), scan)
+        else:
+            partition = builtin_partition(scan)
         mask = self._mask(scan)
         voxel_ml = float(abs(np.linalg.det(scan.affine[:3, :3]))) / 1000.0
         pred = int(np.argmax(res.probs))
@@ -538,7 +582,7 @@ class ScanWriter:
         maps, rows, files = [], [], []
         first: dict[str, Any] = {}
         for n, t in enumerate(res.targets):
-            rel = to_scan(res.relevance[n], ctx).astype(np.float32)
+            rel = to_scan(torch.from_numpy(res.relevance[n]), ctx).astype(np.float32)
             maps.append(rel)
             rrows = region_rows(scan.scan_id, rel, partition, voxel_ml, mask=mask)
             for row in rrows:
