@@ -460,7 +460,7 @@ class _Job:
     def _fail(self, scan_id: str, source: str, stage: str, error: str) -> None:
         self.stats.failed += 1
         self.failures.append({"scan_id": scan_id, "source": source, "stage": stage, "error": error})
-        self.reporter.scan_failed(scan_id, f"{source}: {error}")
+        self.reporter.scan_failed(scan_id, error if source in error else f"{source}: {error}")
 
     def _explain_volumes(self, batch: list[Prepared]) -> list[Explained]:
         """Explain volumes in one device batch; halve on CUDA out-of-memory, isolate a scan that breaks it."""

@@ -245,3 +245,23 @@ def test_a_named_target_class_is_explained_for_every_scan(small_set: Path, tmp_p
     assert {r["target_class"] for r in read_rows(out / "summary.csv")} == {"b"}
     bad = run_cli("explain", str(small_set), "--checkpoint", str(ckpt), "--out", str(out), "--target", "zebra")
     assert bad.returncode == 2 and "zebra" in bad.stderr
+
+
+def test_an_atlas_gives_one_row_per_label_that_adds_up_to_the_scan_total(small_set: Path, tmp_path: Path) -> None:
+    nifti = sorted(small_set.glob("*.nii.gz"))[0]
+    src = nib.load(nifti)
+    labels = np.zeros(src.shape, np.int16)
+    labels[: src.shape[0] // 2] = 1  # two labels split along the first voxel axis, plus unlabelled background
+    labels[src.shape[0] // 2:, : src.shape[1] // 2] = 2
+    atlas = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(labels, src.affine), atlas)
+    table = tmp_path / "labels.tsv"
+    table.write_text("id\tname\n1\tfirst_half\n2\tquarter\n")
+    out = tmp_path / "out"
+    res = run_cli("explain", str(nifti), "--atlas", str(atlas), "--atlas-labels", str(table), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = read_rows(out / "regions.csv")
+    assert [r["region_name"] for r in rows] == ["background", "first_half", "quarter"]
+    total = float(read_rows(out / "summary.csv")[0]["relevance_sum"])
+    assert sum(float(r["relevance_sum"]) for r in rows) == pytest.approx(total, rel=1e-4, abs=1e-7)
+    assert int(rows[1]["voxels"]) == int((labels == 1).sum())
