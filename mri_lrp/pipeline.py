@@ -307,10 +307,6 @@ def _atlas(labels: str, table: str | None) -> Any:
     return load_atlas(labels, table)
 
 
-def _write(writer: ScanWriter, job: WriteJob) -> tuple[float, str]:
-    return writer.write(job)
-
-
 # --- reading in workers -------------------------------------------------------------------------------
 
 def prepare(ref: ScanRef, spec: InputSpec) -> Prepared:
@@ -319,8 +315,6 @@ def prepare(ref: ScanRef, spec: InputSpec) -> Prepared:
     scan = read_scan(ref)
     try:
         model_input = to_model(scan, spec, "cpu")
-    except ScanError:
-        raise
     except (ValueError, RuntimeError) as e:
         raise ScanError(ref.source, f"cannot convert to the model's input: {e}", stage="preprocess") from None
     return Prepared(ref, scan, model_input, time.perf_counter() - t0)
@@ -415,7 +409,7 @@ class _Job:
         with self._writer_pool() as pool:
             def hand_off(results: list[Explained]) -> None:
                 for res in results:
-                    writes.append((res.prepared, pool.submit(_write, self.writer, WriteJob.of(res))))
+                    writes.append((res.prepared, pool.submit(self.writer.write, WriteJob.of(res))))
                 while len(writes) > 4:  # bounded: memory stays flat however many scans
                     self._finish_write(*writes.popleft())
 
