@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -111,20 +112,43 @@ def info(
     checkpoint: Annotated[str | None, typer.Argument(help="Checkpoint (default: the demo model).")] = None,
     model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
     model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
-    rule: Annotated[str, typer.Option(help="Rule to show per layer.")] = "alphabeta",
+    trust_checkpoint: Annotated[bool | None, typer.Option("--trust-checkpoint")] = None,
+    rule: Annotated[str | None, typer.Option(help="Rule to show per layer (default alphabeta).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
+    beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="γ rule: extra weight on positive weights.")] = None,
     composite: Annotated[str | None, typer.Option(help="Composite to show per layer.")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help=(
+        "TOML file as for explain: its model, class names, input spec, rules and overrides are shown."))] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The model: classes, input spec, parameters, and the LRP rule each layer would get."""
     from mri_lrp.model.checkpoint import describe_model, load_checkpoint
+    from mri_lrp.model.spec import InputSpec
+    from mri_lrp.settings import load_config
 
     try:
-        loaded = load_checkpoint(checkpoint, model=model, model_kwargs=_json_option(model_kwargs, "--model-kwargs"),
-                                 trust_checkpoint=trust_checkpoint)
-        desc = describe_model(loaded, rule=rule, composite=composite)
+        given = {"checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint, "rule": rule,
+                 "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "composite": composite,
+                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma}
+        values = load_config(config) if config else {}
+        values.update({k: v for k, v in given.items() if v is not None})
+        loaded = load_checkpoint(
+            values.get("checkpoint"), model=values.get("model"), model_kwargs=values.get("model_kwargs"),
+            class_names=values.get("class_names"),
+            input_spec=InputSpec.from_dict(values["input_spec"]) if values.get("input_spec") else None,
+            trust_checkpoint=bool(values.get("trust_checkpoint", False)))
+        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma") if k in values}
+        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's warning dump
+            warnings.simplefilter("always")
+            desc = describe_model(loaded, rule=values.get("rule", "alphabeta"),
+                                  composite=values.get("composite"), overrides=values.get("overrides") or None,
+                                  **params)
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e))
+    for w in caught:
+        typer.echo(f"mri-lrp: warning: {w.message}", err=True)
     if as_json:
         typer.echo(json.dumps(desc, indent=2, default=str))
         return
@@ -172,7 +196,9 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return "x".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+        if all(isinstance(v, (int, float)) for v in value):  # a shape or a spacing
+            return "x".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+        return "; ".join(str(v) for v in value)
     return "" if value is None else str(value)
 
 

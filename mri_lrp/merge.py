@@ -70,11 +70,13 @@ class MergeReport:
     recovered: tuple[str, ...]
     linked_folders: int
     warnings: tuple[str, ...]
+    files_missing: tuple[str, ...] = ()  # explained per the tables, but the scan's folder is gone
 
     @property
     def ok(self) -> bool:
         """True when every planned scan is present exactly once (failed scans count as present)."""
-        return not (self.missing or self.duplicates or self.shards_missing or self.shards_inconsistent)
+        return not (self.missing or self.duplicates or self.shards_missing or self.shards_inconsistent
+                    or self.files_missing)
 
     def describe(self, limit: int = 10) -> str:
         """A few lines for people and logs: totals first, then each kind of problem with examples."""
@@ -85,6 +87,7 @@ class MergeReport:
         for title, items in (
             ("missing (planned, never written)", self.missing),
             ("present twice", self.duplicates),
+            ("explained, but the scan folder is gone", self.files_missing),
             ("shards missing", self.shards_missing),
             ("shards that saw different scans", self.shards_inconsistent),
             ("failed first, then succeeded", self.recovered),
@@ -361,9 +364,12 @@ def merge_outputs(out_dirs: list[Path], out: Path) -> MergeReport:
 
     out.mkdir(parents=True, exist_ok=True)
     linked = 0
+    files_missing = []
     for scan_id, number in sorted(outcome.winner.items()):
         source_root = sets[number].root
         folder = _safe_scan_folder(source_root, scan_id)
+        if scan_id in outcome.succeeded and folder is None and (source_root / "scans").is_dir():
+            files_missing.append(scan_id)  # a table row whose scan folder was lost is not a result
         if folder is not None and source_root.resolve() != out.resolve():
             _link_tree(folder, out / "scans" / scan_id)
             linked += 1
@@ -380,6 +386,7 @@ def merge_outputs(out_dirs: list[Path], out: Path) -> MergeReport:
         recovered=tuple(sorted(outcome.recovered)),
         linked_folders=linked,
         warnings=tuple(warnings),
+        files_missing=tuple(files_missing),
     )
     atomic_write_json(out / "run.json", _run_document(sets, report))  # first: marks out as a merge
     for table in TABLES:
@@ -419,6 +426,7 @@ def _run_document(sets: list[_TableSet], report: MergeReport) -> dict:
         "complete": report.ok,
         "missing": list(report.missing),
         "duplicates": list(report.duplicates),
+        "files_missing": list(report.files_missing),
         "shards_missing": list(report.shards_missing),
         "shards_inconsistent": list(report.shards_inconsistent),
         "warnings": list(report.warnings),

@@ -58,6 +58,7 @@ from mri_lrp.regions import (
 )
 from mri_lrp.render import render_overlay
 from mri_lrp.scans import ScanRef, Skipped, discover, read_scan
+from mri_lrp.scans.read import content_notes
 from mri_lrp.scans.scan import Scan
 from mri_lrp.settings import Settings
 from mri_lrp.shard import Shard, assign, local_device_from_env, shard_from_env
@@ -104,6 +105,7 @@ class Explained:
     targets: list[int]
     output_relevance: list[float]
     absorbed: list[float]
+    output_abs: list[float]            # Σ |R_out| per target: the conservation error's scale
     seconds: float
 
 
@@ -124,7 +126,7 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
         warnings.simplefilter("always")
         explainer = Explainer(model, **rule_params(settings))
     for w in caught:
-        reporter.note(f"warning: {w.message}")
+        reporter.note(f"warning: {w.message}", always=True)
     if settings.atlas:
         _atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
     fingerprint = settings.fingerprint(loaded.sha256)
@@ -153,7 +155,7 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
         reporter.note(f"resume: {stats.resumed} scans already done with these settings")
 
     failures: list[dict[str, Any]] = []
-    writer = ScanWriter(out, settings, loaded.class_names, fingerprint)
+    writer = ScanWriter(out, settings, loaded.class_names, loaded.input_spec.dims, fingerprint)
     job = _Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
     with _StopOnSignal() as stop:
         job.stop = stop
@@ -292,13 +294,16 @@ class WriteJob:
     targets: list[int]
     output_relevance: list[float]
     absorbed: list[float]
+    output_abs: list[float]            # Σ |R_out| per target: the conservation error's scale
     seconds: float
+
+    notes: tuple[str, ...] = ()        # remarks from preprocessing, for the summary's warnings
 
     @classmethod
     def of(cls, res: Explained) -> WriteJob:
         p = res.prepared
         return cls(p.scan, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
-                   res.output_relevance, res.absorbed, res.seconds)
+                   res.output_relevance, res.absorbed, res.output_abs, res.seconds, p.model_input.notes)
 
 
 @lru_cache(maxsize=2)
@@ -416,7 +421,7 @@ class _Job:
             batch: list[Prepared] = []
             for ref, item in prepared_stream(todo, self.spec, self.settings.workers, self.stop):
                 if isinstance(item, ScanError):
-                    self._fail(ref.scan_id, ref.source, item.stage, item.reason)
+                    self._fail(ref, item.stage, item.reason)
                     continue
                 self.stats.add("read", item.seconds)
                 if self.spec.dims == 2:
@@ -445,16 +450,21 @@ class _Job:
         ref = prepared.ref
         try:
             seconds, status = fut.result()
+        except ScanError as e:  # a bad mask: named with its own path, at its own stage
+            self._fail(ref, e.stage, e.reason if e.path in (ref.source, ref.location) else str(e))
+            return
         except Exception as e:  # noqa: BLE001 - one scan's write error costs only that scan
-            self._fail(ref.scan_id, ref.source, "write", f"{type(e).__name__}: {e}")
+            self._fail(ref, "write", f"{type(e).__name__}: {e}")
             return
         self.stats.add("write", seconds)
         self.reporter.scan_done(ref.scan_id, status)
 
-    def _fail(self, scan_id: str, source: str, stage: str, error: str) -> None:
+    def _fail(self, ref: ScanRef, stage: str, error: str) -> None:
+        """Record a failed scan; the log line names it as the user gave it (a series given as the root is '.')."""
         self.stats.failed += 1
-        self.failures.append({"scan_id": scan_id, "source": source, "stage": stage, "error": error})
-        self.reporter.scan_failed(scan_id, error if source in error else f"{source}: {error}")
+        self.failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": stage, "error": error})
+        named = error.startswith(f"{ref.location}: ")  # a substring test takes 'pixel spacing' for 'spacing'
+        self.reporter.scan_failed(ref.scan_id, error if named else f"{ref.location}: {error}")
 
     def _explain_volumes(self, batch: list[Prepared]) -> list[Explained]:
         """Explain volumes in one device batch; halve on CUDA out-of-memory, isolate a scan that breaks it."""
@@ -468,10 +478,11 @@ class _Job:
             tgt = exp.target.detach().cpu()
             out_rel = exp.output_relevance.detach().cpu().double()
             absorbed = exp.absorbed.detach().cpu().double()
+            out_abs = exp.output_relevance_abs.detach().cpu().double()
             seconds = (time.perf_counter() - t0) / len(batch)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
-                self._fail(batch[0].ref.scan_id, batch[0].ref.source, "explain", "CUDA out of memory")
+                self._fail(batch[0].ref, "explain", "CUDA out of memory")
                 return []
             torch.cuda.empty_cache()
             if self.auto_batch:
@@ -482,7 +493,7 @@ class _Job:
         except Exception as e:  # noqa: BLE001 - find the one scan that breaks the batch
             if len(batch) > 1:
                 return [r for p in batch for r in self._explain_volumes([p])]
-            self._fail(batch[0].ref.scan_id, batch[0].ref.source, "explain", f"{type(e).__name__}: {e}")
+            self._fail(batch[0].ref, "explain", f"{type(e).__name__}: {e}")
             return []
         self.stats.add("explain", seconds * len(batch))
         results = []
@@ -492,10 +503,11 @@ class _Job:
                 r = rel[i]
                 orel = [float(v) for v in out_rel.view(len(batch), -1)[i]]
                 absb = [float(v) for v in absorbed.view(len(batch), -1)[i]]
+                oabs = [float(v) for v in out_abs.view(len(batch), -1)[i]]
             else:
                 targets, r = [int(tgt[i])], rel[i].unsqueeze(0)
-                orel, absb = [float(out_rel[i])], [float(absorbed[i])]
-            results.append(Explained(p, r, probs[i], targets, orel, absb, seconds + p.seconds))
+                orel, absb, oabs = [float(out_rel[i])], [float(absorbed[i])], [float(out_abs[i])]
+            results.append(Explained(p, r, probs[i], targets, orel, absb, oabs, seconds + p.seconds))
         return results
 
     def _explain_slices(self, p: Prepared) -> list[Explained]:
@@ -512,32 +524,34 @@ class _Job:
                 targets = [int(probs.argmax())]
             else:
                 targets = [int(self.target)]
-            maps, orel, absb = [], [], []
+            maps, orel, absb, oabs = [], [], [], []
             for t in targets:
-                parts, o, a = [], 0.0, 0.0
+                parts, o, a, b = [], 0.0, 0.0, 0.0
                 for chunk in x_all.split(self.batch_size):
                     tt = torch.full((chunk.shape[0],), t, dtype=torch.long, device=self.device)
                     exp = self.explainer(self._to_device(chunk), target=tt, init=self.settings.init)
                     parts.append(exp.relevance.detach().to("cpu", torch.float32))
                     o += float(exp.output_relevance.sum())
                     a += float(exp.absorbed.sum())
+                    b += float(exp.output_relevance_abs.sum())
                 maps.append(torch.cat(parts))
                 orel.append(o)
                 absb.append(a)
+                oabs.append(b)
         except torch.cuda.OutOfMemoryError:
             if self.batch_size > 1:
                 torch.cuda.empty_cache()
                 self.batch_size = max(1, self.batch_size // 2)
                 self.reporter.note(f"CUDA out of memory: batch size now {self.batch_size}")
                 return self._explain_slices(p)
-            self._fail(p.ref.scan_id, p.ref.source, "explain", "CUDA out of memory")
+            self._fail(p.ref, "explain", "CUDA out of memory")
             return []
         except Exception as e:  # noqa: BLE001 - one scan's failure, not the batch's
-            self._fail(p.ref.scan_id, p.ref.source, "explain", f"{type(e).__name__}: {e}")
+            self._fail(p.ref, "explain", f"{type(e).__name__}: {e}")
             return []
         seconds = time.perf_counter() - t0
         self.stats.add("explain", seconds)
-        return [Explained(p, torch.stack(maps), probs.double().numpy(), targets, orel, absb,
+        return [Explained(p, torch.stack(maps), probs.double().numpy(), targets, orel, absb, oabs,
                           seconds + p.seconds)]
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -555,8 +569,8 @@ class _Job:
 class ScanWriter:
     """Writes one scan's files (relevance volume, overlay, regions) and, last, its done marker."""
 
-    def __init__(self, out: Path, settings: Settings, class_names: list[str], fingerprint: str) -> None:
-        self.out, self.settings, self.class_names = out, settings, list(class_names)
+    def __init__(self, out: Path, settings: Settings, class_names: list[str], dims: int, fingerprint: str) -> None:
+        self.out, self.settings, self.class_names, self.dims = out, settings, list(class_names), dims
         self.fingerprint = fingerprint
 
     def write(self, res: WriteJob) -> tuple[float, str]:
@@ -589,19 +603,19 @@ class ScanWriter:
                 subtitle=f"relevance for {names[t]} (p={res.probs[t]:.2f}) · {self._rule_text()}",
             )
             files.append(f"overlay{suffix}.png")
-            if n == 0:
-                metrics = mask_metrics(rel, mask, voxel_ml) if mask is not None else {}
-                total = float(rel.sum(dtype=np.float64))
-                out_rel = res.output_relevance[n]
+            if t == pred or not multi:  # with --target all, the predicted class's map speaks for the scan
                 first = {
                     "target_class": "all" if multi else names[t],
                     "target_prob": "" if multi else float(res.probs[t]),
-                    "output_relevance": out_rel, "relevance_sum": total,
-                    "conservation_error": abs(total - out_rel) / abs(out_rel) if out_rel else 0.0,
-                    "absorbed": res.absorbed[n],
                     "top_region": top_region(rrows),
-                    **metrics,
+                    **(mask_metrics(rel, mask, voxel_ml) if mask is not None else {}),
                 }
+        # Totals cover every map written (all classes with --target all), so they add up with the file.
+        total = float(sum(m.sum(dtype=np.float64) for m in maps))
+        out_rel, out_abs = float(sum(res.output_relevance)), float(sum(res.output_abs))
+        first.update({"output_relevance": out_rel, "relevance_sum": total,
+                      "conservation_error": abs(total - out_rel) / out_abs if out_abs > 0 else 0.0,
+                      "absorbed": float(sum(res.absorbed))})
         volume = np.stack(maps, axis=-1) if multi else maps[0]
         save_nifti(scan_dir / "relevance.nii.gz", volume, scan.affine)
         files.append("relevance.nii.gz")
@@ -614,11 +628,18 @@ class ScanWriter:
             "spacing_mm": "x".join(f"{v:.4g}" for v in scan.spacing),
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
             **first,
-            "warnings": "; ".join(scan.warnings), "status": "ok", "seconds": round(seconds, 3),
+            "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan))),
+            "status": "ok", "seconds": round(seconds, 3),
         }
         atomic_write_json(scan_dir / DONE_MARKER,
                           {"fingerprint": self.fingerprint, "files": files, "summary": summary})
         return time.perf_counter() - t0, "ok"
+
+    def _model_notes(self, scan: Scan) -> tuple[str, ...]:
+        if scan.is_2d and self.dims == 3:
+            return ("a single slice fed to a 3D model: the model sees it repeated through its depth, far from "
+                    "the volumes it was trained on",)
+        return ()
 
     def _mask(self, scan: Scan) -> np.ndarray | None:
         if not self.settings.masks:

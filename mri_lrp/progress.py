@@ -42,8 +42,9 @@ class Reporter:
         self._advance(scan_id, "failed")
         self._line(f"FAILED {scan_id}: {message}", always=True, err=True)
 
-    def note(self, message: str) -> None:
-        self._line(message)
+    def note(self, message: str, always: bool = False) -> None:
+        """A line for the log; ``always`` keeps it under --quiet (warnings a cron user must see)."""
+        self._line(message, always=always)
 
     def finish(self, stats: Any, wall: float) -> None:
         if self._progress is not None:

@@ -376,14 +376,32 @@ def load_mask(path: str | Path, scan: Scan) -> np.ndarray:
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
+        if not scan.is_2d:  # one slice of a 3D scan would score as a mask that misses the lesion
+            raise ScanError(str(path), f"mask is 2D (shape {data.shape}) but the scan is 3D "
+                                       f"(shape {scan.shape})", "regions")
         data = data[:, :, None]
     if data.ndim != 3:
         raise ScanError(str(path), f"mask must be 3D, got shape {data.shape}", "regions")
     binary = np.asarray(data != 0) & np.isfinite(data)
     try:
-        return resample_nearest(binary, affine, scan.shape, scan.affine, fill=False).astype(bool)
+        on_scan = resample_nearest(binary, affine, scan.shape, scan.affine, fill=False).astype(bool)
     except ValueError as exc:
         raise ScanError(str(path), f"mask {exc}", "regions") from exc
+    if binary.any() and not on_scan.any() and not _overlaps(binary, affine, scan):
+        # a mask in another world space would score 0 without a word
+        raise ScanError(str(path), f"none of the mask's {int(binary.sum())} voxels lies inside the scan: "
+                                   "is it in the scan's world space?", "regions")
+    return on_scan
+
+
+def _overlaps(binary: np.ndarray, affine: np.ndarray, scan: Scan) -> bool:
+    """Whether any mask voxel centre lies within the scan's voxel grid (a mask finer than the scan can have
+    every voxel between the scan's voxel centres and vanish under nearest-neighbour resampling)."""
+    ijk = np.argwhere(binary)[:: max(1, int(binary.sum()) // 100_000)].astype(np.float64)
+    to_scan = np.linalg.inv(scan.affine) @ affine
+    coords = ijk @ to_scan[:3, :3].T + to_scan[:3, 3]
+    upper = np.asarray(scan.shape, dtype=np.float64) - 0.5
+    return bool(np.any(np.all((coords >= -0.5) & (coords <= upper), axis=1)))
 
 
 def _read_nifti_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -104,7 +104,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in known:
             raise SettingsError(f"{p}: unknown option '{key}' (known: {', '.join(sorted(known))})")
-        out[name] = value
+        out[name] = _check_config_type(p, key, name, value)
+    try:
+        if "input_spec" in out:
+            _validate_input_spec(out["input_spec"])
+        if "overrides" in out:
+            _validate_overrides(out["overrides"])
+    except SettingsError as e:
+        raise SettingsError(f"{p}: {e}") from None
     # Relative paths in a config file are relative to the file, so a config works from any directory.
     for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks"):
         if isinstance(out.get(name), str) and not os.path.isabs(out[name]):
@@ -114,6 +121,30 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if "scans" in out:
         out["scans"] = [s if os.path.isabs(s) else str((p.parent / s).resolve()) for s in out["scans"]]
     return out
+
+
+#: What each option's value in a TOML file must be (TOML is typed: `resume = "no"` is a string, not false).
+_CONFIG_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    **{n: ("a string", (str,)) for n in ("checkpoint", "model", "rule", "composite", "init", "out", "device",
+                                         "atlas", "atlas_labels", "masks", "shard")},
+    **{n: ("a number", (int, float)) for n in ("alpha", "beta", "epsilon", "gamma")},
+    **{n: ("true or false", (bool,)) for n in ("trust_checkpoint", "resume", "quiet", "by_class")},
+    **{n: ("a table", (dict,)) for n in ("model_kwargs", "overrides", "input_spec")},
+    "workers": ("a whole number", (int,)), "volume": ("a whole number", (int,)),
+    "target": ("a class name or index", (str, int)), "batch_size": ("'auto' or a whole number", (str, int)),
+    "scans": ("a path or a list of paths", (str, list)), "class_names": ("a list of names", (list,)),
+}
+
+
+def _check_config_type(path: Path, key: str, name: str, value: Any) -> Any:
+    """Refuse a config value of the wrong TOML type with a message naming the file and option."""
+    expected, types = _CONFIG_TYPES[name]
+    wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    if name in ("scans", "class_names") and isinstance(value, list):
+        wrong = not all(isinstance(v, str) for v in value)
+    if wrong:
+        raise SettingsError(f"{path}: option '{key}' must be {expected}, got {value!r}")
+    return str(value) if name == "target" else value
 
 
 def build_settings(cli: dict[str, Any], config_path: str | None = None) -> Settings:
@@ -151,10 +182,14 @@ def validate(s: Settings) -> None:
             f"--composite: unknown composite '{s.composite}' (choose from {', '.join(sorted(COMPOSITES))})")
     for name in ("alpha", "beta", "epsilon", "gamma"):
         value = getattr(s, name)
-        if not isinstance(value, (int, float)) or value < 0 or value != value:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or value != value:
             raise SettingsError(f"--{name}: must be a number >= 0, got {value!r}")
     if s.rule == "alphabeta" and s.alpha == 0 and s.beta == 0:
         raise SettingsError("--alpha/--beta: both are 0, so every relevance would be 0")
+    if s.input_spec is not None:
+        _validate_input_spec(s.input_spec)
+    if s.overrides:
+        _validate_overrides(s.overrides)
     if s.init not in INIT_MODES:
         raise SettingsError(f"--init: must be one of {', '.join(INIT_MODES)}, got '{s.init}'")
     if not s.target:
@@ -170,7 +205,8 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"--workers: must be a whole number >= 0, got {s.workers!r}")
     _validate_device(s.device)
     if s.checkpoint is not None and not os.path.isfile(s.checkpoint):
-        raise SettingsError(f"{s.checkpoint}: checkpoint file not found")
+        what = "is a folder, not a checkpoint file" if os.path.isdir(s.checkpoint) else "checkpoint file not found"
+        raise SettingsError(f"{s.checkpoint}: {what}")
     if s.model is not None and s.checkpoint is None:
         raise SettingsError("--model needs --checkpoint (the state_dict file to load into it)")
     if (s.atlas is None) != (s.atlas_labels is None):
@@ -188,6 +224,43 @@ def validate(s: Settings) -> None:
 
         Shard.parse(s.shard)
     _validate_out(s.out)
+
+
+def _validate_input_spec(spec: Any) -> None:
+    """An [input_spec] that cannot build an InputSpec would fail deep in the run: name the bad key now."""
+    from mri_lrp.model.spec import InputSpec
+
+    if not isinstance(spec, dict):
+        raise SettingsError(f"input_spec: must be a table like {{dims = 3, channels = 1}}, got {spec!r}")
+    unknown = sorted(set(spec) - set(InputSpec.__dataclass_fields__))
+    if unknown:
+        raise SettingsError(f"input_spec: unknown key(s) {unknown} (known: "
+                            f"{', '.join(InputSpec.__dataclass_fields__)})")
+    numbers = {"dims": int, "channels": int, "shape": int, "spacing": float, "clip": float}
+    for key, kind in numbers.items():
+        value = spec.get(key)
+        if value is None:
+            continue
+        items = value if key in ("shape", "spacing", "clip") else [value]
+        if not isinstance(items, (list, tuple)) or not all(
+                isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) for v in items):
+            what = "a list of numbers" if key in ("shape", "spacing", "clip") else "a whole number"
+            raise SettingsError(f"input_spec: {key} must be {what}, got {value!r}")
+        if key in ("shape", "spacing") and any(v <= 0 for v in items):
+            raise SettingsError(f"input_spec: {key} values must be > 0, got {value!r}")
+    for key in ("orientation", "normalization", "slice_axis"):
+        if key in spec and not (isinstance(spec[key], str) or (key == "orientation" and spec[key] is None)):
+            raise SettingsError(f"input_spec: {key} must be a string, got {spec[key]!r}")
+    try:
+        InputSpec.from_dict(spec)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+
+
+def _validate_overrides(overrides: Any) -> None:
+    from mri_lrp.lrp.composites import check_overrides
+
+    check_overrides(overrides)
 
 
 def _validate_device(device: str) -> None:

@@ -235,6 +235,18 @@ def test_target_all_writes_one_relevance_volume_and_overlay_per_class(small_set:
                                                                       "overlay_c.png"]
     regions = read_rows(scan_dir / "regions.csv")
     assert {r["target_class"] for r in regions} == {"a", "b", "c"}
+    every_class = float(np.asarray(rel.dataobj, dtype=np.float64).sum())
+    assert float(row["relevance_sum"]) == pytest.approx(every_class, rel=1e-4)
+
+
+def test_sglrp_conservation_is_measured_against_the_size_of_the_output_relevance(small_set: Path,
+                                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_cli("explain", str(small_set), "--init", "sglrp", "--out", str(out), "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    for row in read_rows(out / "summary.csv"):
+        assert abs(float(row["output_relevance"])) < 1e-5  # SGLRP's output relevance sums to zero
+        assert float(row["conservation_error"]) < 0.05
 
 
 def test_a_named_target_class_is_explained_for_every_scan(small_set: Path, tmp_path: Path) -> None:

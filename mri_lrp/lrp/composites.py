@@ -2,12 +2,13 @@
 
 Overrides map a glob pattern (matched against the layer's module name, e.g. ``features.conv0`` or
 ``layer1.*``, or its type, e.g. ``Linear``) to a rule spec: a rule name, or a table such as
-``{"rule": "epsilon", "epsilon": 0.1}`` (so a TOML ``[lrp.overrides]`` section loads as is). Later
+``{"rule": "epsilon", "epsilon": 0.1}`` (so a config file's ``[overrides]`` table loads as is). Later
 patterns win over earlier ones.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from fnmatch import fnmatchcase
@@ -35,6 +36,7 @@ class Composite:
         return self.conv if site.kind == "conv" else self.linear
 
 
+_NAMES_SHOWN = 6  # layer names listed when an override pattern matches none
 _AB21 = {"alphabeta": {"alpha": 2.0, "beta": 1.0}}
 COMPOSITES: dict[str, Composite] = {c.name: c for c in (
     Composite("epsilon-plus", "z+ on convs, epsilon on dense layers", "zplus", "epsilon"),
@@ -59,6 +61,18 @@ def _spec(spec: str | Mapping[str, Any], pattern: str) -> tuple[str, dict[str, A
     raise SettingsError(f"override '{pattern}': expected a rule name or a table with a 'rule' key, got {spec!r}")
 
 
+def check_overrides(overrides: Any) -> None:
+    """Validate a table of pattern = rule spec without a model, so a config mistake is found before any work."""
+    if not isinstance(overrides, Mapping):
+        raise SettingsError(f"overrides: expected a table of pattern = rule, got {overrides!r}")
+    for pattern, spec in overrides.items():
+        name, params = _spec(spec, pattern)
+        try:
+            make_rule(name, params, strict=True)
+        except SettingsError as exc:
+            raise SettingsError(f"override '{pattern}': {exc}") from None
+
+
 def assign(sites: list[Site], rule: str = "alphabeta", composite: str | None = None,
            overrides: Mapping[str, str | Mapping[str, Any]] | None = None,
            params: Mapping[str, Any] | None = None) -> list[Rule]:
@@ -74,7 +88,10 @@ def assign(sites: list[Site], rule: str = "alphabeta", composite: str | None = N
         if composite.lower() not in COMPOSITES:
             raise SettingsError(f"unknown composite '{composite}' (known: {', '.join(COMPOSITES)})")
         preset = COMPOSITES[composite.lower()]
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise SettingsError(f"overrides: expected a table of pattern = rule, got {overrides!r}")
     specs = [_spec(s, p) + (p,) for p, s in (overrides or {}).items()]
+    used: set[str] = set()
     rules = []
     for site in sites:
         name, extra = (preset.rule_name(site), dict(preset.fixed.get(preset.rule_name(site), {}))) if preset \
@@ -83,7 +100,13 @@ def assign(sites: list[Site], rule: str = "alphabeta", composite: str | None = N
         for spec_name, spec_params, pattern in specs:
             if fnmatchcase(site.name, pattern) or fnmatchcase(site.type_name, pattern):
                 name, extra, strict = spec_name, spec_params, True
+                used.add(pattern)
         if strict:  # an override's own table must name only parameters its rule takes
             make_rule(name, extra, strict=True)
         rules.append(make_rule(name, {**params, **extra}))
+    for _, _, pattern in specs:
+        if pattern not in used:  # most likely a typo in a layer name: say so rather than silently ignore it
+            warnings.warn(f"override '{pattern}' matches no conv/linear layer (layers: "
+                          f"{', '.join(s.name for s in sites[:_NAMES_SHOWN])}"
+                          f"{', ...' if len(sites) > _NAMES_SHOWN else ''})", stacklevel=2)
     return rules

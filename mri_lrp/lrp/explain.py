@@ -39,6 +39,7 @@ class Explanation:
     relevance_sum: torch.Tensor
     conservation_error: torch.Tensor
     absorbed: torch.Tensor
+    output_relevance_abs: torch.Tensor  # Σ |R_out|: the scale the conservation error is measured against
 
 
 class Explainer:
@@ -103,10 +104,12 @@ class Explainer:
         logits = logits.detach()
         probs = torch.softmax(logits, dim=1)
         out_sum = r_out.sum(1)
+        out_abs = r_out.abs().sum(1)
         in_sum = relevance.flatten(1).sum(1)
-        error = (in_sum - out_sum).abs() / r_out.abs().sum(1).clamp_min(torch.finfo(r_out.dtype).tiny)
+        error = (in_sum - out_sum).abs() / out_abs.clamp_min(torch.finfo(r_out.dtype).tiny)
         absorbed = tracker.absorbed if tracker.absorbed is not None else torch.zeros_like(out_sum)
-        result = Explanation(relevance.detach(), logits, probs, targets, out_sum, in_sum, error, absorbed.detach())
+        result = Explanation(relevance.detach(), logits, probs, targets, out_sum, in_sum, error, absorbed.detach(),
+                             out_abs)
         return _per_class(result, batch) if every else result
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +132,8 @@ def _per_class(e: Explanation, batch: int) -> Explanation:
         return t.reshape(batch, -1, *t.shape[1:])
     first = slice(None, None, e.logits.shape[0] // batch)
     return Explanation(fold(e.relevance), e.logits[first], e.probs[first], fold(e.target), fold(e.output_relevance),
-                       fold(e.relevance_sum), fold(e.conservation_error), fold(e.absorbed))
+                       fold(e.relevance_sum), fold(e.conservation_error), fold(e.absorbed),
+                       fold(e.output_relevance_abs))
 
 
 def resolve_target(target: Target, logits: torch.Tensor, class_names: Sequence[str] | None = None) -> torch.Tensor:
@@ -183,7 +187,6 @@ def explain(model: nn.Module, x: torch.Tensor, rule: str = "alphabeta", alpha: f
 
 def describe_rules(model: nn.Module, rule: str = "alphabeta", composite: str | None = None,
                    overrides: Mapping[str, Any] | None = None, **params: Any) -> list[tuple[str, str, str]]:
-    """Which rule each layer of `model` gets (for `mri-lrp info`), without running it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Explainer(model, rule=rule, composite=composite, overrides=overrides, **params).describe()
+    """Which rule each layer of `model` gets (for `mri-lrp info`), without running it. Warnings (αβ that does
+    not conserve, an override that matches no layer) are issued as when explaining."""
+    return Explainer(model, rule=rule, composite=composite, overrides=overrides, **params).describe()

@@ -8,6 +8,8 @@ relevance `R`. Adding a rule means adding one class here and one line in `RULES`
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -306,4 +308,22 @@ def make_rule(name: str, params: dict[str, Any] | None = None, strict: bool = Fa
     extra = set(params) - known
     if strict and extra:
         raise SettingsError(f"rule '{key}' takes no parameter(s) {sorted(extra)} (takes: {sorted(known)})")
-    return cls(**{k: v for k, v in params.items() if k in known})
+    kept = {k: v for k, v in params.items() if k in known}
+    for f in fields(cls):
+        if f.name in kept:
+            _check_param(key, f.name, str(f.type), kept[f.name])
+    return cls(**kept)
+
+
+def _check_param(rule: str, name: str, annotation: str, value: Any) -> None:
+    """A parameter of the wrong type or sign (from a config file, say) is a one-line error, not a crash."""
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"rule '{rule}': {name} must be true or false, got {value!r}")
+        return
+    if value is None and "None" in annotation:
+        return
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise SettingsError(f"rule '{rule}': {name} must be a number, got {value!r}")
+    if "None" not in annotation and value < 0:  # bounds (low/high) may be negative; weights and stabilisers not
+        raise SettingsError(f"rule '{rule}': {name} must be >= 0, got {value!r}")

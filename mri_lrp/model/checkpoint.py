@@ -179,7 +179,7 @@ def _read(path: Path, trust: bool) -> Any:
         found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
         wanted = found.group(1) if found else _raw_pickle_global(path)
         if wanted is None:
-            raise _err(path, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+            raise _err(path, f"not a readable PyTorch checkpoint ({_unpickler_reason(exc)})") from None
         if not trust:
             raise _err(path, f"holds a pickled Python object ({wanted}); unpickling can "
                              "run arbitrary code, so it is refused. Pass --trust-checkpoint only "
@@ -190,6 +190,13 @@ def _read(path: Path, trust: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a trusted pickle may still need classes that are not importable here
         raise _err(path, f"cannot unpickle ({_first_line(exc)})") from None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The reason inside torch's weights-only refusal, whose first line (re-run with weights_only=False)
+    is wrong advice for a file that is not a pickle at all."""
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+    return found.group(1).strip() if found else _first_line(exc)
 
 
 def _raw_pickle_global(path: Path) -> str | None:
@@ -432,6 +439,9 @@ def count_outputs(net: nn.Module, spec: InputSpec) -> int | None:
 def _check_outputs(path: Path, net: nn.Module, spec: InputSpec, class_names: list[str] | None) -> list[str]:
     """Class names that match the model's outputs: the given ones (checked) or class_0 ... class_{K-1}."""
     n = count_outputs(net, spec)
+    if n == 1:  # softmax over one score is always 1: every scan would be 'class_0, p=1' whatever it shows
+        raise _err(path, "the model has a single output (a one-logit binary classifier?); explanations need "
+                         "one score per class, so give it two outputs (e.g. [-z, z]) and re-save it")
     if class_names is None:
         if n is None:
             raise _err(path, "cannot tell how many classes the model has; give the class names")

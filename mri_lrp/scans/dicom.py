@@ -216,8 +216,12 @@ def read_header(path: str, force: bool) -> DicomHeader | str:
             raise ValueError(f"{name} header ends before the image attributes (truncated file?)")
         return f"DICOM file without an image ({name})"
     series_number = _float(ds.get("SeriesNumber"))
+    # Without a series UID (stripped by some anonymisers), files of one folder, study and series number and
+    # description are taken as one series; splitting then separates stacks that do not belong together.
+    fallback = ":".join(["no-series-uid", os.path.dirname(os.path.abspath(path)),
+                         str(ds.get("StudyInstanceUID", "")), str(series_number), _text(ds.get("SeriesDescription"))])
     return DicomHeader(
-        series_uid=str(ds.get("SeriesInstanceUID") or f"no-series-uid:{path}"),
+        series_uid=str(ds.get("SeriesInstanceUID") or fallback),
         series_number=int(series_number) if series_number is not None else None,
         description=_text(ds.get("SeriesDescription")),
         slices=tuple(dataset_slices(ds, 0)))
@@ -229,6 +233,35 @@ def _same_orientation(a: tuple[float, ...] | None, b: tuple[float, ...] | None) 
     if a is None or b is None:
         return a is b
     return max(abs(x - y) for x, y in zip(a, b, strict=True)) <= ORIENTATION_TOL
+
+
+def _extent(orientation: tuple[float, ...] | None, members: list[tuple[int, SliceInfo]]) -> tuple[float, float]:
+    """Range of the slice positions along the slice normal (empty when positions are unknown)."""
+    if orientation is None or any(s.position is None for _, s in members):
+        return (math.inf, -math.inf)
+    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+    d = [float(np.asarray(s.position) @ normal) for _, s in members]
+    return (min(d), max(d))
+
+
+def _rejoin_odd_sizes(groups: list) -> list:
+    """Put back together stacks that differ only in image size and lie among each other's slices.
+
+    Such a stack is one volume with a wrong file in it, not two scans: split, it would become a one-slice
+    "scan" explained as 2D and a volume with a gap. Joined, reading it names the odd file.
+    """
+    out: list = []
+    for exact, orient, members in groups:
+        lo, hi = _extent(orient, members)
+        for g_exact, g_orient, g_members in out:
+            g_lo, g_hi = _extent(g_orient, g_members)
+            if (g_exact[2:] == exact[2:] and _same_orientation(g_orient, orient)
+                    and max(lo, g_lo) <= min(hi, g_hi) + 1e-3):
+                g_members.extend(members)
+                break
+        else:
+            out.append((exact, orient, members))
+    return out
 
 
 def split_series(headers: Sequence[tuple[int, DicomHeader]]) -> list[Stack]:
@@ -248,6 +281,7 @@ def split_series(headers: Sequence[tuple[int, DicomHeader]]) -> list[Stack]:
                     break
             else:
                 groups.append((exact, s.orientation, [(key, s)]))
+    groups = _rejoin_odd_sizes(groups)
 
     parts: list[tuple[tuple, tuple[float, ...] | None, str, list[tuple[int, SliceInfo]]]] = []
     for exact, orient, members in groups:
@@ -455,6 +489,8 @@ def _read_stack(ref: ScanRef) -> tuple[np.ndarray, np.ndarray, dict[str, str], l
                                  "cannot be placed in space")
         if s.pixel_spacing is None:
             raise ScanError(loc, f"{name}: no PixelSpacing")
+        if not all(math.isfinite(v) and v > 0 for v in s.pixel_spacing):
+            raise ScanError(loc, f"{name}: PixelSpacing {list(s.pixel_spacing)} is not two positive sizes")
         if (s.rows, s.cols) != (first.rows, first.cols):
             raise ScanError(loc, f"{name}: image size {s.rows}x{s.cols} differs from {first.rows}x{first.cols}")
         if not _same_orientation(s.orientation, first.orientation):

@@ -33,7 +33,10 @@ class _Found:
 
 
 def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[_Found]:
-    """Every file under the given paths, each once, folders in sorted order, symlinked folders not followed."""
+    """Every file under the given paths, each once, folders in sorted order, symlinked folders not followed.
+
+    A DICOMDIR named as a path stands for its folder: the user means the images it indexes.
+    """
     found: list[_Found] = []
     seen: set[str] = set()
 
@@ -45,6 +48,8 @@ def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[_Found]:
 
     for root_index, given in enumerate(paths):
         given = str(given)
+        if os.path.basename(given).upper() == "DICOMDIR" and os.path.isfile(given):
+            given = os.path.dirname(given) or "."  # a DICOMDIR given by name: read the images it indexes
         if os.path.isdir(given):
             root = os.path.abspath(given)
 
@@ -93,6 +98,19 @@ def _probe_dicom(f: _Found) -> DicomHeader | str | Exception:
             return read_header(f.abs_path, force=not marked)
     except Exception as e:  # pydicom raises many types for data it cannot parse
         return e if (marked or claimed) else "not a DICOM or NIfTI file"
+
+
+def _is_relevance_output(path: str) -> bool:
+    """A relevance volume in a scan folder of an earlier run's output (its --out may differ from this run's)."""
+    folder, name = os.path.split(path)
+    if not name.lstrip(".").startswith("relevance"):  # also a temporary left by a killed run
+        return False
+    try:
+        siblings = os.listdir(folder)
+    except OSError:
+        return False
+    return any(n in ("result.json", "regions.csv") or (n.startswith("overlay") and n.endswith(".png"))
+               for n in siblings)
 
 
 def _nifti_refs(f: _Found, volume: int | None) -> list[tuple[_Found, ScanRef]]:
@@ -161,7 +179,9 @@ def discover(paths: Sequence[str | Path], volume: int | None = None) -> tuple[li
     for f in found:
         name = os.path.basename(f.rel)
         if name.lower().endswith(NIFTI_SUFFIXES):
-            if is_label_image(f.abs_path):
+            if _is_relevance_output(f.abs_path):
+                skipped.append(Skipped(f.display, "relevance map written by an earlier explain run, not a scan"))
+            elif is_label_image(f.abs_path):
                 skipped.append(Skipped(f.display, "NIfTI label image (intent 'label'): a mask or atlas, not a scan"))
             else:
                 refs.extend(_nifti_refs(f, volume))

@@ -10,7 +10,7 @@ import nibabel as nib
 
 from mri_lrp.errors import ScanError
 from mri_lrp.scans.discover import discover
-from mri_lrp.scans.read import read_scan
+from mri_lrp.scans.read import content_notes, read_scan
 
 
 def inspect_rows(paths: Sequence[str | Path], volume: int | None = None) -> list[dict[str, Any]]:
@@ -30,9 +30,10 @@ def inspect_rows(paths: Sequence[str | Path], volume: int | None = None) -> list
         except ScanError as e:
             row.update(kind="error", problems=[e.reason], status="error")
         else:
+            notes = content_notes(scan)
+            axes = "".join(c or "?" for c in nib.aff2axcodes(scan.affine))  # None: an axis with no direction
             row.update(shape=list(scan.shape), spacing=[round(v, 4) for v in scan.spacing],
-                       orientation="".join(nib.aff2axcodes(scan.affine)), problems=list(scan.warnings),
-                       status="warning" if scan.warnings else "ok")
+                       orientation=axes, problems=list(notes), status="warning" if notes else "ok")
         rows.append(row)
     for item in skipped:
         rows.append({"scan_id": "", "source": item.path, "kind": "skipped", "shape": None, "spacing": None,

@@ -21,8 +21,8 @@ def _load(path: str, location: str) -> nib.Nifti1Image:
     try:
         img = nib.load(path, mmap=False)  # no file maps kept open in a Scan that crosses processes
     except Exception as e:  # nibabel and the OS raise many types for files that are not NIfTI
-        raise ScanError(location, f"not a readable NIfTI file: {' '.join(str(e).split()) or type(e).__name__}") \
-            from None
+        reason = " ".join(str(e).replace(path, os.path.basename(path)).split()) or type(e).__name__
+        raise ScanError(location, f"not a readable NIfTI file: {reason}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ScanError(location, f"{type(img).__name__} is not a NIfTI image")
     return img
@@ -94,6 +94,10 @@ def _read(ref: ScanRef) -> Scan:
     img = _load(path, loc)
     spatial, volumes = spatial_shape(img.shape, loc)
     header = img.header
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None:  # RGB / RGBA voxels: colour, not one intensity per voxel
+        raise ScanError(loc, f"voxels of type {'/'.join(dtype.names or ())} (colour) are not supported: "
+                             "a scan needs one intensity per voxel")
     if not path.lower().endswith(".gz"):
         needed = int(header["vox_offset"]) + math.prod(img.shape) * header.get_data_dtype().itemsize
         size = os.path.getsize(path)

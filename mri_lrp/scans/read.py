@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from mri_lrp.errors import ScanError
 from mri_lrp.scans.dicom import read_dicom
 from mri_lrp.scans.discover import discover
@@ -17,12 +19,28 @@ def read_scan(ref: ScanRef) -> Scan:
     """The Scan that ``ref`` describes; ScanError(location, reason, stage="read") for anything wrong with it."""
     try:
         if ref.kind == "nifti":
-            return read_nifti(ref)
-        if ref.kind == "dicom":
-            return read_dicom(ref)
+            scan = read_nifti(ref)
+        elif ref.kind == "dicom":
+            scan = read_dicom(ref)
+        else:
+            raise ScanError(ref.location, f"unknown scan kind {ref.kind!r}")
     except OSError as e:  # a file removed or made unreadable since discovery
         raise ScanError(ref.location, f"cannot read {e.filename or 'file'}: {e.strerror or e}") from None
-    raise ScanError(ref.location, f"unknown scan kind {ref.kind!r}")
+    # Every later stage (orientation, resampling, regions) needs voxels with a position and a size.
+    linear = scan.affine[:3, :3]
+    if not np.all(np.isfinite(scan.affine)) or abs(np.linalg.det(linear)) < 1e-12 \
+            or min(scan.spacing) < 1e-6:
+        raise ScanError(ref.location, f"voxel-to-world affine {np.round(linear, 4).tolist()} is singular or "
+                                      "not finite, so voxels have no position or size")
+    return scan
+
+
+def content_notes(scan: Scan) -> tuple[str, ...]:
+    """The scan's warnings plus what its voxels say: a constant image normalises to zeros, so every rule gives
+    zero relevance and the table would show only a conservation error of 1."""
+    if scan.data.size and scan.data.min() == scan.data.max():
+        return (*scan.warnings, f"every voxel is {float(scan.data.flat[0]):g}: the image has no contrast to explain")
+    return scan.warnings
 
 
 def iter_scans(paths: Sequence[str | Path], volume: int | None = None) -> Iterator[Scan | ScanError]:
