@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mri_lrp.scans.dicom import DicomHeader, read_header, split_series
 from mri_lrp.scans.ids import NIFTI_SUFFIXES, file_scan_id, make_unique, series_scan_id, short_hash
-from mri_lrp.scans.nifti import count_volumes, is_label_image
+from mri_lrp.scans.nifti import probe_nifti
 from mri_lrp.scans.refs import ScanRef, Skipped
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -113,10 +113,9 @@ def _is_relevance_output(path: str) -> bool:
                for n in siblings)
 
 
-def _nifti_refs(f: _Found, volume: int | None) -> list[tuple[_Found, ScanRef]]:
+def _nifti_refs(f: _Found, volume: int | None, volumes: int | None) -> list[tuple[_Found, ScanRef]]:
     base = file_scan_id(f.rel)
     ref = ScanRef(kind="nifti", source=f.rel, scan_id=base, paths=(f.abs_path,), location=f.display)
-    volumes = count_volumes(f.abs_path)
     if volumes is None or volumes == 1:
         return [(f, ref)]
     chosen = range(volumes) if volume is None else [volume]
@@ -181,10 +180,12 @@ def discover(paths: Sequence[str | Path], volume: int | None = None) -> tuple[li
         if name.lower().endswith(NIFTI_SUFFIXES):
             if _is_relevance_output(f.abs_path):
                 skipped.append(Skipped(f.display, "relevance map written by an earlier explain run, not a scan"))
-            elif is_label_image(f.abs_path):
+                continue
+            volumes, is_label = probe_nifti(f.abs_path)
+            if is_label:
                 skipped.append(Skipped(f.display, "NIfTI label image (intent 'label'): a mask or atlas, not a scan"))
             else:
-                refs.extend(_nifti_refs(f, volume))
+                refs.extend(_nifti_refs(f, volume, volumes))
         elif name.upper() == "DICOMDIR":
             skipped.append(Skipped(f.display, "DICOMDIR index file (the images it lists are read directly)"))
         else:

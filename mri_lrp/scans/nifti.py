@@ -46,22 +46,18 @@ def spatial_shape(shape: tuple[int, ...], location: str) -> tuple[tuple[int, int
     return spatial, volumes  # type: ignore[return-value]
 
 
-def count_volumes(path: str) -> int | None:
-    """Number of volumes per the header, or None when the header is unusable (the read will say why)."""
-    try:
-        img = _load(path, path)
-        return spatial_shape(img.shape, path)[1]
-    except ScanError:
-        return None
-
-
-def is_label_image(path: str) -> bool:
-    """True for a NIfTI whose header declares it a label map (intent 'label'): a mask or atlas, not a scan."""
+def probe_nifti(path: str) -> tuple[int | None, bool]:
+    """From one header read: the number of volumes (None when the header is unusable; the read will say
+    why), and whether the file declares itself a label map (intent 'label': a mask or atlas, not a scan)."""
     try:
         img = _load(path, path)
     except ScanError:
-        return False
-    return img.header.get_intent()[0] == "label"
+        return None, False
+    is_label = img.header.get_intent()[0] == "label"
+    try:
+        return spatial_shape(img.shape, path)[1], is_label
+    except ScanError:
+        return None, is_label
 
 
 def _form_warnings(img: nib.Nifti1Image) -> list[str]:
