@@ -1,0 +1,210 @@
+"""The job's core loop: batch prepared scans, explain them on the device, hand them to the writers."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mri_lrp.errors import ScanError
+from mri_lrp.lrp import Explainer
+from mri_lrp.model.checkpoint import LoadedModel
+from mri_lrp.pipeline.manifest import RunStats
+from mri_lrp.pipeline.read import Prepared, prepared_stream, reader_context, worker_init
+from mri_lrp.pipeline.write import ScanWriter, WriteJob
+from mri_lrp.progress import Reporter
+from mri_lrp.scans import ScanRef
+from mri_lrp.settings import Settings
+
+CPU_AUTO_BATCH, CUDA_AUTO_BATCH = 2, 32
+
+
+@dataclass
+class Explained:
+    """One scan's model-space relevance (one map per target) and its numbers, ready to be written."""
+
+    prepared: Prepared
+    relevance: torch.Tensor            # (T, *model sample shape) or (T, S, ...) for slice models; on CPU
+    probs: np.ndarray                  # (K,) scan-level class probabilities
+    targets: list[int]
+    output_relevance: list[float]
+    absorbed: list[float]
+    output_abs: list[float]            # Σ |R_out| per target: the conservation error's scale
+    seconds: float
+
+
+
+class Job:
+    def __init__(self, settings: Settings, loaded: LoadedModel, explainer: Explainer, target: int | str | None,
+                 device: torch.device, reporter: Reporter, stats: RunStats, writer: ScanWriter,
+                 failures: list[dict[str, Any]]) -> None:
+        self.settings, self.loaded, self.explainer = settings, loaded, explainer
+        self.target, self.device, self.reporter, self.stats = target, device, reporter, stats
+        self.writer, self.failures = writer, failures
+        self.spec = loaded.input_spec
+        fixed = settings.batch_size_value
+        self.batch_size = fixed or (CUDA_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH)
+        self.auto_batch = fixed is None
+        self.stop: threading.Event = threading.Event()
+
+    def run(self, todo: list[ScanRef]) -> None:
+        self.reporter.start(len(todo))
+        writes: deque[tuple[Prepared, cf.Future]] = deque()
+        with self._writer_pool() as pool:
+            def hand_off(results: list[Explained]) -> None:
+                for res in results:
+                    writes.append((res.prepared, pool.submit(self.writer.write, WriteJob.of(res))))
+                while len(writes) > 4:  # bounded: memory stays flat however many scans
+                    self._finish_write(*writes.popleft())
+
+            batch: list[Prepared] = []
+            for ref, item in prepared_stream(todo, self.spec, self.settings.workers, self.stop):
+                if isinstance(item, ScanError):
+                    self._fail(ref, item.stage, item.reason)
+                    continue
+                self.stats.add("read", item.seconds)
+                if self.spec.dims == 2:
+                    hand_off(self._explain_slices(item))
+                    continue
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    hand_off(self._explain_volumes(batch))
+                    batch = []
+                if self.stop.is_set():
+                    break
+            if batch:
+                hand_off(self._explain_volumes(batch))
+            while writes:
+                self._finish_write(*writes.popleft())
+        if self.stop.is_set():
+            self.stats.interrupted = self.stop.signal_name  # type: ignore[attr-defined]
+
+    def _writer_pool(self) -> cf.Executor:
+        """Writers are processes (rendering and compression hold the GIL), or one thread with --workers 0."""
+        if self.settings.workers == 0:
+            return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        return cf.ProcessPoolExecutor(max_workers=2, mp_context=reader_context(), initializer=worker_init)
+
+    def _finish_write(self, prepared: Prepared, fut: cf.Future) -> None:
+        ref = prepared.ref
+        try:
+            seconds, status = fut.result()
+        except ScanError as e:  # a bad mask: named with its own path, at its own stage
+            self._fail(ref, e.stage, e.reason if e.path in (ref.source, ref.location) else str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - one scan's write error costs only that scan
+            self._fail(ref, "write", f"{type(e).__name__}: {e}")
+            return
+        self.stats.add("write", seconds)
+        self.reporter.scan_done(ref.scan_id, status)
+
+    def _fail(self, ref: ScanRef, stage: str, error: str) -> None:
+        """Record a failed scan; the log line names it as the user gave it (a series given as the root is '.')."""
+        self.stats.failed += 1
+        self.failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": stage, "error": error})
+        named = error.startswith(f"{ref.location}: ")  # a substring test takes 'pixel spacing' for 'spacing'
+        self.reporter.scan_failed(ref.scan_id, error if named else f"{ref.location}: {error}")
+
+    def _explain_volumes(self, batch: list[Prepared]) -> list[Explained]:
+        """Explain volumes in one device batch; halve on CUDA out-of-memory, isolate a scan that breaks it."""
+        try:
+            t0 = time.perf_counter()
+            x = self._to_device(torch.stack([p.model_input.tensor for p in batch]))
+            exp = self.explainer(x, target=self.target, init=self.settings.init,
+                                 class_names=self.loaded.class_names)
+            rel = exp.relevance.detach().to("cpu", torch.float32)
+            probs = exp.probs.detach().to("cpu", torch.float64).numpy()
+            tgt = exp.target.detach().cpu()
+            out_rel = exp.output_relevance.detach().cpu().double()
+            absorbed = exp.absorbed.detach().cpu().double()
+            out_abs = exp.output_relevance_abs.detach().cpu().double()
+            seconds = (time.perf_counter() - t0) / len(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                self._fail(batch[0].ref, "explain", "CUDA out of memory")
+                return []
+            torch.cuda.empty_cache()
+            if self.auto_batch:
+                self.batch_size = max(1, len(batch) // 2)
+                self.reporter.note(f"CUDA out of memory: batch size now {self.batch_size}")
+            half = len(batch) // 2
+            return self._explain_volumes(batch[:half]) + self._explain_volumes(batch[half:])
+        except Exception as e:  # noqa: BLE001 - find the one scan that breaks the batch
+            if len(batch) > 1:
+                return [r for p in batch for r in self._explain_volumes([p])]
+            self._fail(batch[0].ref, "explain", f"{type(e).__name__}: {e}")
+            return []
+        self.stats.add("explain", seconds * len(batch))
+        results = []
+        for i, p in enumerate(batch):
+            if self.target == "all":
+                targets = [int(t) for t in tgt[i]]
+                r = rel[i]
+                orel = [float(v) for v in out_rel.view(len(batch), -1)[i]]
+                absb = [float(v) for v in absorbed.view(len(batch), -1)[i]]
+                oabs = [float(v) for v in out_abs.view(len(batch), -1)[i]]
+            else:
+                targets, r = [int(tgt[i])], rel[i].unsqueeze(0)
+                orel, absb, oabs = [float(out_rel[i])], [float(absorbed[i])], [float(out_abs[i])]
+            results.append(Explained(p, r, probs[i], targets, orel, absb, oabs, seconds + p.seconds))
+        return results
+
+    def _explain_slices(self, p: Prepared) -> list[Explained]:
+        """A slice model sees the scan's slices as a batch; the scan's class is the mean over slices."""
+        t0 = time.perf_counter()
+        x_all = p.model_input.tensor
+        try:
+            logits = torch.cat([self.explainer.logits(self._to_device(chunk)).float().cpu()
+                                for chunk in x_all.split(self.batch_size)])
+            probs = torch.softmax(logits, dim=1).mean(dim=0)
+            if self.target == "all":
+                targets = list(range(len(self.loaded.class_names)))
+            elif self.target is None:
+                targets = [int(probs.argmax())]
+            else:
+                targets = [int(self.target)]
+            maps, orel, absb, oabs = [], [], [], []
+            for t in targets:
+                parts, o, a, b = [], 0.0, 0.0, 0.0
+                for chunk in x_all.split(self.batch_size):
+                    tt = torch.full((chunk.shape[0],), t, dtype=torch.long, device=self.device)
+                    exp = self.explainer(self._to_device(chunk), target=tt, init=self.settings.init)
+                    parts.append(exp.relevance.detach().to("cpu", torch.float32))
+                    o += float(exp.output_relevance.sum())
+                    a += float(exp.absorbed.sum())
+                    b += float(exp.output_relevance_abs.sum())
+                maps.append(torch.cat(parts))
+                orel.append(o)
+                absb.append(a)
+                oabs.append(b)
+        except torch.cuda.OutOfMemoryError:
+            if self.batch_size > 1:
+                torch.cuda.empty_cache()
+                self.batch_size = max(1, self.batch_size // 2)
+                self.reporter.note(f"CUDA out of memory: batch size now {self.batch_size}")
+                return self._explain_slices(p)
+            self._fail(p.ref, "explain", "CUDA out of memory")
+            return []
+        except Exception as e:  # noqa: BLE001 - one scan's failure, not the batch's
+            self._fail(p.ref, "explain", f"{type(e).__name__}: {e}")
+            return []
+        seconds = time.perf_counter() - t0
+        self.stats.add("explain", seconds)
+        return [Explained(p, torch.stack(maps), probs.double().numpy(), targets, orel, absb, oabs,
+                          seconds + p.seconds)]
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        self.stats.add("transfer", time.perf_counter() - t0)
+        return x
+

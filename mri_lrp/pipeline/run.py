@@ -1,0 +1,152 @@
+"""`mri-lrp explain` from settings to exit code: load, discover, shard, resume, run the job, write the tables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mri_lrp.errors import SettingsError
+from mri_lrp.lrp import Explainer
+from mri_lrp.model.checkpoint import load_checkpoint
+from mri_lrp.model.spec import InputSpec
+from mri_lrp.outputs import FAILURE_COLUMNS, SUMMARY_COLUMNS, atomic_write_json, atomic_write_text, write_csv
+from mri_lrp.pipeline.batch import Job
+from mri_lrp.pipeline.manifest import RunStats, run_manifest
+from mri_lrp.pipeline.resume import collect_results, is_done
+from mri_lrp.pipeline.signals import StopOnSignal
+from mri_lrp.pipeline.write import ScanWriter, cached_atlas
+from mri_lrp.progress import Reporter
+from mri_lrp.regions import BY_CLASS_COLUMNS, REGION_COLUMNS, by_class_table
+from mri_lrp.scans import ScanRef, Skipped, discover
+from mri_lrp.settings import Settings
+from mri_lrp.shard import Shard, assign, local_device_from_env, shard_from_env
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_SCANS = 0, 3, 4
+
+
+def run_explain(settings: Settings, reporter: Reporter) -> int:
+    """Run the whole job; returns the exit code. Setup errors raise (the CLI maps them to exit 2)."""
+    t_start = time.time()
+    stats = RunStats()
+    loaded = load_checkpoint(
+        settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
+        class_names=list(settings.class_names) if settings.class_names else None,
+        input_spec=InputSpec.from_dict(settings.input_spec) if settings.input_spec else None,
+        trust_checkpoint=settings.trust_checkpoint,
+    )
+    target = resolve_target(settings.target, loaded.class_names)
+    device = resolve_device(settings.device)
+    model = loaded.model.to(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = Explainer(model, **rule_params(settings))
+    for w in caught:
+        reporter.note(f"warning: {w.message}", always=True)
+    if settings.atlas:
+        cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
+    fingerprint = settings.fingerprint(loaded.sha256)
+
+    refs, skipped = discover(list(settings.scans), volume=settings.volume)
+    refs, skipped = exclude_own_files(refs, skipped, settings)
+    stats.found, stats.skipped_files = len(refs), len(skipped)
+    for item in skipped:
+        reporter.note(f"skipped {item.path}: {item.reason}")
+    shard = Shard.parse(settings.shard) if settings.shard else shard_from_env(os.environ)
+    if shard is not None:
+        mine = set(assign([r.scan_id for r in refs], shard))
+        refs = [r for r in refs if r.scan_id in mine]
+        reporter.note(f"shard {shard.index}/{shard.count}: {len(refs)} of {stats.found} scans")
+    stats.in_shard = len(refs)
+
+    out = Path(settings.out)
+    tables_dir = out / "parts" / f"shard-{shard.index}-of-{shard.count}" if shard else out
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    if shard is not None:
+        atomic_write_text(tables_dir / "plan.txt", "".join(f"{r.scan_id}\n" for r in refs))
+
+    todo = [r for r in refs if not (settings.resume and is_done(out / "scans" / r.scan_id, fingerprint))]
+    stats.resumed = len(refs) - len(todo)
+    if stats.resumed:
+        reporter.note(f"resume: {stats.resumed} scans already done with these settings")
+
+    failures: list[dict[str, Any]] = []
+    writer = ScanWriter(out, settings, loaded.class_names, loaded.input_spec.dims, fingerprint)
+    job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
+    with StopOnSignal() as stop:
+        job.stop = stop
+        job.run(todo)
+
+    summary, regions = collect_results(out, refs, fingerprint)
+    write_csv(tables_dir / "summary.csv", summary, SUMMARY_COLUMNS)
+    write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
+    write_csv(tables_dir / "failures.csv", failures, FAILURE_COLUMNS)
+    if settings.by_class:
+        write_csv(tables_dir / "regions_by_class.csv", by_class_table(summary, regions), BY_CLASS_COLUMNS)
+    stats.done = len(summary)
+    wall = time.time() - t_start
+    atomic_write_json(tables_dir / "run.json",
+                      run_manifest(settings, loaded, device, stats, wall, shard, fingerprint))
+    reporter.finish(stats, wall)
+    if stats.interrupted:
+        return 128 + (signal.SIGTERM if stats.interrupted == "SIGTERM" else signal.SIGINT)
+    if not refs or (stats.done == 0 and stats.failed and all(f["stage"] == "read" for f in failures)):
+        return EXIT_NO_SCANS
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def exclude_own_files(refs: list[ScanRef], skipped: list, settings: Settings) -> tuple[list[ScanRef], list]:
+    """Masks, atlas and earlier outputs may sit inside the scanned folder: they are inputs of another kind."""
+    own = [(Path(p).resolve(), why) for p, why in (
+        (settings.masks, "under --masks"), (settings.out, "under --out"), (settings.atlas, "the --atlas image"))
+        if p]
+    kept = []
+    for ref in refs:
+        files = [Path(p).resolve() for p in ref.paths]
+        why = next((why for root, why in own if files and all(f == root or root in f.parents for f in files)),
+                   None)
+        if why is None:
+            kept.append(ref)
+        else:
+            skipped.append(Skipped(ref.source, f"{why}, not a scan"))
+    return kept, skipped
+
+
+def rule_params(settings: Settings) -> dict[str, Any]:
+    """The Explainer's keyword arguments from the settings."""
+    return {
+        "rule": settings.rule, "alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon,
+        "gamma": settings.gamma, "composite": settings.composite, "overrides": settings.overrides or None,
+    }
+
+
+def resolve_target(target: str, class_names: list[str]) -> int | str | None:
+    """'predicted' -> None, 'all' -> 'all', an index or a class name -> the class index."""
+    if target == "predicted":
+        return None
+    if target == "all":
+        return "all"
+    if target in class_names:
+        return class_names.index(target)
+    if target.lstrip("-").isdigit():
+        index = int(target)
+        if 0 <= index < len(class_names):
+            return index
+        raise SettingsError(f"--target: class index {index} is out of range (the model has "
+                            f"{len(class_names)} classes)")
+    raise SettingsError(f"--target: '{target}' is not a class of this model ({', '.join(class_names)})")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks this rank's GPU (LOCAL_RANK), any GPU, else the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device(local_device_from_env(os.environ) or "cuda")
+        return torch.device("cpu")
+    return torch.device(device)
+
