@@ -1,4 +1,5 @@
-# Every target builds its own virtualenv, so a fresh clone needs nothing but Python 3.10+.
+# Every target builds its own virtualenv, so a fresh clone needs nothing but a Python that pyproject.toml's
+# requires-python accepts. CI tests the pinned CPU build of torch; the package itself accepts any torch >= 2.1.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
