@@ -1,0 +1,210 @@
+"""Attention by AttnLRP (Achtibat et al. 2024): the softmax linearised at its input, products of two signals shared
+half and half.
+
+- Softmax s = softmax(x) (Proposition 3.1, a first-order Taylor expansion at x itself):
+  R_x = x ⊙ (R − s · Σ R), sums along the softmax axis. It does not conserve: what it does not pass on (the
+  expansion's bias term) is reported as absorbed. Masked inputs (−inf) get no relevance.
+- A bilinear map z = f(a, b) of two input-dependent tensors (q·kᵀ, A·v, einsum, matmul; Proposition 3.3): each
+  product term gets its share of R by the ε rule, half to each factor: R_a = ½ a ⊙ ∂⟨f(a, b), S⟩/∂a with
+  S = R / (z + ε sign z), likewise for b. When only one operand depends on the input (a functional linear map
+  with a constant matrix), that operand gets all of it.
+- `nn.MultiheadAttention` and `F.scaled_dot_product_attention` are re-expressed with these two ops (and the
+  conv/linear rule of each projection), so no attention weight is ever treated as a constant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mri_lrp.errors import UnsupportedLayerError
+from mri_lrp.lrp.ops import Tracker
+from mri_lrp.lrp.rules import Affine, stabilise
+
+Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Softmax(torch.autograd.Function):
+    """softmax along `dim`; backward is the AttnLRP softmax rule R_x = x ⊙ (R − s Σ R)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dim: int, tracker: Tracker | None) -> torch.Tensor:
+        s = torch.softmax(x, dim)
+        ctx.save_for_backward(x, s)
+        ctx.dim, ctx.tracker = dim, tracker
+        return s
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, s = ctx.saved_tensors
+        x = torch.where(torch.isinf(x), torch.zeros_like(x), x)  # masked scores (−inf) have s = 0: no share
+        r_in = x * (r - s * r.sum(ctx.dim, keepdim=True))
+        if ctx.tracker is not None:
+            ctx.tracker.record(r, r_in)
+        return r_in, None, None
+
+
+class Bilinear(torch.autograd.Function):
+    """z = fn(a, b), bilinear in (a, b); backward is the uniform ε rule (half the relevance to each signal)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, fn: Pair, signals: tuple[bool, bool], epsilon: float,
+                tracker: Tracker | None) -> torch.Tensor:
+        z = fn(a, b)
+        ctx.save_for_backward(a, b, z)
+        ctx.fn, ctx.signals, ctx.epsilon, ctx.tracker = fn, signals, epsilon, tracker
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None,
+                                                     None]:
+        a, b, z = ctx.saved_tensors
+        share = 1.0 / sum(ctx.signals)
+        s = r * share / stabilise(z, ctx.epsilon)
+        with torch.enable_grad():
+            ar = a.detach().requires_grad_(ctx.signals[0])
+            br = b.detach().requires_grad_(ctx.signals[1])
+            wanted = [t for t, on in zip((ar, br), ctx.signals, strict=True) if on]
+            grads = iter(torch.autograd.grad(ctx.fn(ar, br), wanted, s))
+        ra = a * next(grads) if ctx.signals[0] else None
+        rb = b * next(grads) if ctx.signals[1] else None
+        if ctx.tracker is not None:
+            ctx.tracker.record(r, tuple(t for t in (ra, rb) if t is not None))
+        return ra, rb, None, None, None, None
+
+
+def _scores(scale: float) -> Pair:
+    return lambda q, k: torch.matmul(q, k.transpose(-2, -1)) * scale
+
+
+def _mix(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(a, v)
+
+
+def additive_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A boolean mask (True = may attend, as `scaled_dot_product_attention` reads it) or a float mask as one
+    float tensor to add to the scores (−inf where attending is not allowed)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(~mask, float("-inf"))
+    return mask.to(like.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
+              epsilon: float, tracker: Tracker | None, is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kᵀ · scale + mask) v, every step carrying relevance; returns (output, attention weights)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = Bilinear.apply(q, k, _scores(scale), (True, True), epsilon, tracker)
+    if is_causal:
+        n, m = q.shape[-2], k.shape[-2]
+        causal = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+        scores = scores + additive_mask(causal, scores)
+    extra = additive_mask(mask, scores)
+    if extra is not None:
+        scores = scores + extra  # a constant added: relevance passes to the scores unchanged (plain gradient)
+    weights = Softmax.apply(scores, -1, tracker)
+    return Bilinear.apply(weights, v, _mix, (True, True), epsilon, tracker), weights
+
+
+def scaled_dot_product_attention(epsilon: float, tracker: Tracker | None, query: torch.Tensor, key: torch.Tensor,
+                                 value: torch.Tensor, attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None,
+                                 enable_gqa: bool = False) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` (dropout is off: the explained network is the eval-mode one)."""
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        groups = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(groups, -3), value.repeat_interleave(groups, -3)
+    return attention(query, key, value, attn_mask, scale, epsilon, tracker, is_causal)[0]
+
+
+def multihead_projections(module: nn.MultiheadAttention, name: str) -> list[tuple[str, Affine]]:
+    """The four linear maps of a MultiheadAttention (query, key, value, output), each a layer with its own rule."""
+    if module.bias_k is not None or module.add_zero_attn:
+        raise UnsupportedLayerError(type(module).__name__, name, "add_bias_kv / add_zero_attn: no LRP rule "
+                                    "(learned key/value rows are constants with no input)")
+    e = module.embed_dim
+    if module.in_proj_weight is not None:
+        weights = module.in_proj_weight.detach().split(e)
+    else:
+        weights = (module.q_proj_weight.detach(), module.k_proj_weight.detach(), module.v_proj_weight.detach())
+    biases = (None,) * 3 if module.in_proj_bias is None else module.in_proj_bias.detach().split(e)
+    out = module.out_proj
+    parts = [(f"{name}.{p}_proj", Affine("linear", w, b)) for p, w, b in zip("qkv", weights, biases, strict=True)]
+    out_bias = None if out.bias is None else out.bias.detach()
+    return parts + [(f"{name}.out_proj", Affine("linear", out.weight.detach(), out_bias))]
+
+
+def multihead_attention(module: nn.MultiheadAttention, project: Callable[[int, torch.Tensor], torch.Tensor],
+                        epsilon: float, tracker: Tracker | None, query: torch.Tensor, key: torch.Tensor,
+                        value: torch.Tensor, key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                        attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                        is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`nn.MultiheadAttention.forward` in eval mode, written with the relevance-carrying ops.
+
+    `project(i, x)` applies projection i of `multihead_projections` (0-2: q, k, v; 3: output) with its rule.
+    """
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+    if not module.batch_first:  # (L, B, E) -> (B, L, E)
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    b, n, _ = query.shape
+    h = module.num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, t.shape[1], h, -1).transpose(1, 2)
+
+    q, k, v = heads(project(0, query)), heads(project(1, key)), heads(project(2, value))
+    mask = _multihead_mask(attn_mask, key_padding_mask, b, h, n, k.shape[2], q)
+    out, weights = attention(q, k, v, mask, None, epsilon, tracker, is_causal and attn_mask is None)
+    out = project(3, out.transpose(1, 2).reshape(b, n, -1))
+    if not module.batch_first:
+        out = out.transpose(0, 1)
+    if not batched:
+        out = out.squeeze(1)
+    if not need_weights:
+        return out, None
+    weights = weights.mean(1) if average_attn_weights else weights
+    return out, (weights if batched else weights.squeeze(0))
+
+
+def _multihead_mask(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, b: int, h: int, n: int,
+                    s: int, like: torch.Tensor) -> torch.Tensor | None:
+    """MultiheadAttention's masks (boolean True = masked out, or additive floats) as one additive mask (B, H, L, S)."""
+    total = None
+    if attn_mask is not None:
+        add = additive_mask(~attn_mask if attn_mask.dtype == torch.bool else attn_mask, like)
+        total = add.view(b, h, n, s) if add.dim() == 3 else add.view(1, 1, n, s)
+    if key_padding_mask is not None:
+        pad = key_padding_mask
+        add = additive_mask(~pad if pad.dtype == torch.bool else pad, like).view(b, 1, 1, s)
+        total = add if total is None else total + add
+    return total
+
+
+def softmax_dim(args: tuple, kwargs: dict) -> int | None:
+    """The axis of a traced softmax call (F.softmax(x, dim), x.softmax(dim), torch.softmax(x, dim=...))."""
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    return dim if isinstance(dim, int) else None
+
+
+def softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None, tracker: Tracker | None) -> torch.Tensor:
+    """A softmax inside the network (not the final one) with the AttnLRP rule; `dtype` as torch.softmax's."""
+    return Softmax.apply(x if dtype is None else x.to(dtype), dim, tracker)
+
+
+def einsum_pair(equation: str) -> Pair:
+    """The bilinear map of a two-operand einsum."""
+    return lambda a, b: torch.einsum(equation, a, b)
+
+
+def matmul_pair(name: str) -> Pair:
+    """The bilinear map of a matmul-like call (`@`, matmul, bmm, mm)."""
+    return {"bmm": torch.bmm, "mm": torch.mm}.get(name, torch.matmul)
+
