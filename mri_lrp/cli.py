@@ -9,19 +9,68 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
+from mri_lrp import __version__
 from mri_lrp.errors import CheckpointError, MriLrpError, SettingsError, UnsupportedLayerError
+from mri_lrp.lrp import COMPOSITES, RULES
+from mri_lrp.lrp.explain import INITS
+from mri_lrp.model.spec import NORMALIZATIONS
+from mri_lrp.settings import DEVICES, TARGET_KEYWORDS, Settings
 
 EXIT_USAGE, EXIT_UNEXPECTED = 2, 1
 
+#: The panels `explain --help` groups its options into (every option names one with rich_help_panel=).
+MODEL, RULES_PANEL, INPUTS, OUTPUTS, REGIONS, CLUSTER = "Model", "Rules", "Inputs", "Outputs", "Regions", "Cluster"
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Explain what an MRI classifier looks at: Layer-wise Relevance Propagation over DICOM/NIfTI folders.",
+    epilog="Run `mri-lrp COMMAND -h` for a command's options and examples. `python -m mri_lrp` works the same.",
 )
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
+def one_of(names: Any) -> str:
+    """The allowed values of a choice option for its help, from the registry that defines them."""
+    return " | ".join(str(n) for n in names)
+
+
+class SettingsDefaults(TyperCommand):
+    """Options default to None ("not given", so a config file can set them); help shows Settings' default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        defaults = Settings()
+        for param in self.params:
+            value = getattr(defaults, param.name or "", None)
+            if param.default is not None or value is None or value in ((), {}) or param.show_default is False:
+                continue
+            if getattr(param, "is_flag", False):
+                if getattr(param, "secondary_opts", None):  # --resume/--no-resume: name the side that is on
+                    param.show_default = (param.opts if value else param.secondary_opts)[0]
+                continue  # a plain flag is off unless given
+            param.show_default = f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mri-lrp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Explain what an MRI classifier looks at: Layer-wise Relevance Propagation over DICOM/NIfTI folders."""
+
+
+def _fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> None:
     typer.echo(f"mri-lrp: error: {message}", err=True)
+    if hint:
+        typer.echo(f"mri-lrp: hint: {hint}", err=True)
     raise typer.Exit(code)
 
 
@@ -37,52 +86,157 @@ def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
     return value
 
 
-@app.command()
+EXPLAIN_EXAMPLES = """[bold]Examples[/bold]
+
+  mri-lrp explain scans/ --rule alphabeta --alpha 2 --beta 1 --out results/
+
+  mri-lrp explain scans/ --checkpoint best.pth --config my.toml --input-shape 96,96,96
+
+  mri-lrp explain scans/ --dry-run       (the plan: scans, model, rule per layer; writes nothing)
+
+  mri-lrp config example byo_state_dict > my.toml       (a commented config to start from)
+"""
+
+
+@app.command(cls=SettingsDefaults, epilog=EXPLAIN_EXAMPLES)
 def explain(
     scans: Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")] = None,
-    checkpoint: Annotated[str | None, typer.Option(help="Model checkpoint (default: the shipped demo model).")] = None,
-    model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict checkpoint.")] = None,
-    model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Model checkpoint (default: the shipped demo model).", rich_help_panel=MODEL)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)] = None,
+    model_kwargs: Annotated[str | None, typer.Option(
+        help="JSON keyword arguments for --model.", rich_help_panel=MODEL)] = None,
     trust_checkpoint: Annotated[bool | None, typer.Option(
-        "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).")] = None,
-    rule: Annotated[str | None, typer.Option("--rule", "-r", help="LRP rule on every conv/linear layer.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
-    beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.")] = None,
-    gamma: Annotated[float | None, typer.Option(help="γ rule: extra weight on positive weights.")] = None,
-    composite: Annotated[str | None, typer.Option(help="Per-layer rule preset (overrides --rule).")] = None,
-    target: Annotated[str | None, typer.Option(help="predicted | CLASS_NAME | INDEX | all.")] = None,
-    init: Annotated[str | None, typer.Option(help="Output relevance: prob | logit | sglrp.")] = None,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    batch_size: Annotated[str | None, typer.Option("--batch-size", "-b", help="auto | N.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Reader processes (0: inline).")] = None,
-    atlas: Annotated[str | None, typer.Option(help="Label image in the scans' world space.")] = None,
-    atlas_labels: Annotated[str | None, typer.Option(help="Label table (TSV/CSV/FreeSurfer LUT).")] = None,
-    masks: Annotated[str | None, typer.Option(help="Folder of masks matched to scans by id or stem.")] = None,
-    config: Annotated[str | None, typer.Option("--config", "-c", help="TOML file of options.")] = None,
-    shard: Annotated[str | None, typer.Option(help="I/N: take shard I of N (0-based).")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume/--no-resume",
-                                                   help="Skip scans already done with the same settings.")] = None,
-    quiet: Annotated[bool | None, typer.Option("--quiet", "-q", help="Only failures and the summary.")] = None,
-    volume: Annotated[int | None, typer.Option(help="4D NIfTI: explain only this volume (0-based).")] = None,
+        "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
+        rich_help_panel=MODEL)] = None,
+    device: Annotated[str | None, typer.Option(
+        help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)] = None,
+    batch_size: Annotated[str | None, typer.Option(
+        "--batch-size", "-b", help="Scans per device batch: auto | N.", rich_help_panel=MODEL)] = None,
+    rule: Annotated[str | None, typer.Option(
+        "--rule", "-r", help=f"LRP rule on every conv/linear layer: {one_of(RULES)}.",
+        rich_help_panel=RULES_PANEL)] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="αβ rule: weight of positive contributions.", rich_help_panel=RULES_PANEL)] = None,
+    beta: Annotated[float | None, typer.Option(
+        help="αβ rule: weight of negative contributions.", rich_help_panel=RULES_PANEL)] = None,
+    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.", rich_help_panel=RULES_PANEL)] = None,
+    gamma: Annotated[float | None, typer.Option(
+        help="γ rule: extra weight on positive weights.", rich_help_panel=RULES_PANEL)] = None,
+    composite: Annotated[str | None, typer.Option(
+        help=f"Per-layer rule preset (overrides --rule): {one_of(COMPOSITES)}.", rich_help_panel=RULES_PANEL)] = None,
+    target: Annotated[str | None, typer.Option(
+        help=f"Class to explain: {one_of(TARGET_KEYWORDS)} | CLASS_NAME | INDEX.",
+        rich_help_panel=RULES_PANEL)] = None,
+    init: Annotated[str | None, typer.Option(
+        help=f"Output relevance to start from: {one_of(INITS)}.", rich_help_panel=RULES_PANEL)] = None,
+    volume: Annotated[int | None, typer.Option(
+        help="4D NIfTI: explain only this volume (0-based).", rich_help_panel=INPUTS)] = None,
+    input_shape: Annotated[str | None, typer.Option(
+        help="Model grid size, e.g. 96,96,96 (input spec 'shape'; default: the checkpoint's, else native).",
+        rich_help_panel=INPUTS)] = None,
+    input_spacing: Annotated[str | None, typer.Option(
+        help="Model voxel size in mm, e.g. 1,1,1 (input spec 'spacing').", rich_help_panel=INPUTS)] = None,
+    resize: Annotated[bool | None, typer.Option(
+        "--resize/--no-resize", help="Resize the scan to --input-shape instead of cropping/padding it "
+        "(input spec 'resize').", rich_help_panel=INPUTS)] = None,
+    normalization: Annotated[str | None, typer.Option(
+        help=f"Intensity normalisation (input spec 'normalization'): {one_of(NORMALIZATIONS)}.",
+        rich_help_panel=INPUTS)] = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", help="TOML file of options (`mri-lrp config list`); the command line wins.",
+        rich_help_panel=INPUTS)] = None,
+    atlas: Annotated[str | None, typer.Option(
+        help="Label image in the scans' world space.", rich_help_panel=REGIONS)] = None,
+    atlas_labels: Annotated[str | None, typer.Option(
+        help="Label table (TSV/CSV/FreeSurfer LUT).", rich_help_panel=REGIONS)] = None,
+    masks: Annotated[str | None, typer.Option(
+        help="Folder of masks matched to scans by id or stem.", rich_help_panel=REGIONS)] = None,
     by_class: Annotated[bool | None, typer.Option(
-        "--by-class", help="Also write regions_by_class.csv (mean per region per predicted class).")] = None,
+        "--by-class", help="Also write regions_by_class.csv (mean per region per predicted class).",
+        rich_help_panel=REGIONS)] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUTS)] = None,
+    resume: Annotated[bool | None, typer.Option(
+        "--resume/--no-resume", help="Skip scans already done with the same settings.",
+        rich_help_panel=OUTPUTS)] = None,
+    quiet: Annotated[bool | None, typer.Option(
+        "--quiet", "-q", help="Only failures and the summary.", rich_help_panel=OUTPUTS)] = None,
+    layout: Annotated[str | None, typer.Option(
+        help="Where files go: flat (scans/<id>/) | bids (a BIDS-derivatives dataset of BIDS inputs).",
+        rich_help_panel=OUTPUTS)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (scans, shard, model, input spec, rule per layer) and exit; "
+        "writes nothing.", rich_help_panel=OUTPUTS)] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-j", help="Reader processes (0: inline).", rich_help_panel=CLUSTER)] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="I/N: take shard I of N (0-based; default: from SLURM or torchrun variables, else all).",
+        rich_help_panel=CLUSTER)] = None,
 ) -> None:
     """Explain every scan found: heatmap overlays, relevance volumes and region tables."""
     cli = dict(locals())
-    cli.pop("config")
+    for name in ("config", "dry_run", *INPUT_SPEC_OPTIONS):
+        cli.pop(name)
     from mri_lrp.pipeline import run_explain
     from mri_lrp.progress import Reporter
     from mri_lrp.settings import build_settings
 
-    cli["model_kwargs"] = _json_option(model_kwargs, "--model-kwargs")
     try:
-        settings = build_settings(cli, config)
-        code = run_explain(settings, Reporter(quiet=settings.quiet))
+        cli["model_kwargs"] = _json_option(model_kwargs, "--model-kwargs")
+        spec = input_spec_options(input_shape=input_shape, input_spacing=input_spacing, resize=resize,
+                                  normalization=normalization)
+        settings = build_settings(cli, config, input_spec=spec)
+        code = _dry_run(settings) if dry_run else run_explain(settings, Reporter(quiet=settings.quiet))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
-        _fail(str(e))
+        _fail(str(e), hint=_checkpoint_hint(e))
     raise typer.Exit(code)
+
+
+#: explain's options that set one key of the input spec each (the rest come from a config's [input_spec]).
+INPUT_SPEC_OPTIONS = {"input_shape": "shape", "input_spacing": "spacing", "resize": "resize",
+                      "normalization": "normalization"}
+
+
+def input_spec_options(**given: Any) -> dict[str, Any]:
+    """The input-spec keys given as options ('96,96,96' -> [96, 96, 96]); checked later with the whole spec."""
+    spec: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        key = INPUT_SPEC_OPTIONS[name]
+        if key in ("shape", "spacing") and isinstance(value, str):
+            kind = int if key == "shape" else float
+            try:
+                value = [kind(v) for v in value.replace("x", ",").split(",")]
+            except ValueError:
+                what = "whole numbers" if kind is int else "numbers"
+                raise SettingsError(f"--{name.replace('_', '-')}: expected {what} separated by commas "
+                                    f"(e.g. {'96,96,96' if kind is int else '1,1,1'}), got '{value}'") from None
+        spec[key] = value
+    return spec
+
+
+def _dry_run(settings: Any) -> int:
+    """Print the plan; exit 0, or 4 (as the run would) when there is nothing to explain."""
+    from mri_lrp.hints import no_scans_hint
+    from mri_lrp.pipeline.plan import make_plan
+
+    plan = make_plan(settings)
+    for line in plan.lines():
+        typer.echo(line)
+    if not plan.found:
+        typer.echo(f"mri-lrp: {no_scans_hint(settings.scans, plan.skipped)}", err=True)
+        return 4
+    return 0
+
+
+def _checkpoint_hint(error: Exception) -> str | None:
+    """A checkpoint whose weights do not fit the named network: say what usually differs."""
+    if isinstance(error, CheckpointError) and "do not fit model" in str(error):
+        return ("the network must be built exactly as for training: check --model and --model-kwargs "
+                "(e.g. in_channels, out_channels, spatial_dims)")
+    return None
 
 
 @app.command()
@@ -125,7 +279,6 @@ def info(
 ) -> None:
     """The model: classes, input spec, parameters, and the LRP rule each layer would get."""
     from mri_lrp.model.checkpoint import describe_model, load_checkpoint
-    from mri_lrp.model.spec import InputSpec
     from mri_lrp.settings import load_config
 
     try:
@@ -137,7 +290,7 @@ def info(
         loaded = load_checkpoint(
             values.get("checkpoint"), model=values.get("model"), model_kwargs=values.get("model_kwargs"),
             class_names=values.get("class_names"),
-            input_spec=InputSpec.from_dict(values["input_spec"]) if values.get("input_spec") else None,
+            input_spec=values.get("input_spec") or None,
             trust_checkpoint=bool(values.get("trust_checkpoint", False)))
         params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma") if k in values}
         with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's warning dump
@@ -176,6 +329,22 @@ def merge(
         _fail(str(e))
     typer.echo(report.describe())
     raise typer.Exit(0 if report.ok else 3)
+
+
+@app.command()
+def report(
+    out: Annotated[str, typer.Argument(help="A finished run's output folder (of explain or merge).")],
+) -> None:
+    """Rebuild OUT/report.html (summary, gallery, failures, group plots, a page per scan) from a finished run."""
+    from mri_lrp.report import write_report
+
+    if not Path(out).is_dir():
+        _fail(f"{out}: no such folder")
+    try:
+        page = write_report(Path(out))
+    except (SettingsError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {page}")
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -14,6 +14,7 @@ from mri_lrp.errors import SettingsError
 
 TARGET_KEYWORDS = ("predicted", "all")
 INIT_MODES = ("prob", "logit", "sglrp")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 # Settings that change what is computed; the resume fingerprint covers exactly these.
 RESULT_FIELDS = (
@@ -54,11 +55,14 @@ class Settings:
     quiet: bool = False
     volume: int | None = None
     by_class: bool = False
+    layout: str = "flat"             # flat | bids: where each scan's files go (mri_lrp.pipeline.layout)
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
         """A short hash of everything that changes results: a resumed run redoes a scan when it differs."""
         payload = {name: _jsonable(getattr(self, name)) for name in RESULT_FIELDS}
         payload["checkpoint_sha256"] = checkpoint_sha256
+        if self.layout != "flat":  # files elsewhere: a flat result is not done for BIDS (flat hashes unchanged)
+            payload["layout"] = self.layout
         for name in ("atlas", "atlas_labels"):
             if payload[name]:
                 payload[name + "_stat"] = _file_stamp(payload[name])
@@ -126,7 +130,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 #: What each option's value in a TOML file must be (TOML is typed: `resume = "no"` is a string, not false).
 _CONFIG_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     **{n: ("a string", (str,)) for n in ("checkpoint", "model", "rule", "composite", "init", "out", "device",
-                                         "atlas", "atlas_labels", "masks", "shard")},
+                                         "atlas", "atlas_labels", "masks", "shard", "layout")},
     **{n: ("a number", (int, float)) for n in ("alpha", "beta", "epsilon", "gamma")},
     **{n: ("true or false", (bool,)) for n in ("trust_checkpoint", "resume", "quiet", "by_class")},
     **{n: ("a table", (dict,)) for n in ("model_kwargs", "overrides", "input_spec")},
@@ -147,12 +151,19 @@ def _check_config_type(path: Path, key: str, name: str, value: Any) -> Any:
     return str(value) if name == "target" else value
 
 
-def build_settings(cli: dict[str, Any], config_path: str | None = None) -> Settings:
-    """Merge defaults < config < command line (None on the command line means 'not given')."""
+def build_settings(cli: dict[str, Any], config_path: str | None = None,
+                   input_spec: dict[str, Any] | None = None) -> Settings:
+    """Merge defaults < config < command line (None on the command line means 'not given').
+
+    ``input_spec`` holds single spec keys given as options (``--input-shape``): they update the config's
+    ``[input_spec]`` key by key instead of replacing it.
+    """
     values: dict[str, Any] = {}
     if config_path:
         values.update(load_config(config_path))
     values.update({k: v for k, v in cli.items() if v is not None and not (k == "scans" and not v)})
+    if input_spec:
+        values["input_spec"] = {**(values.get("input_spec") or {}), **input_spec}
     for name in ("scans", "class_names"):
         if values.get(name) is not None:
             values[name] = tuple(str(v) for v in values[name])
@@ -223,6 +234,10 @@ def validate(s: Settings) -> None:
         from mri_lrp.shard import Shard
 
         Shard.parse(s.shard)
+    from mri_lrp.pipeline.layout import LAYOUTS
+
+    if s.layout not in LAYOUTS:
+        raise SettingsError(f"--layout: must be one of {', '.join(LAYOUTS)}, got '{s.layout}'")
     _validate_out(s.out)
 
 

@@ -121,12 +121,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, architect
 
 def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | None = None,
                     model_kwargs: dict[str, Any] | None = None, class_names: list[str] | None = None,
-                    input_spec: InputSpec | None = None, trust_checkpoint: bool = False) -> LoadedModel:
+                    input_spec: InputSpec | dict[str, Any] | None = None,
+                    trust_checkpoint: bool = False) -> LoadedModel:
     """Load a checkpoint (the shipped demo model when ``path`` is None) into a model in eval mode.
 
     ``model``/``model_kwargs`` name the architecture for plain state_dicts (and override the one stored in
-    our format); ``class_names``/``input_spec`` override or supply what the file does not say. Every
-    problem is a ``CheckpointError`` naming the file and the reason.
+    our format); ``class_names``/``input_spec`` override or supply what the file does not say. An
+    ``input_spec`` dict updates the file's spec (or the default one) key by key, so a user who states only
+    the shape keeps the checkpoint's spacing and normalisation. Every problem is a ``CheckpointError``
+    naming the file and the reason.
     """
     path = Path(DEMO_CHECKPOINT if path is None else path)
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -152,7 +155,7 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | 
 
     architecture = f"{type(net).__module__}:{type(net).__qualname__}" if source == "pickle" else str(model)
     net = net.cpu().eval()
-    spec = input_spec or default_input_spec(net, path)
+    spec = _updated_spec(path, default_input_spec(net, path), input_spec)
     _check_spec_fits(path, net, spec)
     names = _check_outputs(path, net, spec, class_names)
     return LoadedModel(net, names, spec, architecture, sha256, path, source, dict(model_kwargs or {}))
@@ -236,7 +239,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
                model_kwargs: dict[str, Any] | None, class_names: list[str] | None,
-               input_spec: InputSpec | None) -> LoadedModel:
+               input_spec: InputSpec | dict[str, Any] | None) -> LoadedModel:
     """Rebuild a model from our format's metadata (flags given by the user take precedence)."""
     version = obj.get("version")
     if not isinstance(version, int) or version > VERSION:
@@ -247,7 +250,7 @@ def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
         architecture = model or meta["architecture"]
         kwargs = model_kwargs if model is not None else meta["kwargs"]
         names = class_names or _check_class_names(path, meta["class_names"])
-        spec = input_spec or InputSpec.from_dict(meta["input_spec"])
+        spec = _updated_spec(path, InputSpec.from_dict(meta["input_spec"], stored=True), input_spec)
         extra = meta.get("extra") or {}
         state_dict = obj["state_dict"]
         if not (isinstance(architecture, str) and isinstance(kwargs, (dict, type(None)))
@@ -262,6 +265,16 @@ def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
         _check_spec_fits(path, net, spec)
         names = _check_outputs(path, net, spec, names)
     return LoadedModel(net, names, spec, architecture, sha256, path, "mri-lrp", dict(kwargs or {}), extra)
+
+
+def _updated_spec(path: Path, base: InputSpec, given: InputSpec | dict[str, Any] | None) -> InputSpec:
+    """``given`` as a whole spec, or ``base`` with the keys ``given`` states."""
+    if given is None or isinstance(given, InputSpec):
+        return given or base
+    try:
+        return InputSpec.from_dict({**base.to_dict(), **given})
+    except (TypeError, ValueError) as exc:
+        raise _err(path, f"input spec: {_first_line(exc)}") from None
 
 
 def resolve_architecture(architecture: str, kwargs: dict[str, Any],

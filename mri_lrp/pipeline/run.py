@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from mri_lrp.errors import SettingsError
+from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
-from mri_lrp.model.checkpoint import load_checkpoint
-from mri_lrp.model.spec import InputSpec
+from mri_lrp.model.checkpoint import LoadedModel, load_checkpoint
 from mri_lrp.outputs import FAILURE_COLUMNS, SUMMARY_COLUMNS, atomic_write_json, atomic_write_text, write_csv
 from mri_lrp.pipeline.batch import Job
 from mri_lrp.pipeline.manifest import RunStats, run_manifest
@@ -34,12 +34,7 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     """Run the whole job; returns the exit code. Setup errors raise (the CLI maps them to exit 2)."""
     t_start = time.time()
     stats = RunStats()
-    loaded = load_checkpoint(
-        settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
-        class_names=list(settings.class_names) if settings.class_names else None,
-        input_spec=InputSpec.from_dict(settings.input_spec) if settings.input_spec else None,
-        trust_checkpoint=settings.trust_checkpoint,
-    )
+    loaded = load_model(settings)
     target = resolve_target(settings.target, loaded.class_names)
     device = resolve_device(settings.device)
     model = loaded.model.to(device)
@@ -57,10 +52,10 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     stats.found, stats.skipped_files = len(refs), len(skipped)
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}")
-    shard = Shard.parse(settings.shard) if settings.shard else shard_from_env(os.environ)
+    if not refs:
+        reporter.note(no_scans_hint(settings.scans, skipped), always=True)
+    shard, refs = select_shard(refs, settings)
     if shard is not None:
-        mine = set(assign([r.scan_id for r in refs], shard))
-        refs = [r for r in refs if r.scan_id in mine]
         reporter.note(f"shard {shard.index}/{shard.count}: {len(refs)} of {stats.found} scans")
     stats.in_shard = len(refs)
 
@@ -76,7 +71,8 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
         reporter.note(f"resume: {stats.resumed} scans already done with these settings")
 
     failures: list[dict[str, Any]] = []
-    writer = ScanWriter(out, settings, loaded.class_names, loaded.input_spec.dims, fingerprint)
+    writer = ScanWriter(out, settings, loaded.class_names, loaded.input_spec.dims, fingerprint,
+                        model_sha256=loaded.sha256)
     job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
     with StopOnSignal() as stop:
         job.stop = stop
@@ -98,6 +94,24 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     if not refs or (stats.done == 0 and stats.failed and all(f["stage"] == "read" for f in failures)):
         return EXIT_NO_SCANS
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """The checkpoint as the settings name it (the demo model when none), in eval mode on the CPU."""
+    return load_checkpoint(
+        settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
+        class_names=list(settings.class_names) if settings.class_names else None,
+        input_spec=settings.input_spec or None, trust_checkpoint=settings.trust_checkpoint,
+    )
+
+
+def select_shard(refs: list[ScanRef], settings: Settings) -> tuple[Shard | None, list[ScanRef]]:
+    """This process's shard (``--shard``, else SLURM/torchrun variables, else none) and its scans."""
+    shard = Shard.parse(settings.shard) if settings.shard else shard_from_env(os.environ)
+    if shard is None:
+        return None, refs
+    mine = set(assign([r.scan_id for r in refs], shard))
+    return shard, [r for r in refs if r.scan_id in mine]
 
 
 def exclude_own_files(refs: list[ScanRef], skipped: list, settings: Settings) -> tuple[list[ScanRef], list]:
