@@ -1,0 +1,213 @@
+"""`evaluate`: region perturbation and the randomisation test, on phantoms and a model that sees only the lesion."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mri_lrp.evaluate import EvaluateOptions, run_evaluate
+from mri_lrp.evaluate.perturb import (
+    baseline_volume,
+    cube_grid,
+    order_ranks,
+    perturbation_curves,
+    perturbation_curves_loop,
+)
+from mri_lrp.evaluate.sanity import cascade_points, parameter_layers, randomised_copies, spearman, ssim
+from mri_lrp.phantoms import generate_phantom
+from mri_lrp.progress import Reporter
+from mri_lrp.settings import build_settings
+
+LESION_VALUE = 4.0
+
+
+class LesionNet(nn.Module):
+    """Class 0 ('lesion') is scored by how much of the volume is brighter than the head: only the lesion is."""
+
+    def __init__(self, threshold: float, scale: float) -> None:
+        super().__init__()
+        self.detect = nn.Conv3d(1, 1, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.detect.weight.zero_()
+            self.detect.weight[0, 0, 1, 1, 1] = 1.0
+            self.detect.bias.fill_(-threshold)
+            self.head.weight.copy_(torch.tensor([[scale], [-scale]]))
+            self.head.bias.copy_(torch.tensor([0.0, 5.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.flatten(self.pool(self.relu(self.detect(x)))))
+
+
+class DenseLesionNet(nn.Module):
+    """The lesion detector read out by a dense layer: no pooling, so the flat rule's map is fixed by the
+    architecture alone and must survive any randomisation of the weights."""
+
+    def __init__(self, shape: tuple[int, int, int], threshold: float, scale: float) -> None:
+        super().__init__()
+        self.detect = LesionNet(threshold, scale).detect
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(int(np.prod(shape)), 2)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.weight[0] = scale / float(np.prod(shape))
+            self.head.bias.copy_(torch.tensor([0.0, 5.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.flatten(self.relu(self.detect(x))))
+
+
+SHAPE = (36, 40, 32)
+
+
+def _lesion_scans(folder: Path, seeds: tuple[int, ...]) -> list[np.ndarray]:
+    """Glioma phantoms on a coarse grid with the lesion made brighter than any tissue."""
+    folder.mkdir(parents=True, exist_ok=True)
+    volumes = []
+    for seed in seeds:
+        p = generate_phantom(seed, "glioma", shape=SHAPE, spacing=(5.0, 5.0, 5.0), orientation="RAS")
+        vol = p.volume / max(float(p.volume.max()), 1e-6)
+        vol[p.mask > 0] = LESION_VALUE
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), p.affine), folder / f"sub-{seed:02d}_T1w.nii.gz")
+        volumes.append(vol)
+    return volumes
+
+
+@pytest.fixture()
+def lesion_setup(tmp_path: Path) -> dict:
+    scans = tmp_path / "scans"
+    volumes = _lesion_scans(scans, (1, 2))
+    excess = float(np.mean([np.maximum(v - 2.0, 0).mean() for v in volumes]))
+    torch.save(LesionNet(threshold=2.0, scale=10.0 / excess).eval(), tmp_path / "lesion.pt")
+    torch.save(DenseLesionNet(SHAPE, threshold=2.0, scale=10.0 / excess).eval(), tmp_path / "dense.pt")
+    return {"scans": scans, "checkpoint": tmp_path / "lesion.pt", "dense": tmp_path / "dense.pt",
+            "out": tmp_path / "eval"}
+
+
+def _settings(setup: dict, out: Path, checkpoint: str = "checkpoint") -> object:
+    return build_settings({
+        "scans": [str(setup["scans"])], "checkpoint": str(setup[checkpoint]), "trust_checkpoint": True,
+        "class_names": ["lesion", "clear"], "out": str(out), "workers": 0,
+        "input_spec": {"dims": 3, "channels": 1, "orientation": "RAS", "normalization": "none"},
+    })
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _metric(rows: list[dict[str, str]], rule: str, metric: str) -> list[float]:
+    return [float(r["value"]) for r in rows if r["rule"] == rule and r["metric"] == metric]
+
+
+def test_morf_drops_the_score_faster_than_lerf_and_random_for_alphabeta(lesion_setup: dict) -> None:
+    options = EvaluateOptions(rules=("alphabeta", "epsilon"), steps=8, fraction=0.3, baseline="mean",
+                              random_repeats=2, sanity_scans=1, sanity_steps=2)
+    code = run_evaluate(_settings(lesion_setup, lesion_setup["out"]), options, Reporter(quiet=True))
+    assert code == 0
+    rows = _read(lesion_setup["out"] / "faithfulness.csv")
+    morf = _metric(rows, "alphabeta", "aopc_morf")
+    lerf = _metric(rows, "alphabeta", "aopc_lerf")
+    rnd = _metric(rows, "alphabeta", "aopc_random")
+    assert len(morf) == 2
+    for m, le, r in zip(morf, lerf, rnd, strict=True):
+        assert m > r > le - 1e-9
+        assert m > 0.5  # removing the lesion first removes the evidence
+    curves = _read(lesion_setup["out"] / "curves.csv")
+    assert {r["order"] for r in curves} == {"morf", "lerf", "random"}
+    assert (lesion_setup["out"] / "curves.png").stat().st_size > 1000
+    ranking = _read(lesion_setup["out"] / "ranking.csv")
+    assert {r["rule"]: r["survives_randomisation"] for r in ranking} == {"alphabeta": "false", "epsilon": "false"}
+
+
+def test_maps_that_ignore_the_weights_are_flagged_by_the_randomisation_test(lesion_setup: dict) -> None:
+    options = EvaluateOptions(rules=("epsilon", "flat"), steps=4, random_repeats=1, sanity_scans=1,
+                              sanity_steps=2)
+    run_evaluate(_settings(lesion_setup, lesion_setup["out"], "dense"), options, Reporter(quiet=True))
+    ranking = {r["rule"]: r for r in _read(lesion_setup["out"] / "ranking.csv")}
+    assert ranking["flat"]["survives_randomisation"] == "true"
+    assert [r["rule"] for r in _read(lesion_setup["out"] / "ranking.csv")][-1] == "flat"
+    sanity = _read(lesion_setup["out"] / "sanity.csv")
+    assert {r["layer"] for r in sanity} >= {"head", "detect"}
+    assert (lesion_setup["out"] / "sanity.png").exists()
+
+
+def test_evaluation_numbers_are_reproducible_from_the_seed(lesion_setup: dict, tmp_path: Path) -> None:
+    options = EvaluateOptions(rules=("alphabeta",), steps=4, random_repeats=2, sanity_scans=1, sanity_steps=2,
+                              seed=7)
+    tables = []
+    for name in ("a", "b"):
+        run_evaluate(_settings(lesion_setup, tmp_path / name), options, Reporter(quiet=True))
+        rows = [r for r in _read(tmp_path / name / "faithfulness.csv") if r["metric"] != "seconds"]
+        tables.append((rows, _read(tmp_path / name / "sanity.csv")))
+    assert tables[0] == tables[1]
+
+
+def test_batched_curves_equal_the_one_forward_per_step_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(2, 10, 9, 7, generator=g)
+    rel = torch.randn(2, 10, 9, 7, generator=g)
+    weights = torch.randn(2, 10, 9, 7, generator=g)
+
+    def scorer(batch: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid((batch * weights).flatten(1).sum(1) / 50)
+
+    kwargs = {"cube": (3, 3, 2), "steps": 5, "fraction": 0.6, "baseline": "blur"}
+    batched = perturbation_curves(v, rel, scorer, batch_size=3, **kwargs)
+    loop = perturbation_curves_loop(v, rel, scorer, **kwargs)
+    for order in ("morf", "lerf"):
+        assert torch.allclose(batched.scores[order], torch.tensor(loop[order], dtype=torch.float64), atol=1e-6)
+
+
+def test_cubes_sum_relevance_over_channels_and_partial_edge_cubes() -> None:
+    rel = torch.arange(2 * 5 * 4 * 3, dtype=torch.float64).reshape(2, 5, 4, 3)
+    grid = cube_grid(rel, (2, 2, 2))
+    assert grid.shape == (3, 2, 2)
+    assert torch.isclose(grid.sum(), rel.sum())
+    assert torch.isclose(grid[2, 1, 1], rel[:, 4:5, 2:4, 2:3].sum())
+    ranks = order_ranks(grid, "morf")
+    assert int(ranks.flatten()[grid.flatten().argmax()]) == 0
+    assert sorted(ranks.flatten().tolist()) == list(range(grid.numel()))
+
+
+def test_blur_baseline_keeps_the_mean_and_smooths() -> None:
+    v = torch.zeros(1, 21, 21, 21)
+    v[0, 10, 10, 10] = 1.0
+    b = baseline_volume(v, "blur", sigma=2.0)
+    assert abs(float(b.sum()) - 1.0) < 1e-5
+    assert float(b.max()) < 0.05
+    assert torch.equal(baseline_volume(v, "zero", 2.0), torch.zeros_like(v))
+
+
+def test_similarity_measures_match_their_definitions() -> None:
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(a, a * 10 + 3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([3.0, 3.0, 4.0])) == pytest.approx(1.0)
+    m = torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(1))
+    assert ssim(m, 3 * m) == pytest.approx(1.0)
+    assert ssim(m, torch.rand(12, 12, 12, generator=torch.Generator().manual_seed(2))) < 0.5
+
+
+def test_cascade_randomises_from_the_output_down_and_keeps_the_model() -> None:
+    model = LesionNet(2.0, 1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = parameter_layers(model)
+    assert layers == ["detect", "head"]
+    copies = list(randomised_copies(model, cascade_points(layers, 5), seed=0))
+    assert [(n, name) for n, name, _ in copies] == [(1, "head"), (2, "detect")]
+    first = copies[0][2]
+    assert torch.equal(first.detect.weight, model.detect.weight)
+    assert not torch.equal(first.head.weight, model.head.weight)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
