@@ -129,7 +129,7 @@ def test_batchnorm_after_conv_is_merged_and_batchnorm_after_concat_passes_throug
     rows = {name: text for name, _, text in describe_rules(_randomise_batchnorm(ResNetLike()))}
     assert rows["blocks.0.bn1"] == "merged into 'blocks.0.conv1'"
     assert "BatchNorm 'blocks.1.down.1' merged" in rows["blocks.1.down.0"]
-    assert rows["add"].startswith("residual add")
+    assert rows["blocks.0 (add)"].startswith("residual add")
 
 
 def test_merged_batchnorm_network_computes_the_same_logits_as_the_eval_model() -> None:

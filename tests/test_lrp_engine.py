@@ -178,27 +178,26 @@ def test_alpha_minus_beta_not_one_warns_and_scales_relevance() -> None:
         explain(model, x, alpha=2.0, beta=1.0)
 
 
-class Gated(nn.Module):
+class Squared(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3)
-        self.gate = nn.Conv2d(1, 4, 3)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x) * torch.sigmoid(self.gate(x))
-        return self.fc(y.mean((2, 3)))
+        y = self.conv(x)
+        return self.fc((y * y).mean((2, 3)))
 
 
 class WithLstm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv1d(1, 4, 3)
-        self.rnn = nn.Tanh()
+        self.rnn = nn.LSTM(6, 4, batch_first=True)
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.rnn(self.conv(x)).amax(2))
+        return self.fc(self.rnn(self.conv(x))[0][:, -1])
 
 
 class Branchy(nn.Module):
@@ -213,8 +212,8 @@ class Branchy(nn.Module):
 
 
 @pytest.mark.parametrize(("model", "shape", "op", "layer"), [
-    (Gated(), (1, 1, 8, 8), "sigmoid", "sigmoid"),
-    (WithLstm(), (1, 1, 8), "Tanh", "rnn"),
+    (Squared(), (1, 1, 8, 8), "mul", "mul"),
+    (WithLstm(), (1, 1, 8), "LSTM", "rnn"),
     (Branchy(), (1, 4), "trace", "Branchy"),
     (nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 2)), (1, 4), "Softmax", "1"),
 ])

@@ -131,3 +131,67 @@ class PositiveLinear(torch.autograd.Function):
         r_in = x * c
         ctx.tracker.record(r, r_in)
         return r_in, None, None
+
+
+class Gate(torch.autograd.Function):
+    """y = signal · gate with the gate computed from the same input (squeeze-excitation, gated units).
+
+    Signal-take-all (Arras et al. 2017): the gate is a constant weight, so y is linear in the signal and every
+    output's relevance goes to its signal element (LRP-0 on y = g·s gives R_s = R); the gate branch gets none.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, signal: torch.Tensor, gate: torch.Tensor, where: str) -> torch.Tensor:
+        y = signal * gate
+        if y.shape != signal.shape:
+            raise UnsupportedLayerError("mul", where, f"the signal {tuple(signal.shape)} is broadcast by its gate "
+                                        f"to {tuple(y.shape)}: no LRP rule")
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return r, None, None
+
+
+class Routed(torch.autograd.Function):
+    """A map that only copies or drops values (padding, nearest upsampling): relevance follows the gradient, and
+    what lands on values that came from no input (constant padding) is recorded as absorbed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                tracker: Tracker) -> torch.Tensor:
+        ctx.fn, ctx.tracker = fn, tracker
+        ctx.save_for_backward(x)
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            r_in = torch.autograd.grad(ctx.fn(xr), xr, r)[0]
+        ctx.tracker.record(r, r_in)
+        return r_in, None, None
+
+
+class Normalise(torch.autograd.Function):
+    """Layer/Group/Instance normalisation y = γ·(x − μ)/σ + β with σ held constant (Ali et al. 2022, AttnLRP):
+    a linear map L plus β, so LRP-ε applies: R_x = x ⊙ Lᵀ(R / (y + ε sign y)); β and ε absorb their share."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, norm: Any, epsilon: float, tracker: Tracker) -> torch.Tensor:
+        y = norm.forward(x)
+        ctx.save_for_backward(x, y)
+        ctx.norm, ctx.epsilon, ctx.tracker = norm, epsilon, tracker
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        x, y = ctx.saved_tensors
+        sigma = ctx.norm.sigma(x)
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            c = torch.autograd.grad(ctx.norm.linear(xr, sigma), xr, r / stabilise(y, ctx.epsilon))[0]
+        r_in = c.mul_(x)
+        ctx.tracker.record(r, r_in)
+        return r_in, None, None, None
