@@ -239,7 +239,12 @@ def _checkpoint_hint(error: Exception) -> str | None:
     return None
 
 
-@app.command()
+@app.command(epilog="""[bold]Examples[/bold]
+
+  mri-lrp inspect scans/
+
+  mri-lrp inspect scans/ --json > scans.json
+""")
 def inspect(
     scans: Annotated[list[str], typer.Argument(help="Scan files or folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows for scripts.")] = False,
@@ -261,18 +266,23 @@ def inspect(
         raise typer.Exit(4)
 
 
-@app.command()
+@app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]
+
+  mri-lrp info                                   (the shipped demo model)
+
+  mri-lrp info best.pth --config my.toml --composite epsilon-gamma-box
+""")
 def info(
     checkpoint: Annotated[str | None, typer.Argument(help="Checkpoint (default: the demo model).")] = None,
     model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
     model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
     trust_checkpoint: Annotated[bool | None, typer.Option("--trust-checkpoint")] = None,
-    rule: Annotated[str | None, typer.Option(help="Rule to show per layer (default alphabeta).")] = None,
+    rule: Annotated[str | None, typer.Option(help=f"Rule to show per layer: {one_of(RULES)}.")] = None,
     alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
     beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
     epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.")] = None,
     gamma: Annotated[float | None, typer.Option(help="γ rule: extra weight on positive weights.")] = None,
-    composite: Annotated[str | None, typer.Option(help="Composite to show per layer.")] = None,
+    composite: Annotated[str | None, typer.Option(help=f"Composite to show per layer: {one_of(COMPOSITES)}.")] = None,
     config: Annotated[str | None, typer.Option("--config", "-c", help=(
         "TOML file as for explain: its model, class names, input spec, rules and overrides are shown."))] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -312,10 +322,17 @@ def info(
                  ["layer", "type", "rule"])
 
 
-@app.command()
+@app.command(epilog="""[bold]Examples[/bold]
+
+  mri-lrp merge /scratch/lrp --out /scratch/lrp          (the shards of one sharded run, in place)
+
+  mri-lrp merge run_monday run_tuesday --out all_runs    (separate runs of the same settings)
+""")
 def merge(
     out_dirs: Annotated[list[str], typer.Argument(help="Output folders of shards (or of earlier runs).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for the combined result.")],
+    allow_mixed: Annotated[bool, typer.Option(
+        "--allow-mixed", help="Merge parts made with different settings or checkpoints (refused otherwise).")] = False,
 ) -> None:
     """Combine the outputs of several shards into one result set."""
     from mri_lrp.merge import merge_outputs
@@ -324,7 +341,7 @@ def merge(
         if not Path(d).is_dir():
             _fail(f"{d}: no such folder")
     try:
-        report = merge_outputs([Path(d) for d in out_dirs], Path(out))
+        report = merge_outputs([Path(d) for d in out_dirs], Path(out), allow_mixed=allow_mixed)
     except (SettingsError, OSError) as e:
         _fail(str(e))
     typer.echo(report.describe())
@@ -345,6 +362,32 @@ def report(
     except (SettingsError, OSError) as e:
         _fail(str(e))
     typer.echo(f"wrote {page}")
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Example configs that ship with the package.",
+                         epilog="[bold]Example[/bold]\n\n  mri-lrp config example alphabeta > my.toml")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """The example configs, with the first line of each."""
+    from mri_lrp.configs import example_configs
+
+    for name, text in example_configs().items():
+        first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
+        typer.echo(f"{name}\t{first}")
+
+
+@config_app.command("example")
+def config_example(name: Annotated[str, typer.Argument(help="Its name, as `mri-lrp config list` shows it.")]) -> None:
+    """Print an example config, to save and edit: `mri-lrp config example alphabeta > my.toml`."""
+    from mri_lrp.configs import example_configs
+
+    configs = example_configs()
+    if name.removesuffix(".toml") not in configs:
+        _fail(f"no example config '{name}' (there are: {', '.join(configs)})")
+    typer.echo(configs[name.removesuffix(".toml")], nl=False)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -210,16 +210,35 @@ def _check_plans(sets: list[_TableSet]) -> list[str]:
     return mismatched
 
 
-def _check_consistency(sets: list[_TableSet], warnings: list[str]) -> None:
-    """Warn when runs used different models or result-changing settings (their tables do not mix)."""
+def _check_consistency(sets: list[_TableSet], warnings: list[str], allow_mixed: bool = False) -> None:
+    """Refuse parts made with different models or result-changing settings (their tables do not mix), or
+    only warn with ``allow_mixed``; the refusal names the parts and the settings that differ."""
     checks = {
         "fingerprint": lambda run: run.get("fingerprint"),
         "checkpoint sha256": lambda run: (run.get("checkpoint") or {}).get("sha256"),
     }
     for what, get in checks.items():
         values = {json.dumps(get(s.run)) for s in sets if s.run and get(s.run) is not None}
-        if len(values) > 1:
+        if len(values) <= 1:
+            continue
+        if allow_mixed:
             warnings.append(f"run.json {what} differs between the merged runs")
+            continue
+        parts = "; ".join(f"{s.label}: {get(s.run)}" for s in sets if s.run and get(s.run) is not None)
+        differ = _differing_settings([s.run for s in sets if s.run])
+        raise SettingsError(
+            f"the parts were made with different settings or models (run.json {what}: {parts})"
+            + (f"; settings that differ: {', '.join(differ)}" if differ else "")
+            + ". Their tables do not mix: rerun them with the same settings, or pass --allow-mixed to merge anyway")
+
+
+def _differing_settings(runs: list[dict]) -> list[str]:
+    """Result-changing settings whose values are not the same in every run.json."""
+    from mri_lrp.settings import RESULT_FIELDS
+
+    settings = [run.get("settings") for run in runs if isinstance(run.get("settings"), dict)]
+    return [name for name in RESULT_FIELDS
+            if len({json.dumps(s.get(name), sort_keys=True) for s in settings}) > 1]
 
 
 def _ordered_columns(sets: list[_TableSet], table: str) -> list[str]:
@@ -344,8 +363,11 @@ def _unique_folders(out_dirs: Iterable[Path], warnings: list[str]) -> list[Path]
     return list(unique.values())
 
 
-def merge_outputs(out_dirs: list[Path], out: Path) -> MergeReport:
-    """Merge the result sets found in ``out_dirs`` into ``out`` and report what is missing or doubled."""
+def merge_outputs(out_dirs: list[Path], out: Path, allow_mixed: bool = False) -> MergeReport:
+    """Merge the result sets found in ``out_dirs`` into ``out`` and report what is missing or doubled.
+
+    Parts made with different settings or checkpoints are refused (SettingsError) unless ``allow_mixed``.
+    """
     if not out_dirs:
         raise SettingsError("merge: no output folders given")
     out = Path(out)
@@ -357,7 +379,7 @@ def merge_outputs(out_dirs: list[Path], out: Path) -> MergeReport:
     shards_inconsistent = _check_plans(sets)
     if shards_inconsistent:
         warnings.append("shard plans do not match each other: the shards saw different scans")
-    _check_consistency(sets, warnings)
+    _check_consistency(sets, warnings, allow_mixed)
     outcome = _choose(sets)
     merged = _merged_rows(sets, outcome, warnings)
     planned = {scan_id for s in sets for scan_id in (s.plan or [])}

@@ -294,12 +294,15 @@ def test_shards_that_saw_different_scans_make_the_merge_incomplete(tmp_path: Pat
     assert report.duplicates  # and the scans dealt to both shards were written twice
 
 
-def test_runs_with_different_settings_or_models_are_warned_about(tmp_path: Path) -> None:
+def test_runs_with_different_settings_or_models_are_refused_unless_allowed(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     for folder, scans, n in ((a, SCANS[:2], 1), (b, SCANS[2:4], 2)):
         run = {"fingerprint": f"f{n}", "checkpoint": {"sha256": f"c{n}"}, "settings": {"x": n}}
         write_tables(folder, scans, run=run)
-    report = merge_outputs([a, b], tmp_path / "merged")
+    with pytest.raises(SettingsError, match="different settings.*--allow-mixed"):
+        merge_outputs([a, b], tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    report = merge_outputs([a, b], tmp_path / "merged", allow_mixed=True)
     assert any("fingerprint differs" in warning for warning in report.warnings)
     assert any("checkpoint sha256 differs" in warning for warning in report.warnings)
     assert "settings" not in json.loads((tmp_path / "merged" / "run.json").read_text())  # not shared
