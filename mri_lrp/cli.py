@@ -16,7 +16,7 @@ from mri_lrp.errors import CheckpointError, MriLrpError, SettingsError, Unsuppor
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
-from mri_lrp.settings import DEVICES, TARGET_KEYWORDS, Settings
+from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, TARGET_KEYWORDS, Settings, input_spec_options
 
 EXIT_USAGE, EXIT_UNEXPECTED = 2, 1
 
@@ -144,6 +144,28 @@ def explain(
     normalization: Annotated[str | None, typer.Option(
         help=f"Intensity normalisation (input spec 'normalization'): {one_of(NORMALIZATIONS)}.",
         rich_help_panel=INPUTS)] = None,
+    modality: Annotated[str | None, typer.Option(
+        help="DICOM modalities to explain, e.g. MR or MR,CT, or 'any' (default MR); others are skipped, not "
+        "failed. NIfTI files carry no modality and are always read.", rich_help_panel=INPUTS)] = None,
+    include: Annotated[list[str] | None, typer.Option(
+        help="Only inputs whose path relative to the input folder matches this glob ('*' also crosses "
+        "folders; repeatable), e.g. 'sub-*/anat/*'.", rich_help_panel=INPUTS)] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Skip inputs whose relative path (or a folder above it) matches this glob (repeatable).",
+        rich_help_panel=INPUTS)] = None,
+    series: Annotated[str | None, typer.Option(
+        help="Only series whose SeriesDescription (file name for NIfTI) matches this regular expression "
+        "(case-insensitive), e.g. 'T1|MPRAGE'.", rich_help_panel=INPUTS)] = None,
+    keep_derived: Annotated[bool | None, typer.Option(
+        "--keep-derived", help="Also read DICOM that is skipped by default (as dcm2niix -i y): derived "
+        "images and series of fewer than 3 slices (pilots, single images) for a 3D model.",
+        rich_help_panel=INPUTS)] = None,
+    derivatives: Annotated[bool | None, typer.Option(
+        "--derivatives", help="Also walk a BIDS dataset's derivatives/ folder (pipeline outputs).",
+        rich_help_panel=INPUTS)] = None,
+    keep_uids: Annotated[bool | None, typer.Option(
+        "--keep-uids", help="Add study_uid and series_uid to summary.csv to join results back to the PACS "
+        "(never patient name, ID or birth date).", rich_help_panel=OUTPUTS)] = None,
     config: Annotated[str | None, typer.Option(
         "--config", "-c", help="TOML file of options (`mri-lrp config list`); the command line wins.",
         rich_help_panel=INPUTS)] = None,
@@ -191,30 +213,6 @@ def explain(
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e), hint=_checkpoint_hint(e))
     raise typer.Exit(code)
-
-
-#: explain's options that set one key of the input spec each (the rest come from a config's [input_spec]).
-INPUT_SPEC_OPTIONS = {"input_shape": "shape", "input_spacing": "spacing", "resize": "resize",
-                      "normalization": "normalization"}
-
-
-def input_spec_options(**given: Any) -> dict[str, Any]:
-    """The input-spec keys given as options ('96,96,96' -> [96, 96, 96]); checked later with the whole spec."""
-    spec: dict[str, Any] = {}
-    for name, value in given.items():
-        if value is None:
-            continue
-        key = INPUT_SPEC_OPTIONS[name]
-        if key in ("shape", "spacing") and isinstance(value, str):
-            kind = int if key == "shape" else float
-            try:
-                value = [kind(v) for v in value.replace("x", ",").split(",")]
-            except ValueError:
-                what = "whole numbers" if kind is int else "numbers"
-                raise SettingsError(f"--{name.replace('_', '-')}: expected {what} separated by commas "
-                                    f"(e.g. {'96,96,96' if kind is int else '1,1,1'}), got '{value}'") from None
-        spec[key] = value
-    return spec
 
 
 def _dry_run(settings: Any) -> int:
@@ -362,6 +360,87 @@ def report(
     except (SettingsError, OSError) as e:
         _fail(str(e))
     typer.echo(f"wrote {page}")
+
+
+@app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]
+
+  mri-lrp evaluate scans/ --checkpoint best.pth --rules alphabeta,epsilon,zplus,epsilon-plus-flat --out eval/
+
+  mri-lrp evaluate scans/ --masks masks/ --baseline mean --cube 6 --steps 30 --sanity-scans 4
+""")
+def evaluate(
+    scans: Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")] = None,
+    rules: Annotated[str, typer.Option(
+        help=f"Comma-separated rules and composites to compare: {one_of(RULES)} | {one_of(COMPOSITES)}.",
+        rich_help_panel=RULES_PANEL)] = "alphabeta,epsilon,zplus,epsilon-plus-flat",
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Model checkpoint (default: the shipped demo model).", rich_help_panel=MODEL)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)] = None,
+    model_kwargs: Annotated[str | None, typer.Option(
+        help="JSON keyword arguments for --model.", rich_help_panel=MODEL)] = None,
+    trust_checkpoint: Annotated[bool | None, typer.Option(
+        "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
+        rich_help_panel=MODEL)] = None,
+    device: Annotated[str | None, typer.Option(
+        help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)] = None,
+    batch_size: Annotated[str | None, typer.Option(
+        "--batch-size", "-b", help="Perturbed inputs per device batch: auto | N.", rich_help_panel=MODEL)] = None,
+    alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.",
+                                                rich_help_panel=RULES_PANEL)] = None,
+    beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.",
+                                               rich_help_panel=RULES_PANEL)] = None,
+    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.", rich_help_panel=RULES_PANEL)] = None,
+    gamma: Annotated[float | None, typer.Option(help="γ rule: extra weight on positive weights.",
+                                                rich_help_panel=RULES_PANEL)] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Class to explain and score: predicted | CLASS_NAME | INDEX.", rich_help_panel=RULES_PANEL)] = None,
+    init: Annotated[str | None, typer.Option(
+        help=f"Output relevance to start from: {one_of(INITS)}.", rich_help_panel=RULES_PANEL)] = None,
+    cube: Annotated[int, typer.Option(help="Cube edge in model voxels (the perturbed region).",
+                                      rich_help_panel="Perturbation")] = 4,
+    steps: Annotated[int, typer.Option(help="Perturbation steps per order.", rich_help_panel="Perturbation")] = 20,
+    fraction: Annotated[float, typer.Option(help="Share of the cubes replaced at the last step.",
+                                            rich_help_panel="Perturbation")] = 0.2,
+    baseline: Annotated[str, typer.Option(help="What a replaced cube holds: blur | mean | zero.",
+                                          rich_help_panel="Perturbation")] = "blur",
+    random_repeats: Annotated[int, typer.Option(help="Random orders averaged for the random baseline.",
+                                                rich_help_panel="Perturbation")] = 3,
+    sanity_scans: Annotated[int, typer.Option(help="Scans the randomisation test runs on (0: skip it).",
+                                              rich_help_panel="Perturbation")] = 2,
+    sanity_steps: Annotated[int, typer.Option(help="Cascade steps of the randomisation test.",
+                                              rich_help_panel="Perturbation")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the random orders and the randomised weights.",
+                                      rich_help_panel="Perturbation")] = 0,
+    masks: Annotated[str | None, typer.Option(
+        help="Folder of lesion masks: adds relevance mass accuracy and pointing game.",
+        rich_help_panel=REGIONS)] = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", help="TOML file of explain options (model, input spec, rule parameters).",
+        rich_help_panel=INPUTS)] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUTS)] = "mri-lrp-eval",
+    quiet: Annotated[bool | None, typer.Option(
+        "--quiet", "-q", help="Only failures and the ranking.", rich_help_panel=OUTPUTS)] = None,
+) -> None:
+    """Evidence for choosing a rule: region perturbation (MoRF/LeRF/random, AOPC) and the randomisation test."""
+    from mri_lrp.evaluate import EvaluateOptions, run_evaluate
+    from mri_lrp.progress import Reporter
+    from mri_lrp.settings import build_settings
+
+    try:
+        cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
+               "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "device": device,
+               "batch_size": batch_size, "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma,
+               "target": target, "init": init, "masks": masks, "out": out, "quiet": quiet, "workers": 0}
+        settings = build_settings(cli, config)
+        options = EvaluateOptions(
+            rules=tuple(r.strip() for r in rules.split(",") if r.strip()), cube=cube, steps=steps,
+            fraction=fraction, baseline=baseline, random_repeats=random_repeats, sanity_scans=sanity_scans,
+            sanity_steps=sanity_steps, seed=seed)
+        code = run_evaluate(settings, options, Reporter(quiet=settings.quiet))
+    except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
+        _fail(str(e), hint=_checkpoint_hint(e))
+    raise typer.Exit(code)
 
 
 config_app = typer.Typer(no_args_is_help=True, help="Example configs that ship with the package.",

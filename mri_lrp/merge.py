@@ -22,13 +22,15 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
-from mri_lrp.outputs import FAILURE_COLUMNS, atomic_write_json, write_csv
+from mri_lrp.outputs import FAILURE_COLUMNS, SKIPPED_COLUMNS, atomic_write_json, write_csv
+from mri_lrp.pipeline.layout import BIDSIGNORE, DESCRIPTION, files_outside
 from mri_lrp.regions import by_class_table
+from mri_lrp.report import write_report
 from mri_lrp.shard import Shard, assign
 
 TABLES = ("summary", "regions", "failures")
@@ -259,16 +261,21 @@ def _link_tree(source: Path, target: Path) -> None:
         destination = target / Path(folder).relative_to(source)
         destination.mkdir(parents=True, exist_ok=True)
         for name in files:
-            src, dst = Path(folder) / name, destination / name
-            if dst.exists() and os.path.samefile(src, dst):
-                continue
-            tmp = destination / f".{name}.{os.getpid()}.tmp"
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copy2(src, tmp)
-            os.replace(tmp, dst)
+            _link_file(Path(folder) / name, destination / name)
+
+
+def _link_file(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link to (or else a copy of) ``src``, replaced atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _sum_numbers(values: list[dict]) -> dict:
@@ -394,6 +401,8 @@ def merge_outputs(out_dirs: list[Path], out: Path, allow_mixed: bool = False) ->
             files_missing.append(scan_id)  # a table row whose scan folder was lost is not a result
         if folder is not None and source_root.resolve() != out.resolve():
             _link_tree(folder, out / "scans" / scan_id)
+            for relative in files_outside(folder, source_root):  # the BIDS layout's sub-*/ files
+                _link_file(source_root / relative, out / relative)
             linked += 1
 
     report = MergeReport(
@@ -415,6 +424,17 @@ def merge_outputs(out_dirs: list[Path], out: Path, allow_mixed: bool = False) ->
         write_csv(out / f"{table}.csv", merged[table], _ordered_columns(sets, table))
     if any((s.folder / BY_CLASS_TABLE).is_file() for s in sets):  # means over all scans, not per shard
         write_csv(out / BY_CLASS_TABLE, by_class_table(merged["summary"], merged["regions"]), [])
+    skipped = {row["path"]: row for s in sets if (s.folder / "skipped.csv").is_file()
+               for row in _read_csv(s.folder / "skipped.csv")[1]}
+    write_csv(out / "skipped.csv", [skipped[p] for p in sorted(skipped)], SKIPPED_COLUMNS)
+    for name in (DESCRIPTION, BIDSIGNORE):  # a BIDS-layout run's dataset files
+        given = next((s.root / name for s in sets if (s.root / name).is_file()), None)
+        if given is not None and given.resolve() != (out / name).resolve():
+            _link_file(given, out / name)
+    try:
+        write_report(out)
+    except Exception as e:  # noqa: BLE001 - the merged tables stand; the page is a view of them
+        report = replace(report, warnings=(*report.warnings, f"report.html not written ({type(e).__name__}: {e})"))
     return report
 
 

@@ -13,18 +13,27 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 SUMMARY_COLUMNS = [
-    "scan_id", "source", "kind", "shape", "spacing_mm", "predicted_class", "predicted_prob",
+    "scan_id", "source", "kind", "shape", "spacing_mm", "shape_x", "shape_y", "shape_z",
+    "spacing_x", "spacing_y", "spacing_z", "predicted_class", "predicted_prob",
     "target_class", "target_prob", "output_relevance", "relevance_sum", "conservation_error",
     "absorbed", "top_region", "relevance_mass_accuracy", "pointing_game", "mask_volume_ml",
-    "warnings", "status", "seconds",
+    "warnings", "status", "seconds", "modality", "series_description", "series_number", "protocol",
 ]
 FAILURE_COLUMNS = ["scan_id", "source", "stage", "error"]
+
+
+def summary_columns(channels: Sequence[str] = ()) -> list[str]:
+    """SUMMARY_COLUMNS plus a multi-channel model's ``share_<channel>`` columns, before ``warnings``."""
+    at = SUMMARY_COLUMNS.index("warnings")
+    return [*SUMMARY_COLUMNS[:at], *(f"share_{c}" for c in channels), *SUMMARY_COLUMNS[at:]]
+SKIPPED_COLUMNS = ["path", "reason"]   # skipped.csv: inputs that hold no scan, and why
 DONE_MARKER = "result.json"
 
 
@@ -68,7 +77,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # A non-UTF-8 file name that reached a message becomes a visible escape, not a crash of the whole run.
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -98,14 +108,42 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write a float32 NIfTI atomically (nibabel picks compression from the suffix, so the temp keeps it)."""
+@dataclass(frozen=True)
+class NiftiMeta:
+    """What a derived volume says about itself in its header, so viewers and pipelines read it right."""
+
+    qform_code: int = 2               # the source's codes (1 scanner, 2 aligned, ...), carried over
+    sform_code: int = 2
+    intent: str = ""                  # a nibabel intent name, e.g. "estimate"; "" leaves it unset
+    intent_name: str = ""             # up to 16 bytes
+    descrip: str = ""                 # up to 80 bytes (cut there)
+    cal: tuple[float, float] | None = None  # the default display window (cal_min, cal_max)
+
+
+def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, meta: NiftiMeta | None = None) -> None:
+    """Write a float32 NIfTI atomically; ``.nii.gz`` is gzip by ISA-L (standard gzip, several times faster
+    than zlib at its fastest level, where the relevance volume compressed by zlib dominated a scan's writes)."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64))
-    img.header.set_xyzt_units("mm")
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), None)
+    header = img.header
+    affine = np.asarray(affine, dtype=np.float64)
+    meta = meta or NiftiMeta()
+    header.set_sform(affine, code=meta.sform_code)
+    header.set_qform(affine, code=meta.qform_code)
+    header.set_xyzt_units("mm")
+    if meta.intent:
+        header.set_intent(meta.intent, name=meta.intent_name[:16])
+    if meta.descrip:
+        header["descrip"] = meta.descrip.encode("ascii", "replace")[:80]
+    if meta.cal is not None:
+        header["cal_min"], header["cal_max"] = meta.cal
+    raw = img.to_bytes()
+    if str(path).endswith(".gz"):
+        from isal import igzip
+
+        raw = igzip.compress(raw, compresslevel=1)
+    atomic_write_bytes(path, raw)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -56,6 +56,13 @@ class Settings:
     volume: int | None = None
     by_class: bool = False
     layout: str = "flat"             # flat | bids: where each scan's files go (mri_lrp.pipeline.layout)
+    modality: str = "MR"             # DICOM modalities to explain (comma list, or 'any'); others are skipped
+    include: tuple[str, ...] = ()    # globs on paths relative to the input root: only these
+    exclude: tuple[str, ...] = ()    # globs on paths relative to the input root: not these
+    series: str | None = None        # regex on SeriesDescription (DICOM) or the file name
+    keep_derived: bool = False       # also derived, localizer-like and under-3-slice DICOM (dcm2niix -i n)
+    derivatives: bool = False        # also walk a BIDS dataset's derivatives/ folder
+    keep_uids: bool = False          # add study_uid / series_uid to the tables
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
         """A short hash of everything that changes results: a resumed run redoes a scan when it differs."""
@@ -63,6 +70,8 @@ class Settings:
         payload["checkpoint_sha256"] = checkpoint_sha256
         if self.layout != "flat":  # files elsewhere: a flat result is not done for BIDS (flat hashes unchanged)
             payload["layout"] = self.layout
+        if self.keep_uids:  # rows with UID columns (hashes without them unchanged)
+            payload["keep_uids"] = True
         for name in ("atlas", "atlas_labels"):
             if payload[name]:
                 payload[name + "_stat"] = _file_stamp(payload[name])
@@ -130,9 +139,12 @@ def load_config(path: str | Path) -> dict[str, Any]:
 #: What each option's value in a TOML file must be (TOML is typed: `resume = "no"` is a string, not false).
 _CONFIG_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     **{n: ("a string", (str,)) for n in ("checkpoint", "model", "rule", "composite", "init", "out", "device",
-                                         "atlas", "atlas_labels", "masks", "shard", "layout")},
+                                         "atlas", "atlas_labels", "masks", "shard", "layout", "modality",
+                                         "series")},
+    **{n: ("a glob or a list of globs", (str, list)) for n in ("include", "exclude")},
     **{n: ("a number", (int, float)) for n in ("alpha", "beta", "epsilon", "gamma")},
-    **{n: ("true or false", (bool,)) for n in ("trust_checkpoint", "resume", "quiet", "by_class")},
+    **{n: ("true or false", (bool,)) for n in ("trust_checkpoint", "resume", "quiet", "by_class", "keep_derived",
+                                               "derivatives", "keep_uids")},
     **{n: ("a table", (dict,)) for n in ("model_kwargs", "overrides", "input_spec")},
     "workers": ("a whole number", (int,)), "volume": ("a whole number", (int,)),
     "target": ("a class name or index", (str, int)), "batch_size": ("'auto' or a whole number", (str, int)),
@@ -144,7 +156,7 @@ def _check_config_type(path: Path, key: str, name: str, value: Any) -> Any:
     """Refuse a config value of the wrong TOML type with a message naming the file and option."""
     expected, types = _CONFIG_TYPES[name]
     wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-    if name in ("scans", "class_names") and isinstance(value, list):
+    if name in ("scans", "class_names", "include", "exclude") and isinstance(value, list):
         wrong = not all(isinstance(v, str) for v in value)
     if wrong:
         raise SettingsError(f"{path}: option '{key}' must be {expected}, got {value!r}")
@@ -164,7 +176,9 @@ def build_settings(cli: dict[str, Any], config_path: str | None = None,
     values.update({k: v for k, v in cli.items() if v is not None and not (k == "scans" and not v)})
     if input_spec:
         values["input_spec"] = {**(values.get("input_spec") or {}), **input_spec}
-    for name in ("scans", "class_names"):
+    for name in ("scans", "class_names", "include", "exclude"):
+        if isinstance(values.get(name), str) and name in ("include", "exclude"):
+            values[name] = (values[name],)
         if values.get(name) is not None:
             values[name] = tuple(str(v) for v in values[name])
     if "batch_size" in values:
@@ -175,6 +189,34 @@ def build_settings(cli: dict[str, Any], config_path: str | None = None,
         raise SettingsError(f"bad option: {e}") from None
     validate(settings)
     return settings
+
+
+#: Options that set one key of the input spec each (``--input-shape``, ``input_shape=`` in Python).
+INPUT_SPEC_OPTIONS = {"input_shape": "shape", "input_spacing": "spacing", "resize": "resize",
+                      "normalization": "normalization"}
+
+
+def input_spec_options(**given: Any) -> dict[str, Any]:
+    """The input-spec keys given as options ('96,96,96' or a sequence -> [96, 96, 96]); None means not given.
+
+    They are checked with the whole spec when the model is loaded.
+    """
+    spec: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        key = INPUT_SPEC_OPTIONS[name]
+        if key in ("shape", "spacing"):
+            kind = int if key == "shape" else float
+            items = value.replace("x", ",").split(",") if isinstance(value, str) else value
+            try:
+                value = [kind(v) for v in items]
+            except (TypeError, ValueError):
+                what = "whole numbers" if kind is int else "numbers"
+                raise SettingsError(f"--{name.replace('_', '-')}: expected {what} separated by commas "
+                                    f"(e.g. {'96,96,96' if kind is int else '1,1,1'}), got {value!r}") from None
+        spec[key] = value
+    return spec
 
 
 def validate(s: Settings) -> None:
@@ -238,6 +280,15 @@ def validate(s: Settings) -> None:
 
     if s.layout not in LAYOUTS:
         raise SettingsError(f"--layout: must be one of {', '.join(LAYOUTS)}, got '{s.layout}'")
+    if s.series is not None:
+        import re
+
+        try:
+            re.compile(s.series)
+        except re.error as e:
+            raise SettingsError(f"--series: not a valid regular expression ({e})") from None
+    if not s.modality.strip(" ,"):
+        raise SettingsError("--modality: empty (give e.g. MR, or MR,CT, or any)")
     _validate_out(s.out)
 
 

@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
 from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
-from mri_lrp.model.checkpoint import LoadedModel, load_checkpoint
-from mri_lrp.outputs import FAILURE_COLUMNS, SUMMARY_COLUMNS, atomic_write_json, atomic_write_text, write_csv
+from mri_lrp.model.checkpoint import DEMO_NOTICE, LoadedModel, load_checkpoint
+from mri_lrp.outputs import (
+    DONE_MARKER,
+    FAILURE_COLUMNS,
+    SKIPPED_COLUMNS,
+    atomic_write_json,
+    atomic_write_text,
+    summary_columns,
+    write_csv,
+)
 from mri_lrp.pipeline.batch import Job
-from mri_lrp.pipeline.manifest import RunStats, run_manifest
-from mri_lrp.pipeline.resume import collect_results, is_done
+from mri_lrp.pipeline.layout import Layout, write_bids_root
+from mri_lrp.pipeline.lock import acquire as acquire_lock
+from mri_lrp.pipeline.manifest import RunStats, history_path, run_manifest
+from mri_lrp.pipeline.resume import collect_results, input_identity, is_done, stale_marker
 from mri_lrp.pipeline.signals import StopOnSignal
 from mri_lrp.pipeline.write import ScanWriter, cached_atlas
 from mri_lrp.progress import Reporter
 from mri_lrp.regions import BY_CLASS_COLUMNS, REGION_COLUMNS, by_class_table
 from mri_lrp.scans import ScanRef, Skipped, discover
+from mri_lrp.scans.cases import ChannelPlan
+from mri_lrp.scans.filters import ScanFilter, apply_filter
 from mri_lrp.settings import Settings
 from mri_lrp.shard import Shard, assign, local_device_from_env, shard_from_env
 
@@ -31,10 +46,44 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_SCANS = 0, 3, 4
 
 
 def run_explain(settings: Settings, reporter: Reporter) -> int:
-    """Run the whole job; returns the exit code. Setup errors raise (the CLI maps them to exit 2)."""
+    """Run the whole job; returns the exit code. Setup errors raise (the CLI maps them to exit 2).
+
+    The log starts with the version and settings (also under --quiet: a cron log must say what ran), and
+    the output folder is locked for the run: a second run on the same --out (or shard) is refused.
+    """
+    reporter.note(start_line(settings), always=True)
+    out = Path(settings.out)
+    shard = Shard.parse(settings.shard) if settings.shard else shard_from_env(os.environ)
+    tables = out / "parts" / f"shard-{shard.index}-of-{shard.count}" if shard else out
+    with acquire_lock(out, tables, time.strftime("%Y-%m-%dT%H:%M:%S%z")) as lock:
+        for note in lock.notes:
+            reporter.note(f"warning: {note}", always=True)
+        return _run_locked(settings, reporter)
+
+
+def start_line(settings: Settings) -> str:
+    """`mri-lrp VERSION explain` and every setting that differs from the default, on one line."""
+    defaults = Settings().to_json()
+    given = {k: v for k, v in settings.to_json().items() if v != defaults.get(k) or k in ("scans", "out")}
+    return f"mri-lrp {__version__} explain: " + " ".join(f"{k}={json.dumps(v)}" for k, v in given.items())
+
+
+def model_notices(loaded: LoadedModel) -> list[str]:
+    """What the user must know about the model before reading any result: the demo model, assumed specs."""
+    notes = []
+    if loaded.is_demo:
+        notes.append(f"warning: {DEMO_NOTICE} [{loaded.path}]")
+    if loaded.assumed:
+        notes.append(f"warning: {loaded.assumed}")
+    return notes
+
+
+def _run_locked(settings: Settings, reporter: Reporter) -> int:
     t_start = time.time()
     stats = RunStats()
     loaded = load_model(settings)
+    for note in model_notices(loaded):
+        reporter.note(note, always=True)
     target = resolve_target(settings.target, loaded.class_names)
     device = resolve_device(settings.device)
     model = loaded.model.to(device)
@@ -47,13 +96,13 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
         cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
     fingerprint = settings.fingerprint(loaded.sha256)
 
-    refs, skipped = discover(list(settings.scans), volume=settings.volume)
-    refs, skipped = exclude_own_files(refs, skipped, settings)
+    refs, skipped = find_scans(settings, loaded)
     stats.found, stats.skipped_files = len(refs), len(skipped)
-    for item in skipped:
-        reporter.note(f"skipped {item.path}: {item.reason}")
+    reporter.skipped(skipped)
     if not refs:
         reporter.note(no_scans_hint(settings.scans, skipped), always=True)
+    # Planned over every scan before sharding, so all shards give a scan the same BIDS name.
+    layout = Layout.plan(settings.layout, [(r.scan_id, r.source, r.volume) for r in refs])
     shard, refs = select_shard(refs, settings)
     if shard is not None:
         reporter.note(f"shard {shard.index}/{shard.count}: {len(refs)} of {stats.found} scans")
@@ -64,36 +113,59 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     tables_dir.mkdir(parents=True, exist_ok=True)
     if shard is not None:
         atomic_write_text(tables_dir / "plan.txt", "".join(f"{r.scan_id}\n" for r in refs))
+    if layout.kind == "bids":
+        write_bids_root(out, settings)
 
-    todo = [r for r in refs if not (settings.resume and is_done(out / "scans" / r.scan_id, fingerprint))]
+    refs = [replace(r, identity=tuple(input_identity(r.paths))) for r in refs]
+    for r in refs:  # a result made from files since replaced must never be served, even if the redo fails
+        if stale_marker(out / "scans" / r.scan_id, fingerprint, list(r.identity)):
+            (out / "scans" / r.scan_id / DONE_MARKER).unlink(missing_ok=True)
+            reporter.note(f"{r.scan_id}: input files changed since it was explained: redone")
+    todo = [r for r in refs if not (settings.resume and is_done(out / "scans" / r.scan_id, fingerprint,
+                                                                list(r.identity)))]
     stats.resumed = len(refs) - len(todo)
     if stats.resumed:
         reporter.note(f"resume: {stats.resumed} scans already done with these settings")
 
     failures: list[dict[str, Any]] = []
     writer = ScanWriter(out, settings, loaded.class_names, loaded.input_spec.dims, fingerprint,
-                        model_sha256=loaded.sha256)
+                        layout=layout, model_sha256=loaded.sha256, stamp=DEMO_NOTICE if loaded.is_demo else "")
     job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
     with StopOnSignal() as stop:
         job.stop = stop
         job.run(todo)
 
     summary, regions = collect_results(out, refs, fingerprint)
-    write_csv(tables_dir / "summary.csv", summary, SUMMARY_COLUMNS)
+    write_csv(tables_dir / "summary.csv", summary, summary_columns(loaded.input_spec.channel_names))
     write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
     write_csv(tables_dir / "failures.csv", failures, FAILURE_COLUMNS)
+    write_csv(tables_dir / "skipped.csv", [{"path": s.path, "reason": s.reason} for s in skipped], SKIPPED_COLUMNS)
     if settings.by_class:
         write_csv(tables_dir / "regions_by_class.csv", by_class_table(summary, regions), BY_CLASS_COLUMNS)
     stats.done = len(summary)
     wall = time.time() - t_start
-    atomic_write_json(tables_dir / "run.json",
-                      run_manifest(settings, loaded, device, stats, wall, shard, fingerprint))
+    manifest = run_manifest(settings, loaded, device, stats, wall, shard, fingerprint, skipped=skipped)
+    atomic_write_json(tables_dir / "run.json", manifest)
+    atomic_write_json(history_path(tables_dir, t_start), manifest)
+    if shard is None:  # a shard's tables are a part: the merge writes the report
+        write_report_or_warn(out, reporter)
     reporter.finish(stats, wall)
     if stats.interrupted:
         return 128 + (signal.SIGTERM if stats.interrupted == "SIGTERM" else signal.SIGINT)
     if not refs or (stats.done == 0 and stats.failed and all(f["stage"] == "read" for f in failures)):
         return EXIT_NO_SCANS
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def write_report_or_warn(out: Path, reporter: Reporter) -> None:
+    """Write OUT/report.html; a report that cannot be built costs a warning, never the run's results."""
+    from mri_lrp.report import write_report
+
+    try:
+        write_report(out)
+    except Exception as e:  # noqa: BLE001 - the tables are written; the page is a view of them
+        reporter.note(f"warning: report.html not written ({type(e).__name__}: {e}); "
+                      f"try `mri-lrp report {out}`", always=True)
 
 
 def load_model(settings: Settings) -> LoadedModel:
@@ -112,6 +184,18 @@ def select_shard(refs: list[ScanRef], settings: Settings) -> tuple[Shard | None,
         return None, refs
     mine = set(assign([r.scan_id for r in refs], shard))
     return shard, [r for r in refs if r.scan_id in mine]
+
+
+def find_scans(settings: Settings, loaded: LoadedModel) -> tuple[list[ScanRef], list[Skipped]]:
+    """The scans (or cases) the settings name, filters applied, and what was skipped; the run, --dry-run and
+    explain_scan all find their scans here."""
+    refs, skipped = discover(list(settings.scans), volume=settings.volume, derivatives=settings.derivatives,
+                             channels=ChannelPlan.of(loaded.input_spec))
+    refs, skipped = exclude_own_files(refs, skipped, settings)
+    refs, filtered = apply_filter(refs, ScanFilter(settings.modality, settings.include, settings.exclude,
+                                                   settings.series, settings.keep_derived,
+                                                   volume_model=loaded.input_spec.dims == 3))
+    return refs, [*skipped, *filtered]
 
 
 def exclude_own_files(refs: list[ScanRef], skipped: list, settings: Settings) -> tuple[list[ScanRef], list]:
