@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -52,16 +53,21 @@ class Job:
         self.batch_size = fixed or (CUDA_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH)
         self.auto_batch = fixed is None
         self.stop: threading.Event = threading.Event()
+        self._lock = threading.RLock()  # writes are recorded from the writer pool's threads
 
     def run(self, todo: list[ScanRef]) -> None:
         self.reporter.start(len(todo))
-        writes: deque[tuple[Prepared, cf.Future]] = deque()
+        writes: deque[cf.Future] = deque()
         with self._writer_pool() as pool:
             def hand_off(results: list[Explained]) -> None:
                 for res in results:
-                    writes.append((res.prepared, pool.submit(self.writer.write, WriteJob.of(res))))
+                    fut = pool.submit(self.writer.write, WriteJob.of(res))
+                    # Reported the moment it is written (on the writer's thread or the pool's result thread),
+                    # not when the bounded queue below next drains: a finished scan's line is never held back.
+                    fut.add_done_callback(partial(self._finish_write, res.prepared))
+                    writes.append(fut)
                 while len(writes) > 4:  # bounded: memory stays flat however many scans
-                    self._finish_write(*writes.popleft())
+                    writes.popleft().exception()  # waits; the callback records the outcome
 
             batch: list[Prepared] = []
             for ref, item in prepared_stream(todo, self.spec, self.settings.workers, self.stop):
@@ -81,9 +87,15 @@ class Job:
             if batch:
                 hand_off(self._explain_volumes(batch))
             while writes:
-                self._finish_write(*writes.popleft())
+                writes.popleft().exception()
         if self.stop.is_set():
             self.stats.interrupted = self.stop.signal_name  # type: ignore[attr-defined]
+
+    def explain_one(self, prepared: Prepared) -> Explained | None:
+        """One prepared scan through the same device path as a batch (``explain_scan`` uses it); None when it
+        failed, with the failure recorded as in a run."""
+        results = self._explain_slices(prepared) if self.spec.dims == 2 else self._explain_volumes([prepared])
+        return results[0] if results else None
 
     def _writer_pool(self) -> cf.Executor:
         """Writers are processes (rendering and compression hold the GIL), or one thread with --workers 0."""
@@ -92,6 +104,10 @@ class Job:
         return cf.ProcessPoolExecutor(max_workers=2, mp_context=reader_context(), initializer=worker_init)
 
     def _finish_write(self, prepared: Prepared, fut: cf.Future) -> None:
+        with self._lock:
+            self._record_write(prepared, fut)
+
+    def _record_write(self, prepared: Prepared, fut: cf.Future) -> None:
         ref = prepared.ref
         try:
             seconds, status = fut.result()
@@ -106,10 +122,11 @@ class Job:
 
     def _fail(self, ref: ScanRef, stage: str, error: str) -> None:
         """Record a failed scan; the log line names it as the user gave it (a series given as the root is '.')."""
-        self.stats.failed += 1
-        self.failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": stage, "error": error})
-        named = error.startswith(f"{ref.location}: ")  # a substring test takes 'pixel spacing' for 'spacing'
-        self.reporter.scan_failed(ref.scan_id, error if named else f"{ref.location}: {error}")
+        with self._lock:
+            self.stats.failed += 1
+            self.failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": stage, "error": error})
+            named = error.startswith(f"{ref.location}: ")  # a substring test takes 'pixel spacing' for 'spacing'
+            self.reporter.scan_failed(ref.scan_id, error if named else f"{ref.location}: {error}")
 
     def _explain_volumes(self, batch: list[Prepared]) -> list[Explained]:
         """Explain volumes in one device batch; halve on CUDA out-of-memory, isolate a scan that breaks it."""

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mri_lrp.model.checkpoint import describe_model
-from mri_lrp.pipeline.run import exclude_own_files, load_model, resolve_target, rule_params, select_shard
-from mri_lrp.scans import ScanRef, Skipped, discover
+from mri_lrp.pipeline.run import find_scans, load_model, resolve_target, rule_params, select_shard
+from mri_lrp.scans import ScanRef, Skipped
 from mri_lrp.settings import Settings
 from mri_lrp.shard import Shard
 
@@ -66,8 +66,7 @@ def make_plan(settings: Settings) -> Plan:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = describe_model(loaded, rule=settings.rule, composite=settings.composite, **params)
-    refs, skipped = discover(list(settings.scans), volume=settings.volume)
-    refs, skipped = exclude_own_files(refs, skipped, settings)
+    refs, skipped = find_scans(settings, loaded)
     found = len(refs)
     shard, refs = select_shard(refs, settings)
     return Plan(settings, found, refs, skipped, shard, model, [str(w.message) for w in caught])
