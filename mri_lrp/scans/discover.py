@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mri_lrp.scans.cases import ChannelPlan, Item, build_cases, label_file_reason
 from mri_lrp.scans.dicom import DicomHeader, read_header, split_series
-from mri_lrp.scans.ids import NIFTI_SUFFIXES, file_scan_id, make_unique, series_scan_id, short_hash
+from mri_lrp.scans.ids import NIFTI_SUFFIXES, file_scan_id, make_unique, printable, series_scan_id, short_hash
 from mri_lrp.scans.nifti import probe_nifti
 from mri_lrp.scans.refs import ScanRef, Skipped
 
@@ -32,7 +33,7 @@ class _Found:
     display_root: str
 
 
-def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[_Found]:
+def _walk(paths: Sequence[str | Path], skipped: list[Skipped], derivatives: bool = False) -> list[_Found]:
     """Every file under the given paths, each once, folders in sorted order, symlinked folders not followed.
 
     A DICOMDIR named as a path stands for its folder: the user means the images it indexes.
@@ -43,8 +44,8 @@ def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[_Found]:
     def add(abs_path: str, rel: str, display: str, root_index: int, display_root: str) -> None:
         real = os.path.realpath(abs_path)
         if real not in seen:
-            seen.add(real)
-            found.append(_Found(abs_path, rel, display, root_index, display_root))
+            seen.add(real)  # names for people and tables are printable; abs_path keeps the bytes to open
+            found.append(_Found(abs_path, printable(rel), printable(display), root_index, printable(display_root)))
 
     for root_index, given in enumerate(paths):
         given = str(given)
@@ -58,6 +59,12 @@ def _walk(paths: Sequence[str | Path], skipped: list[Skipped]) -> list[_Found]:
 
             for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
                 dirnames.sort()
+                if not derivatives and "derivatives" in dirnames \
+                        and os.path.isfile(os.path.join(dirpath, "dataset_description.json")):
+                    dirnames.remove("derivatives")  # a BIDS dataset's pipeline outputs, not its raw scans
+                    where = os.path.normpath(os.path.join(given, os.path.relpath(dirpath, root), "derivatives"))
+                    skipped.append(Skipped(where, "BIDS derivatives folder (pipeline outputs) not read; "
+                                                  "--derivatives reads it"))
                 for name in sorted(filenames):
                     abs_path = os.path.join(dirpath, name)
                     rel = os.path.relpath(abs_path, root)
@@ -162,17 +169,31 @@ def _dicom_refs(series: dict[str, list[tuple[_Found, DicomHeader]]],
             out.append((first, ScanRef(
                 kind="dicom", source=folder, scan_id=series_scan_id(folder, name),
                 paths=tuple(members[key][0].abs_path for key in file_keys), location=location,
-                frames=frames, series_description=header.description)))
+                frames=frames, series_description=header.description,
+                dicom=_dicom_facts(uid, header, members[stack.members[0][0]][1], len(stack.members)))))
     return out
 
 
-def discover(paths: Sequence[str | Path], volume: int | None = None) -> tuple[list[ScanRef], list[Skipped]]:
+def _dicom_facts(uid: str, header: DicomHeader, first: DicomHeader, slices: int) -> dict[str, str]:
+    """The series' header facts that filters and the summary table use (no patient data)."""
+    image_type = first.slices[0].image_type if first.slices else ()
+    return {"modality": header.modality, "series_number": "" if header.series_number is None
+            else str(header.series_number), "protocol": header.protocol, "study_uid": header.study_uid,
+            "series_uid": "" if uid.startswith("no-series-uid") else uid,
+            "derived": "yes" if image_type and image_type[0].upper() == "DERIVED" else "",
+            "slices": str(slices)}
+
+
+def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives: bool = False,
+             channels: ChannelPlan | None = None) -> tuple[list[ScanRef], list[Skipped]]:
     """The scans under ``paths`` (files or folders, recursively), in a deterministic order, and what was skipped.
 
-    ``volume`` picks one 0-based volume of every 4D NIfTI (None: each volume is its own scan).
+    ``volume`` picks one 0-based volume of every 4D NIfTI (None: each volume is its own scan); a BIDS
+    dataset's ``derivatives/`` folder is only walked when ``derivatives`` is true. For a multi-channel model,
+    ``channels`` groups the images into cases, one per model input (mri_lrp/scans/cases.py).
     """
     skipped: list[Skipped] = []
-    found = _walk(paths, skipped)
+    found = _walk(paths, skipped, derivatives)
     refs: list[tuple[_Found, ScanRef]] = []
     series: dict[str, list[tuple[_Found, DicomHeader]]] = {}
     for f in found:
@@ -182,8 +203,11 @@ def discover(paths: Sequence[str | Path], volume: int | None = None) -> tuple[li
                 skipped.append(Skipped(f.display, "relevance map written by an earlier explain run, not a scan"))
                 continue
             volumes, is_label = probe_nifti(f.abs_path)
+            named_label = label_file_reason(f.rel)
             if is_label:
                 skipped.append(Skipped(f.display, "NIfTI label image (intent 'label'): a mask or atlas, not a scan"))
+            elif named_label:
+                skipped.append(Skipped(f.display, named_label))
             else:
                 refs.extend(_nifti_refs(f, volume, volumes))
         elif name.upper() == "DICOMDIR":
@@ -198,6 +222,12 @@ def discover(paths: Sequence[str | Path], volume: int | None = None) -> tuple[li
                 refs.append((f, ScanRef(kind="dicom", source=f.rel, scan_id=file_scan_id(f.rel),
                                         paths=(f.abs_path,), location=f.display)))
     refs.extend(_dicom_refs(series, skipped))
+    if channels is not None:
+        cases = build_cases([Item(f.root_index, f.display_root, ref) for f, ref in refs], channels, skipped)
+        refs = [(refs[n][0], ref) for n, ref in cases]
     refs.sort(key=lambda item: (item[0].root_index, item[1].source, item[1].scan_id))
-    unique = make_unique([ref.scan_id for _, ref in refs])
-    return [replace(ref, scan_id=scan_id) for (_, ref), scan_id in zip(refs, unique, strict=True)], skipped
+    # Repeated ids get their '_2', '_3' in the order of the files' absolute paths, not of the roots: the same
+    # folders given in another order must give every file the same id (resume trusts ids to name files).
+    by_path = sorted(range(len(refs)), key=lambda n: (refs[n][1].scan_id, refs[n][1].paths, refs[n][1].volume or 0))
+    unique = dict(zip(by_path, make_unique([refs[n][1].scan_id for n in by_path]), strict=True))
+    return [replace(ref, scan_id=unique[n]) for n, (_, ref) in enumerate(refs)], skipped

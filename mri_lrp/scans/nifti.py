@@ -126,7 +126,9 @@ def _read(ref: ScanRef) -> Scan:
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ScanError(loc, "the header's affine is singular or not finite, so voxels have no position")
-    metadata = {"format": "nifti2" if isinstance(img, nib.Nifti2Image) else "nifti1"}
+    metadata = {"format": "nifti2" if isinstance(img, nib.Nifti2Image) else "nifti1",
+                "qform_code": str(int(header["qform_code"])), "sform_code": str(int(header["sform_code"])),
+                "dtype": dtype.name}  # stored voxel type: label maps are stored as integers
     if volumes > 1:
         metadata["volume"] = str(ref.volume if ref.volume is not None else 0)
         metadata["volumes"] = str(volumes)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from mri_lrp.errors import ScanError
+from mri_lrp.scans.cases import label_map_reason
+from mri_lrp.scans.channels import read_case
 from mri_lrp.scans.dicom import read_dicom
 from mri_lrp.scans.discover import discover
 from mri_lrp.scans.nifti import read_nifti
@@ -17,6 +20,10 @@ from mri_lrp.scans.scan import Scan
 
 def read_scan(ref: ScanRef) -> Scan:
     """The Scan that ``ref`` describes; ScanError(location, reason, stage="read") for anything wrong with it."""
+    if ref.error:  # a case discovery could not complete (a channel missing...)
+        raise ScanError(ref.location, ref.error)
+    if ref.parts:
+        return read_case(ref, read_scan)
     try:
         if ref.kind == "nifti":
             scan = read_nifti(ref)
@@ -32,7 +39,11 @@ def read_scan(ref: ScanRef) -> Scan:
             or min(scan.spacing) < 1e-6:
         raise ScanError(ref.location, f"voxel-to-world affine {np.round(linear, 4).tolist()} is singular or "
                                       "not finite, so voxels have no position or size")
-    return scan
+    # Label maps are stored as integers; a float image with few levels is left alone (a phantom, a test image).
+    label = label_map_reason(scan.data) if scan.metadata.get("dtype", "").startswith(("int", "uint")) else None
+    if label:
+        raise ScanError(ref.location, label)
+    return replace(scan, warnings=(*scan.warnings, *ref.notes)) if ref.notes else scan
 
 
 def content_notes(scan: Scan) -> tuple[str, ...]:

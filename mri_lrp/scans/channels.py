@@ -1,0 +1,87 @@
+"""Reading a multi-channel case: every channel read as its own image, then put on the first channel's grid.
+
+Co-registered sequences (BraTS, most nnU-Net sets, a 4D stack) already share one grid and are stacked as
+they are. A channel on another grid (DICOM series of one study usually differ in resolution and field of
+view) is resampled onto the first channel's grid through the two voxel-to-world affines, trilinearly, with
+0 where the first grid lies outside it; the scan's warnings say so. Channels that share no point in world
+space are refused: they cannot be the same subject in one scanner frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from mri_lrp.errors import ScanError
+from mri_lrp.scans.refs import ScanRef
+from mri_lrp.scans.scan import Scan
+
+SAME_GRID_MM = 1e-3   # affines that agree this well (every entry, mm) are one grid: no resampling
+_SLAB_VOXELS = 1 << 20  # voxels resampled at a time: bounds the temporary arrays
+
+
+def read_case(ref: ScanRef, read_one: Callable[[ScanRef], Scan]) -> Scan:
+    """The case's channels as one (C, I, J, K) Scan on the first channel's grid, in ``ref.channels`` order."""
+    scans = [read_one(part) for part in ref.parts]  # a part's ScanError names that part's own file
+    first = scans[0]
+    data = np.empty((len(scans), *first.shape), dtype=np.float32)
+    notes: list[str] = list(ref.notes)
+    for c, (name, scan) in enumerate(zip(ref.channels, scans, strict=True)):
+        notes.extend(f"{name}: {w}" for w in scan.warnings)
+        if same_grid(scan, first):
+            data[c] = scan.data
+            continue
+        values, inside = resample_linear(scan.data, scan.affine, first.shape, first.affine)
+        if inside == 0.0:
+            raise ScanError(ref.location, f"channel {name} ({scan.source}) and channel {ref.channels[0]} "
+                                          f"({first.source}) share no point in world space: not one subject "
+                                          "in one scanner frame")
+        data[c] = values
+        outside = f"; {100 * (1 - inside):.1f}% of that grid lies outside {name} and is 0" if inside < 1 else ""
+        notes.append(f"{name} resampled (trilinear, world space) onto the {ref.channels[0]} grid: its own grid "
+                     f"is {'x'.join(map(str, scan.shape))} at {'x'.join(f'{v:.3g}' for v in scan.spacing)} mm"
+                     f"{outside}")
+    metadata = dict(first.metadata)
+    metadata["channels"] = ",".join(ref.channels)
+    return Scan(scan_id=ref.scan_id, source=ref.source, kind=first.kind, data=data, affine=first.affine,
+                paths=ref.paths, metadata=metadata, warnings=tuple(dict.fromkeys(notes)), channels=ref.channels)
+
+
+def same_grid(a: Scan, b: Scan) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, rtol=0.0, atol=SAME_GRID_MM))
+
+
+def resample_linear(data: np.ndarray, affine: np.ndarray, shape: tuple[int, int, int],
+                    target_affine: np.ndarray) -> tuple[np.ndarray, float]:
+    """``data`` sampled trilinearly at the world positions of a target grid's voxels (0 outside it).
+
+    Returns the float32 (I, J, K) values and the fraction of target voxels whose centre lies within the
+    source's voxel grid (its centres' hull, half a voxel added on every side).
+    """
+    src = np.asarray(data, dtype=np.float32)
+    to_src = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(target_affine, dtype=np.float64)
+    n_src = np.asarray(src.shape)
+    out = np.zeros(int(np.prod(shape)), dtype=np.float32)
+    inside_count = 0
+    flat_src = src.ravel()
+    strides = np.array([src.shape[1] * src.shape[2], src.shape[2], 1])
+    total = out.size
+    for start in range(0, total, _SLAB_VOXELS):
+        index = np.arange(start, min(total, start + _SLAB_VOXELS))
+        ijk = np.stack(np.unravel_index(index, shape)).astype(np.float64)      # (3, N)
+        coords = to_src[:3, :3] @ ijk + to_src[:3, 3:4]
+        inside = np.all((coords >= -0.5) & (coords <= n_src[:, None] - 0.5), axis=0)
+        inside_count += int(inside.sum())
+        base = np.floor(coords).astype(np.int64)
+        frac = coords - base
+        acc = np.zeros(index.size, dtype=np.float64)
+        for corner in range(8):
+            offset = np.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])[:, None]
+            idx = base + offset
+            weight = np.prod(np.where(offset == 1, frac, 1.0 - frac), axis=0)
+            valid = np.all((idx >= 0) & (idx < n_src[:, None]), axis=0)
+            flat = (np.clip(idx, 0, (n_src - 1)[:, None]) * strides[:, None]).sum(axis=0)
+            acc += np.where(valid, weight * flat_src[flat], 0.0)
+        out[index] = acc
+    return out.reshape(shape), inside_count / total if total else 0.0
