@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from typing import IO, Any
 
 
@@ -42,6 +45,18 @@ class Reporter:
         self._advance(scan_id, "failed")
         self._line(f"FAILED {scan_id}: {message}", always=True, err=True)
 
+    def skipped(self, items: Sequence[Any]) -> None:
+        """The inputs not explained (``.path``, ``.reason``): one line each, or under --quiet one line that
+        counts them by reason (the full list is in run.json)."""
+        if not self.quiet:
+            for item in items:
+                self._line(f"skipped {item.path}: {item.reason}")
+            return
+        if items:
+            kinds = Counter(re.sub(r"\s*[(:;].*$", "", item.reason) for item in items)
+            listed = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+            self._line(f"skipped {len(items)} input(s): {listed} (listed in run.json)", always=True)
+
     def note(self, message: str, always: bool = False) -> None:
         """A line for the log; ``always`` keeps it under --quiet (warnings a cron user must see)."""
         self._line(message, always=always)
@@ -70,6 +85,7 @@ class Reporter:
         if self.quiet and not always:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 file name never kills a log
         if self._progress is not None:
             self._progress.console.print(text)
             return

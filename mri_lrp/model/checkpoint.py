@@ -55,6 +55,8 @@ from mri_lrp.outputs import atomic_path
 FORMAT = "mri-lrp-checkpoint"
 VERSION = 1
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "demo_model.pt"
+DEMO_NOTICE = ("DEMO MODEL trained on synthetic phantoms, not on patients: its classes and heatmaps say nothing "
+               "about real scans (give --checkpoint)")
 
 #: Keys under which training scripts commonly nest the state_dict, tried in this order.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -78,6 +80,8 @@ class LoadedModel:
     source: str  # "mri-lrp" | "state_dict" | "pickle"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    is_demo: bool = False     # the shipped demo model (trained on synthetic phantoms), however it was named
+    assumed: str = ""         # what was assumed because neither the file nor the user said (spec, class names)
 
 
 # ----------------------------------------------------------------------------------------------- save
@@ -140,7 +144,9 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | 
     sha256 = _sha256(path)
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return _load_ours(path, obj, sha256, model, model_kwargs, class_names, input_spec)
+        loaded = _load_ours(path, obj, sha256, model, model_kwargs, class_names, input_spec)
+        loaded.is_demo = _is_demo(path, sha256)
+        return loaded
     pickled = obj if isinstance(obj, nn.Module) else _nested_module(obj)
     if pickled is not None:
         net, source = pickled, "pickle"
@@ -158,7 +164,36 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | 
     spec = _updated_spec(path, default_input_spec(net, path), input_spec)
     _check_spec_fits(path, net, spec)
     names = _check_outputs(path, net, spec, class_names)
-    return LoadedModel(net, names, spec, architecture, sha256, path, source, dict(model_kwargs or {}))
+    return LoadedModel(net, names, spec, architecture, sha256, path, source, dict(model_kwargs or {}),
+                       is_demo=_is_demo(path, sha256), assumed=_assumed(path, spec, input_spec, class_names, names))
+
+
+def _assumed(path: Path, spec: InputSpec, given: InputSpec | dict[str, Any] | None, class_names: list[str] | None,
+             names: list[str]) -> str:
+    """One sentence naming what a plain state_dict or pickle was given by default: the user must know that
+    the scans are fed on their native grid with z-scoring unless they say otherwise."""
+    parts = []
+    if given is None or (isinstance(given, dict) and not {"shape", "spacing", "normalization"} & set(given)):
+        parts.append(f"input {spec.dims}D with {spec.channels} channel(s) on the scan's own grid "
+                     f"(shape {'native' if spec.shape is None else 'x'.join(map(str, spec.shape))}, spacing "
+                     f"{'native' if spec.spacing is None else 'x'.join(f'{v:g}' for v in spec.spacing)} mm), "
+                     f"orientation {spec.orientation}, {spec.normalization} intensities")
+    if class_names is None:
+        parts.append(f"class names {', '.join(names)}")
+    if not parts:
+        return ""
+    return (f"{path.name} does not say how its model was trained, so mri-lrp assumed: {'; '.join(parts)}. "
+            "If that is not how it was trained, give [input_spec] and class_names in a --config")
+
+
+def _is_demo(path: Path, sha256: str) -> bool:
+    """The shipped demo model, also when a copy of it is given as --checkpoint."""
+    if path.resolve() == DEMO_CHECKPOINT:
+        return True
+    try:
+        return DEMO_CHECKPOINT.stat().st_size == path.stat().st_size and _sha256(DEMO_CHECKPOINT) == sha256
+    except OSError:
+        return False
 
 
 def _read(path: Path, trust: bool) -> Any:
@@ -171,6 +206,10 @@ def _read(path: Path, trust: bool) -> Any:
         raise _err(path, "not a file")
     if path.stat().st_size == 0:
         raise _err(path, "empty file")
+    text = _text_start(path)
+    if text is not None:
+        raise _err(path, f"is a text file (it starts with {text!r}), not a PyTorch checkpoint; give the file "
+                         "that torch.save wrote")
     if _is_torchscript(path):
         raise _err(path, "is a TorchScript archive; LRP needs the Python module structure, so "
                          "save model.state_dict() (or use save_checkpoint) from the original "
@@ -193,6 +232,25 @@ def _read(path: Path, trust: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a trusted pickle may still need classes that are not importable here
         raise _err(path, f"cannot unpickle ({_first_line(exc)})") from None
+
+
+def _text_start(path: Path) -> str | None:
+    """The first line of a file that is plain text (a checkpoint is a zip archive or a binary pickle), else None.
+
+    torch's unpickler would misread text as pickle opcodes and fail about a stack or an operand.
+    """
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or any(c not in "\t\n\r" and not c.isprintable() for c in text):
+        return None
+    first = text.strip().splitlines()[0]
+    return first if len(first) <= 60 else first[:57] + "..."
 
 
 def _unpickler_reason(exc: BaseException) -> str:

@@ -83,6 +83,9 @@ class DicomHeader:
     series_number: int | None
     description: str
     slices: tuple[SliceInfo, ...]
+    modality: str = ""
+    protocol: str = ""
+    study_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,8 @@ def read_header(path: str, force: bool) -> DicomHeader | str:
         series_uid=str(ds.get("SeriesInstanceUID") or fallback),
         series_number=int(series_number) if series_number is not None else None,
         description=_text(ds.get("SeriesDescription")),
-        slices=tuple(dataset_slices(ds, 0)))
+        slices=tuple(dataset_slices(ds, 0)),
+        modality=modality, protocol=_text(ds.get("ProtocolName")), study_uid=str(ds.get("StudyInstanceUID") or ""))
 
 
 # --- splitting one series into stacks ------------------------------------------------------------------------

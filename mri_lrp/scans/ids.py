@@ -12,6 +12,16 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_LEN = 150  # output folders are named after scan ids; stay well below the usual 255-byte name limit
 
 
+def printable(name: str) -> str:
+    """A file name as text that can be written anywhere: bytes that are not UTF-8 (kept by the OS as surrogate
+    escapes) become visible escapes such as '\\xff', instead of crashing CSV, JSON and log writers."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
 def short_hash(text: str, n: int = 6) -> str:
     """A few hex digits that tell apart two things with the same visible name (e.g. two series numbered 3)."""
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
