@@ -7,6 +7,10 @@ same for a LAS and a RAS copy of one scan. A tumour mask adds a second partition
 ``outside_mask``.
 
 Conventions chosen here (the CSV reader can rely on them):
+- ``partition`` says which set a row belongs to: ``builtin`` (octants), ``atlas`` or ``mask``; each set adds up
+  to the scan's total on its own, so sums are grouped by (scan, partition).
+- ``channel`` is ``all`` for rows of the scan's relevance; a multi-channel case adds one row set per channel
+  (its own map, fractions of its own total), so sums are grouped by (scan, partition, channel).
 - ``region_name`` is unique within a scan; ``region_id`` is the label value inside its own partition.
 - Atlas label 0 and every voxel that falls outside the atlas image are region 0, ``background``.
 - ``relevance_fraction`` is 0 for every region when the scan's total relevance is exactly 0 (nothing to share
@@ -20,8 +24,8 @@ import csv
 import io
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +33,7 @@ import numpy as np
 from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.scans.scan import Scan
 
-REGION_COLUMNS = ["scan_id", "region_id", "region_name", "voxels", "volume_ml", "relevance_sum",
+REGION_COLUMNS = ["scan_id", "partition", "channel", "region_id", "region_name", "voxels", "volume_ml", "relevance_sum",
                   "relevance_pos", "relevance_neg", "relevance_fraction", "relevance_density", "rank"]
 BY_CLASS_COLUMNS = ["predicted_class", "target_class", "region_name", "scans", "mean_relevance_sum",
                     "mean_relevance_fraction", "mean_relevance_density"]
@@ -41,6 +45,7 @@ MASK_REGION_NAMES = (INSIDE_MASK, OUTSIDE_MASK)
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _MASK_NAME_SUFFIXES = ("", "_mask", "-mask", "_seg", "-seg", "_label", "_labels")
+_GEOMETRIES_KEPT = 8  # atlas label images kept per atlas, one per scan grid seen
 _TIE_MM = 1e-6  # voxels this close to the head's centre plane go to the right/anterior/superior side
 
 
@@ -52,6 +57,7 @@ class Atlas:
     affine: np.ndarray          # (4, 4) voxel -> world RAS mm
     names: dict[int, str]       # label id -> region name, including 0 -> "background"
     source: str
+    partitions: dict = field(default_factory=dict, compare=False, repr=False)  # scan geometry -> Partition
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,22 @@ class Partition:
     """Every voxel of one scan grid assigned to exactly one region.
 
     ``index`` holds positions into ``ids``/``names`` (not the label values), so sums are one ``bincount``.
+    The flat index and the voxel counts are computed once per partition, however many maps are summed over it.
     """
 
-    index: np.ndarray           # int32, scan shape, values in [0, len(ids))
+    index: np.ndarray           # integer (intp or int32), scan shape, values in [0, len(ids))
     ids: tuple[int, ...]
     names: tuple[str, ...]
+    kind: str = "builtin"       # the ``partition`` column: builtin, atlas or mask
+
+    @cached_property
+    def flat_index(self) -> np.ndarray:
+        """The index as one flat intp array (what ``bincount`` takes without a copy)."""
+        return np.ascontiguousarray(self.index, dtype=np.intp).reshape(-1)
+
+    @cached_property
+    def voxels(self) -> np.ndarray:
+        return np.bincount(self.flat_index, minlength=len(self.ids))
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -104,10 +121,20 @@ def resample_nearest(data: np.ndarray, affine: np.ndarray, target_shape: Sequenc
 
 
 def _world_coords(shape: Sequence[int], affine: np.ndarray) -> list[np.ndarray]:
-    """World x, y, z of every voxel centre, as three broadcastable arrays (no full (N, 3) copy)."""
+    """World x, y, z of every voxel centre, as three broadcastable arrays (no full (N, 3) copy).
+
+    Terms with a zero coefficient are left out, so on an axis-aligned grid each array stays one-dimensional.
+    """
     grids = np.ogrid[0:shape[0], 0:shape[1], 0:shape[2]]
     a = np.asarray(affine, dtype=np.float64)
-    return [a[d, 0] * grids[0] + a[d, 1] * grids[1] + a[d, 2] * grids[2] + a[d, 3] for d in range(3)]
+    coords = []
+    for d in range(3):
+        value: np.ndarray = np.full((1, 1, 1), a[d, 3])
+        for axis in range(3):
+            if a[d, axis] != 0.0:
+                value = value + a[d, axis] * grids[axis]
+        coords.append(value)
+    return coords
 
 
 # ------------------------------------------------------------------------------------------------ atlas
@@ -236,11 +263,20 @@ def atlas_partition(atlas: Atlas, scan: Scan) -> Partition:
     """The atlas regions on the scan grid, nearest neighbour through the affines (atlas already registered).
 
     Rows are the labels present in the atlas image (plus background), so every scan gets the same regions.
+    The label image depends only on the scan's grid, so it is resampled once per geometry and reused.
     """
+    key = (scan.shape, np.asarray(scan.affine, dtype=np.float64).tobytes())
+    cached = atlas.partitions.get(key)
+    if cached is not None:
+        return cached
     labels = resample_nearest(atlas.labels, atlas.affine, scan.shape, scan.affine, fill=0)
     ids = tuple(sorted(atlas.names))
     index = np.searchsorted(np.asarray(ids), labels).astype(np.int32)
-    return Partition(index=index, ids=ids, names=tuple(atlas.names[i] for i in ids))
+    partition = Partition(index=index, ids=ids, names=tuple(atlas.names[i] for i in ids), kind="atlas")
+    if len(atlas.partitions) >= _GEOMETRIES_KEPT:
+        atlas.partitions.pop(next(iter(atlas.partitions)))
+    atlas.partitions[key] = partition
+    return partition
 
 
 # -------------------------------------------------------------------------------------- built-in regions
@@ -271,7 +307,7 @@ def builtin_partition(scan: Scan) -> Partition:
     axis closest to their slice normal (every voxel would sit on one side), so their names have two parts.
     """
     shape = scan.shape
-    head = head_mask(scan.data)
+    head = head_mask(scan.volume)  # a multi-channel case: its first channel
     world = _world_coords(shape, scan.affine)
     if not head.any():
         head = np.ones(shape, dtype=bool)
@@ -289,16 +325,15 @@ def builtin_partition(scan: Scan) -> Partition:
         if np.linalg.norm(normal) > 0:
             axes.remove(int(np.argmax(np.abs(normal))))
     words = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))
-    index = np.zeros(shape, dtype=np.int32)
+    side = np.zeros((1, 1, 1), dtype=np.intp)  # broadcast: one-dimensional per axis on an axis-aligned grid
     for place, axis in enumerate(reversed(axes)):
-        positive = np.broadcast_to(world[axis] - centre[axis] > -_TIE_MM, shape)
-        index += positive.astype(np.int32) << place
+        side = side + ((world[axis] - centre[axis] > -_TIE_MM).astype(np.intp) << place)
     names = [OUTSIDE_HEAD]
     for code in range(2 ** len(axes)):
         parts = [words[axis][(code >> place) & 1] for place, axis in enumerate(reversed(axes))]
         names.append("_".join(reversed(parts)))
-    index = np.where(head, index + 1, 0).astype(np.int32)
-    return Partition(index=index, ids=tuple(range(len(names))), names=tuple(names))
+    index = np.where(head, side + 1, 0)  # intp already: what bincount takes, no copy per map
+    return Partition(index=index, ids=tuple(range(len(names))), names=tuple(names), kind="builtin")
 
 
 # ----------------------------------------------------------------------------------------------- masks
@@ -428,39 +463,44 @@ def _read_dicom_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def mask_partition(mask: np.ndarray) -> Partition:
     """Two regions: ``inside_mask`` (id 1) and ``outside_mask`` (id 0)."""
     return Partition(index=np.asarray(mask, dtype=bool).astype(np.int32), ids=(0, 1),
-                     names=(OUTSIDE_MASK, INSIDE_MASK))
+                     names=(OUTSIDE_MASK, INSIDE_MASK), kind="mask")
 
 
 # ------------------------------------------------------------------------------------------------- sums
 
 def region_rows(scan_id: str, relevance: np.ndarray, partition: Partition, voxel_ml: float,
-                mask: np.ndarray | None = None) -> list[dict]:
+                mask: np.ndarray | Partition | None = None) -> list[dict]:
     """One row per region (REGION_COLUMNS), then ``inside_mask`` and ``outside_mask`` when a mask is given.
 
-    Sums are accumulated in float64, so each partition adds up to the scan's total to rounding.
+    Each partition is one labelled pass (``bincount`` over its index, once for the signed sums and once for the
+    positive part), accumulated in float64, so each partition adds up to the scan's total to rounding. A mask
+    may come as its ``mask_partition`` already, to be built once for every map of a scan.
     """
     rel = np.asarray(relevance)
     if rel.shape != partition.index.shape:
         raise ValueError(f"relevance shape {rel.shape} differs from the partition's {partition.index.shape}")
-    if mask is not None and np.shape(mask) != rel.shape:
-        raise ValueError(f"mask shape {np.shape(mask)} differs from relevance shape {rel.shape}")
-    flat = rel.ravel().astype(np.float64)
-    signed = (np.maximum(flat, 0.0), np.minimum(flat, 0.0))
-    total = float(flat.sum())
-    rows = _partition_rows(scan_id, signed, partition, voxel_ml, total)
+    if mask is not None and not isinstance(mask, Partition):
+        if np.shape(mask) != rel.shape:
+            raise ValueError(f"mask shape {np.shape(mask)} differs from relevance shape {rel.shape}")
+        mask = mask_partition(mask)
+    flat = rel.reshape(-1)
+    positive = np.maximum(flat, 0.0)
+    rows, total = _partition_rows(scan_id, flat, positive, partition, voxel_ml, None)
     if mask is not None:
-        rows += _partition_rows(scan_id, signed, mask_partition(mask), voxel_ml, total)
+        rows += _partition_rows(scan_id, flat, positive, mask, voxel_ml, total)[0]
     return rows
 
 
-def _partition_rows(scan_id: str, signed: tuple[np.ndarray, np.ndarray], partition: Partition,
-                    voxel_ml: float, total: float) -> list[dict]:
+def _partition_rows(scan_id: str, flat: np.ndarray, positive: np.ndarray, partition: Partition,
+                    voxel_ml: float, total: float | None) -> tuple[list[dict], float]:
+    """The rows of one partition, and the scan's total (the sum of its sums unless given)."""
     n = len(partition.ids)
-    flat_index = partition.index.ravel()
-    voxels = np.bincount(flat_index, minlength=n)
-    pos = np.bincount(flat_index, weights=signed[0], minlength=n)
-    neg = np.bincount(flat_index, weights=signed[1], minlength=n)
-    sums = pos + neg
+    voxels = partition.voxels
+    sums = np.bincount(partition.flat_index, weights=flat, minlength=n)
+    pos = np.bincount(partition.flat_index, weights=positive, minlength=n)
+    neg = sums - pos
+    if total is None:
+        total = float(sums.sum())
     order = sorted(range(n), key=lambda r: (-sums[r], partition.ids[r]))
     ranks = {region: place + 1 for place, region in enumerate(order)}
     rows = []
@@ -468,6 +508,7 @@ def _partition_rows(scan_id: str, signed: tuple[np.ndarray, np.ndarray], partiti
         volume = float(voxels[r]) * voxel_ml
         rows.append({
             "scan_id": scan_id,
+            "partition": partition.kind,
             "region_id": int(partition.ids[r]),
             "region_name": partition.names[r],
             "voxels": int(voxels[r]),
@@ -479,34 +520,42 @@ def _partition_rows(scan_id: str, signed: tuple[np.ndarray, np.ndarray], partiti
             "relevance_density": float(sums[r] / volume) if volume > 0 else 0.0,
             "rank": ranks[r],
         })
-    return rows
+    return rows, total
 
 
-def mask_metrics(relevance: np.ndarray, mask: np.ndarray, voxel_ml: float) -> dict:
+def mask_metrics(relevance: np.ndarray, mask: np.ndarray, voxel_ml: float,
+                 rows: Iterable[Mapping] | None = None) -> dict:
     """Explanation quality against a ground-truth mask.
 
     ``relevance_mass_accuracy``: positive relevance inside the mask / all positive relevance (0 when there is
     no positive relevance). ``pointing_game``: the voxel of highest relevance lies inside the mask (False
     when no voxel has positive relevance). ``mask_volume_ml``: the mask's volume on the scan grid.
+    Given this map's ``region_rows`` (with the mask), the sums come from its mask rows instead of another pass.
     """
-    rel = np.asarray(relevance, dtype=np.float64)
+    rel = np.asarray(relevance)
     inside = np.asarray(mask, dtype=bool)
     if inside.shape != rel.shape:
         raise ValueError(f"mask shape {inside.shape} differs from relevance shape {rel.shape}")
-    positive = np.maximum(rel, 0.0)
-    all_positive = float(positive.sum())
-    accuracy = float(positive[inside].sum() / all_positive) if all_positive > 0 else 0.0
+    mask_rows = {str(r["region_name"]): r for r in rows or () if r.get("partition") == "mask"}
+    if len(mask_rows) == 2:
+        inside_pos = float(mask_rows[INSIDE_MASK]["relevance_pos"])
+        all_positive = inside_pos + float(mask_rows[OUTSIDE_MASK]["relevance_pos"])
+        volume_ml = float(mask_rows[INSIDE_MASK]["voxels"]) * voxel_ml
+    else:
+        positive = np.maximum(rel.astype(np.float64), 0.0)
+        inside_pos, all_positive = float(positive[inside].sum()), float(positive.sum())
+        volume_ml = float(inside.sum()) * voxel_ml
+    accuracy = inside_pos / all_positive if all_positive > 0 else 0.0
     peak = int(np.argmax(rel)) if rel.size else 0
     pointing = bool(rel.size and rel.flat[peak] > 0 and inside.flat[peak])
-    return {"relevance_mass_accuracy": accuracy, "pointing_game": pointing,
-            "mask_volume_ml": float(inside.sum()) * voxel_ml}
+    return {"relevance_mass_accuracy": accuracy, "pointing_game": pointing, "mask_volume_ml": volume_ml}
 
 
 def top_region(rows: Iterable[Mapping]) -> str:
     """The anatomical region (mask rows excluded) with the largest relevance_sum; '' when there is none."""
     best_name, best = "", -np.inf
     for row in rows:
-        if row["region_name"] in MASK_REGION_NAMES:
+        if row.get("partition") == "mask" or row["region_name"] in MASK_REGION_NAMES:
             continue
         value = float(row["relevance_sum"])
         if value > best:
@@ -528,7 +577,7 @@ def by_class_table(summary_rows: Iterable[Mapping], region_rows: Iterable[Mappin
     region_order: dict[str, int] = {}
     for row in region_rows:
         cls = predicted.get(str(row["scan_id"]))
-        if cls is None:
+        if cls is None or row.get("channel", "all") not in ("all", "", None):  # a case's summed rows only
             continue
         name = str(row["region_name"])
         region_order.setdefault(name, len(region_order))

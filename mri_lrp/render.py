@@ -1,8 +1,9 @@
 """Overlay pictures: the scan in grey with signed relevance on top, built with numpy for speed.
 
 Only the slices that are shown are resampled and colour-mapped; the mosaic is composed as one numpy array and
-written as a PNG. A small matplotlib ``Figure`` (Agg canvas, no pyplot state, so safe in threads) draws only
-the header strip: title, subtitle, notes and the colour bar.
+written as a PNG (filtered rows deflated by ISA-L). The header strip's text is drawn with Pillow's FreeType
+renderer in matplotlib's DejaVu fonts, measured first so that no label runs off the picture. With a mask, its
+outline is drawn on every panel.
 
 Display convention: the volume is turned to the closest RAS axes (``nibabel.orientations``), so the stored
 voxel order never mirrors the picture. World axes increase to the right and upwards in every panel, which is
@@ -15,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-
-from mri_lrp.outputs import atomic_path
 
 PANEL_PX = 192            # longest field of view of the volume, in output pixels
 MOSAIC_SLICES = 12
@@ -28,9 +28,12 @@ HEADER_PX = 104
 MIN_WIDTH_PX = 640
 CMAP_NAME = "bwr"
 BACKGROUND = np.array([40, 40, 40], dtype=np.uint8)
+CONTOUR = np.array([0, 255, 0], dtype=np.uint8)  # the mask's outline: green, apart from red, blue and grey
 _STATS_SAMPLES = 1 << 18  # voxels sampled for the grey window and the clipping percentile
 _LABEL_PT = 9
 _VIEW_NOTE = "neurological view: patient's left on the image's left"
+STAMP_COLOUR = np.array([255, 140, 0], dtype=np.uint8)  # the frame and text of a stamp (demo model)
+STAMP_FRAME_PX = 4
 
 # Per plane: (horizontal RAS axis, vertical RAS axis, fixed RAS axis) and the side letters
 # (left, right, top, bottom).
@@ -65,35 +68,75 @@ class Overlay:
 
 
 def render_overlay(path: str | Path, scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *,
-                   title: str, subtitle: str = "", clip_percentile: float = 99.5) -> None:
-    """Write the overlay PNG for one scan; written to a temporary file in the same folder, then renamed."""
+                   title: str, subtitle: str = "", clip_percentile: float = 99.5, stamp: str = "",
+                   mask: np.ndarray | None = None) -> float:
+    """Write the overlay PNG for one scan (atomically); returns the colour limit |R| it used (``Overlay.vmax``),
+    which the relevance volume's display window reuses.
+
+    A ``stamp`` (e.g. that the demo model made the picture) is drawn in the header inside an orange frame
+    and kept in the PNG's text metadata ("Warning"), so a copied picture still says it.
+    """
     overlay = compose_overlay(scan_data, relevance, affine, title=title, subtitle=subtitle,
-                              clip_percentile=clip_percentile)
-    write_png(path, overlay.rgb)
+                              clip_percentile=clip_percentile, stamp=stamp, mask=mask)
+    write_png(path, overlay.rgb, {"Warning": stamp} if stamp else None)
+    return overlay.vmax
 
 
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Atomically write an RGB uint8 array as PNG (a reader never sees half a file)."""
-    from matplotlib.image import imsave
+def write_png(path: str | Path, rgb: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Atomically write an RGB uint8 array as PNG (a reader never sees half a file), with optional tEXt."""
+    from mri_lrp.outputs import atomic_write_bytes
 
-    with atomic_path(path, suffix=".png") as tmp:
-        imsave(tmp, rgb, format="png", pil_kwargs={"compress_level": 1})
+    atomic_write_bytes(path, png_bytes(rgb, text))
+
+
+def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """An 8-bit RGB PNG: every row with the Sub filter (left-neighbour differences), deflated by ISA-L, and
+    ``text`` as tEXt chunks (Latin-1). Pillow's encoder at its fastest level took as long as composing the
+    whole picture; this takes a few milliseconds."""
+    import struct
+    import zlib
+
+    from isal import isal_zlib
+
+    pixels = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {pixels.shape}")
+    height, width, _ = pixels.shape
+    rows = pixels.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 1  # filter type Sub
+    filtered[:, 1:4] = rows[:, :3]
+    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])  # uint8 arithmetic wraps, as PNG wants
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
+    notes = b"".join(chunk(b"tEXt", key.encode("latin-1", "replace")[:79] + b"\0"
+                           + value.encode("latin-1", "replace")) for key, value in (text or {}).items())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + notes
+            + chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), 1)) + chunk(b"IEND", b""))
 
 
 def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *, title: str,
-                    subtitle: str = "", clip_percentile: float = 99.5) -> Overlay:
+                    subtitle: str = "", clip_percentile: float = 99.5, stamp: str = "",
+                    mask: np.ndarray | None = None) -> Overlay:
     """Build the overlay picture in memory: header strip, then the panels on a dark grey backdrop.
 
     3D: a top row of axial, coronal and sagittal planes through the relevance peak, then a mosaic of axial
     slices spread over the part of the volume that holds the relevance. A single slice (K == 1): one panel.
+    With ``mask`` (on the scan's grid), the mask's outline is drawn on each panel.
     """
     data, rel = _as_3d(scan_data), _as_3d(relevance)
     if data.shape != rel.shape:
         raise ValueError(f"scan shape {data.shape} and relevance shape {rel.shape} differ")
     if not 0 < clip_percentile <= 100:
         raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    if mask is not None and _as_3d(mask).shape != data.shape:
+        raise ValueError(f"mask shape {np.shape(mask)} and scan shape {data.shape} differ")
     data, rel = _finite(data), _finite(rel)
     vol, rvol, zooms, ras_affine = _to_ras(data, rel, affine)
+    mvol = None if mask is None else _to_ras(_as_3d(mask), _as_3d(mask), affine)[0]
     vmax = _clip_value(rel, clip_percentile)
     lo, hi = _grey_window(data)
     px_mm = max(n * z for n, z in zip(vol.shape, zooms, strict=True)) / PANEL_PX
@@ -119,6 +162,8 @@ def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nda
         notes = (f"top: axial, coronal, sagittal planes through the relevance peak at world "
                  f"({world[0]:.0f}, {world[1]:.0f}, {world[2]:.0f}) mm",
                  f"below: axial slices z = {z_first:.0f} to {z_last:.0f} mm; {_VIEW_NOTE}")
+    if mvol is not None:
+        notes = (*notes[:-1], notes[-1] + "; green line: the mask's outline")
 
     def panel_size(plane: str) -> tuple[int, int]:
         (h_axis, v_axis, _), _ = _PLANES[plane]
@@ -133,6 +178,7 @@ def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nda
     grey = np.zeros(body, dtype=np.float32)
     signed = np.zeros(body, dtype=np.float32)
     inside = np.zeros(body, dtype=bool)
+    outline = np.zeros(body, dtype=bool)
     panels = []
     top = GAP_PX
     for row, (row_h, row_w) in zip(rows, row_sizes, strict=True):
@@ -144,6 +190,8 @@ def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nda
             grey[box] = _panel(vol, h_axis, v_axis, fixed, index, maps)
             signed[box] = _panel(rvol, h_axis, v_axis, fixed, index, maps)
             inside[box] = True
+            if mvol is not None:
+                outline[box] = _edge(_panel(mvol, h_axis, v_axis, fixed, index, maps) > 0.5)
             panels.append(Panel(plane, int(index), _slice_world(ras_affine, fixed, index), HEADER_PX + top,
                                 left, h, w, sides))
             left += w + GAP_PX
@@ -151,9 +199,13 @@ def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nda
 
     rgb = np.empty((height, width, 3), dtype=np.uint8)
     rgb[HEADER_PX:] = _colour(grey, signed, inside, lo, hi, vmax)
-    rgb[:HEADER_PX] = _header(width, title, subtitle, notes, vmax, clip_percentile)
+    rgb[HEADER_PX:][outline] = CONTOUR
+    rgb[:HEADER_PX] = _header(width, title, subtitle, notes, vmax, clip_percentile, stamp)
     for panel in panels:
         _stamp_sides(rgb, panel)
+    if stamp:
+        rgb[:STAMP_FRAME_PX], rgb[-STAMP_FRAME_PX:] = STAMP_COLOUR, STAMP_COLOUR
+        rgb[:, :STAMP_FRAME_PX], rgb[:, -STAMP_FRAME_PX:] = STAMP_COLOUR, STAMP_COLOUR
     return Overlay(rgb=rgb, panels=tuple(panels), vmax=vmax)
 
 
@@ -230,6 +282,13 @@ def _panel(vol: np.ndarray, h_axis: int, v_axis: int, fixed: int, index: int,
     return plane.T[::-1].astype(np.float32)
 
 
+def _edge(region: np.ndarray) -> np.ndarray:
+    """Pixels of ``region`` with a 4-neighbour outside it (the panel's border counts as outside)."""
+    padded = np.pad(region, 1, constant_values=False)
+    core = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return region & ~core
+
+
 # --------------------------------------------------------------------------------------------- colour
 
 def _sample(values: np.ndarray) -> np.ndarray:
@@ -285,39 +344,68 @@ def _colour(grey: np.ndarray, signed: np.ndarray, inside: np.ndarray, lo: float,
 # ------------------------------------------------------------------------------------------ text, bar
 
 def _header(width: int, title: str, subtitle: str, notes: tuple[str, ...], vmax: float,
-            percentile: float) -> np.ndarray:
-    """Title, subtitle, notes and a horizontal colour bar with its ticks: the text on one small Agg figure
-    of the picture's width, the bar itself painted with numpy (an Axes would cost more than the rest)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+            percentile: float, stamp: str = "") -> np.ndarray:
+    """Title, subtitle, notes, an optional stamp line and a horizontal colour bar with its ticks on a black
+    strip of the picture's width. Every label is measured before it is placed: it is kept inside the strip,
+    made smaller if too wide, and shortened with an ellipsis only past the smallest size."""
+    from PIL import Image, ImageDraw
 
-    dpi = 100
-    fig = Figure(figsize=(width / dpi, HEADER_PX / dpi), dpi=dpi, facecolor="black")
-    canvas = FigureCanvasAgg(fig)
+    strip = Image.new("RGB", (width, HEADER_PX), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
     margin = 8
 
-    def at(x_px: float, y_px: float) -> tuple[float, float]:
-        return x_px / width, 1 - y_px / HEADER_PX
+    def text(x: float, y: int, label: str, px: int, fill: tuple[int, ...], *, bold: bool = False,
+             anchor: str = "l", room: float | None = None) -> None:
+        label, font = _fit(label, px, bold, width - 2 * margin if room is None else room)
+        w = draw.textlength(label, font=font)
+        x = {"l": x, "c": x - w / 2}[anchor]
+        draw.text((min(max(x, 2.0), width - 2.0 - w), y), label, font=font, fill=fill)  # never past an edge
 
-    fig.text(*at(margin, 6), title, color="white", fontsize=11, weight="bold", va="top")
-    fig.text(*at(margin, 26), subtitle, color="white", fontsize=9, va="top")
+    white = (255, 255, 255)
+    text(margin, 5, title, 15, white, bold=True)
+    text(margin, 25, subtitle, 12, white)
     for n, line in enumerate(notes):
-        fig.text(*at(margin, 44 + 12 * n), line, color="#bbbbbb", fontsize=7.5, va="top")
-    bar_left, bar_top, bar_h = margin + 16, HEADER_PX - 26, 10
+        text(margin, 43 + 12 * n, line, 10, (187, 187, 187))
+    if stamp:
+        text(margin, 43 + 12 * len(notes), stamp, 11, tuple(int(c) for c in STAMP_COLOUR), bold=True)
+    bar_left, bar_top, bar_h = margin + 24, HEADER_PX - 26, 10
     bar_w = min(300, width - 320)
-    ticks = ((bar_left, f"{-vmax:.3g}"), (bar_left + bar_w // 2, "0"), (bar_left + bar_w - 1, f"{vmax:.3g}"))
-    for x, label in ticks:
-        fig.text(*at(x, bar_top + bar_h + 2), label, color="white", fontsize=7, ha="center", va="top")
-    fig.text(*at(bar_left + bar_w + 20, bar_top + bar_h / 2),
-             f"relevance; colours clipped at the {percentile:g}th percentile of |R|",
-             color="white", fontsize=7, va="center")
-    canvas.draw()
-    strip = np.asarray(canvas.buffer_rgba())[:HEADER_PX, :width, :3].copy()
+    for x, label in ((bar_left, f"{-vmax:.3g}"), (bar_left + bar_w // 2, "0"), (bar_left + bar_w - 1, f"{vmax:.3g}")):
+        text(x, bar_top + bar_h + 2, label, 10, white, anchor="c")
+    caption_left = bar_left + bar_w + 20
+    text(caption_left, bar_top - 1, f"relevance; colours clipped at the {percentile:g}th percentile of |R|", 10,
+         white, room=width - caption_left - margin)
+    out = np.asarray(strip, dtype=np.uint8).copy()
     table, _ = _colour_table(CMAP_NAME)
     ramp = table[np.linspace(0, 255, bar_w).round().astype(np.intp)]
-    strip[bar_top - 1:bar_top + bar_h + 1, bar_left - 1:bar_left + bar_w + 1] = 255  # white outline
-    strip[bar_top:bar_top + bar_h, bar_left:bar_left + bar_w] = (ramp * 255 + 0.5).astype(np.uint8)[None]
-    return strip
+    out[bar_top - 1:bar_top + bar_h + 1, bar_left - 1:bar_left + bar_w + 1] = 255  # white outline
+    out[bar_top:bar_top + bar_h, bar_left:bar_left + bar_w] = (ramp * 255 + 0.5).astype(np.uint8)[None]
+    return out
+
+
+_MIN_FONT_PX = 8
+
+
+def _fit(label: str, px: int, bold: bool, room: float) -> tuple[str, Any]:
+    """The label and a font for it no wider than ``room``: smaller first, then shortened with an ellipsis."""
+    for size in range(px, _MIN_FONT_PX - 1, -1):
+        font = _font(size, bold)
+        if font.getlength(label) <= room:
+            return label, font
+    font = _font(_MIN_FONT_PX, bold)
+    while len(label) > 1 and font.getlength(label + "…") > room:
+        label = label[:-1]
+    return label + "…", font
+
+
+@lru_cache(maxsize=32)
+def _font(px: int, bold: bool) -> Any:
+    """matplotlib's DejaVu Sans (always installed with it) at ``px`` pixels as a Pillow font, loaded once."""
+    import matplotlib
+    from PIL import ImageFont
+
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), px)
 
 
 @lru_cache(maxsize=32)
@@ -357,3 +445,100 @@ def _stamp_sides(rgb: np.ndarray, panel: Panel) -> None:
         ink = np.array([255.0, 220.0, 0.0], dtype=np.float32)
         cover = glyph[..., None]
         rgb[r:r + gh, c:c + gw] = (region * (1 - cover) + ink * cover + 0.5).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------ channels side by side
+
+CHANNEL_LABEL_PX = 18
+
+
+def render_channels(path: str | Path, scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *,
+                    channels: tuple[str, ...], channel_relevance: np.ndarray, title: str, subtitle: str = "",
+                    clip_percentile: float = 99.5, stamp: str = "", mask: np.ndarray | None = None) -> float:
+    """The overlay of a multi-channel case: its sequences side by side, each with its own relevance, one colour
+    scale for all (so the channels compare at a glance). ``relevance`` is their sum; it places the planes.
+    Returns the colour limit, as :func:`render_overlay` does."""
+    overlay = compose_channels(scan_data, relevance, affine, channels=channels,
+                               channel_relevance=channel_relevance, title=title, subtitle=subtitle,
+                               clip_percentile=clip_percentile, stamp=stamp, mask=mask)
+    write_png(path, overlay.rgb, {"Warning": stamp} if stamp else None)
+    return overlay.vmax
+
+
+def compose_channels(scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *,
+                     channels: tuple[str, ...], channel_relevance: np.ndarray, title: str, subtitle: str = "",
+                     clip_percentile: float = 99.5, stamp: str = "", mask: np.ndarray | None = None) -> Overlay:
+    """One column per channel (named above it), one row per plane (axial, coronal, sagittal) through the
+    peak of the summed relevance; a single-slice case has one row. Each sequence keeps its own grey window."""
+    data, rels = np.asarray(scan_data), np.asarray(channel_relevance)
+    if data.ndim != 4 or data.shape != rels.shape or data.shape[0] != len(channels):
+        raise ValueError(f"expected (C, I, J, K) scan and relevance for {len(channels)} channels, got "
+                         f"{data.shape} and {rels.shape}")
+    if not 0 < clip_percentile <= 100:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    total = _finite(_as_3d(relevance))
+    _, tvol, zooms, ras_affine = _to_ras(total, total, affine)
+    columns = [_to_ras(_finite(d), _finite(r), affine)[:2] for d, r in zip(data, rels, strict=True)]
+    mvol = None if mask is None else _to_ras(_as_3d(mask), _as_3d(mask), affine)[0]
+    vmax = _clip_value(rels, clip_percentile)
+    shape = tvol.shape
+    px_mm = max(n * z for n, z in zip(shape, zooms, strict=True)) / PANEL_PX
+    sizes = [max(1, round(n * z / px_mm)) for n, z in zip(shape, zooms, strict=True)]
+    maps = [np.minimum((np.arange(s) + 0.5) * n / s, n - 1).astype(np.intp) for s, n in zip(sizes, shape, strict=True)]
+    if data.shape[3] == 1:
+        flat = [a for a in range(3) if shape[a] == 1]
+        planes = [({0: "sagittal", 1: "coronal"}.get(flat[-1], "axial") if len(flat) == 1 else "axial", 0)]
+        where = "a single slice"
+    else:
+        peak = _peak(tvol)
+        planes = [("axial", peak[2]), ("coronal", peak[1]), ("sagittal", peak[0])]
+        world = [_slice_world(ras_affine, axis, peak[axis]) for axis in range(3)]
+        where = (f"rows: axial, coronal, sagittal through the peak of the summed relevance at world "
+                 f"({world[0]:.0f}, {world[1]:.0f}, {world[2]:.0f}) mm")
+    notes = (f"columns: {', '.join(channels)}, each with its own relevance on one colour scale", where,
+             _VIEW_NOTE + ("; green line: the mask's outline" if mvol is not None else ""))
+    heights = [sizes[_PLANES[p][0][1]] for p, _ in planes]
+    col_w = max(sizes[_PLANES[p][0][0]] for p, _ in planes)
+    width = max(MIN_WIDTH_PX, len(channels) * (col_w + GAP_PX) + GAP_PX)
+    height = HEADER_PX + CHANNEL_LABEL_PX + sum(heights) + GAP_PX * (len(planes) + 1)
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rgb[:] = BACKGROUND
+    panels = []
+    lefts = [(width - len(channels) * (col_w + GAP_PX) + GAP_PX) // 2 + c * (col_w + GAP_PX)
+             for c in range(len(channels))]
+    for (vol, rvol), left in zip(columns, lefts, strict=True):
+        lo, hi = _grey_window(vol)
+        top = HEADER_PX + CHANNEL_LABEL_PX + GAP_PX
+        for (plane, index), h in zip(planes, heights, strict=True):
+            (h_axis, v_axis, fixed), sides = _PLANES[plane]
+            w = sizes[h_axis]
+            x = left + (col_w - w) // 2
+            grey = _panel(vol, h_axis, v_axis, fixed, index, maps)
+            signed = _panel(rvol, h_axis, v_axis, fixed, index, maps)
+            box = rgb[top:top + h, x:x + w]
+            box[:] = _colour(grey, signed, np.ones(grey.shape, dtype=bool), lo, hi, vmax)
+            if mvol is not None:
+                box[_edge(_panel(mvol, h_axis, v_axis, fixed, index, maps) > 0.5)] = CONTOUR
+            panels.append(Panel(plane, int(index), _slice_world(ras_affine, fixed, index), top, x, h, w, sides))
+            top += h + GAP_PX
+    rgb[:HEADER_PX] = _header(width, title, subtitle, notes, vmax, clip_percentile, stamp)
+    rgb[HEADER_PX:HEADER_PX + CHANNEL_LABEL_PX] = _channel_labels(width, channels, lefts, col_w)
+    for panel in panels:
+        _stamp_sides(rgb, panel)
+    if stamp:
+        rgb[:STAMP_FRAME_PX], rgb[-STAMP_FRAME_PX:] = STAMP_COLOUR, STAMP_COLOUR
+        rgb[:, :STAMP_FRAME_PX], rgb[:, -STAMP_FRAME_PX:] = STAMP_COLOUR, STAMP_COLOUR
+    return Overlay(rgb=rgb, panels=tuple(panels), vmax=vmax)
+
+
+def _channel_labels(width: int, channels: tuple[str, ...], lefts: list[int], col_w: int) -> np.ndarray:
+    """The strip of channel names, each centred over its column."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, CHANNEL_LABEL_PX), tuple(int(c) for c in BACKGROUND))
+    draw = ImageDraw.Draw(strip)
+    for name, left in zip(channels, lefts, strict=True):
+        label, font = _fit(name, 12, True, col_w - 4)
+        draw.text((left + (col_w - draw.textlength(label, font=font)) / 2, 2), label, font=font,
+                  fill=(255, 255, 255))
+    return np.asarray(strip, dtype=np.uint8)

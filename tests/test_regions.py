@@ -95,7 +95,7 @@ def test_atlas_sums_are_exact_on_a_grid_larger_than_the_atlas(atlas_files: tuple
         assert row["relevance_fraction"] == pytest.approx(total / 48.0)
         assert row["relevance_density"] == pytest.approx(total / (voxels / 1000.0))
     assert [table[n]["rank"] for n in ("background", "frontal", "label_5", "parietal")] == [1, 2, 3, 4]
-    assert all(list(row) == REGION_COLUMNS for row in rows)
+    assert all(list(row) == [c for c in REGION_COLUMNS if c != "channel"] for row in rows)  # the writer adds it
 
 
 def test_atlas_partition_adds_up_on_an_oblique_scan(atlas_files: tuple[Path, Path]) -> None:
@@ -430,3 +430,92 @@ def test_a_dicom_series_folder_loads_as_a_mask_on_its_own_grid() -> None:
     np.testing.assert_array_equal(mask, scan.data != 0)
     # Given as the root itself its source is "."; the series folder's name still finds its NIfTI mask.
     assert find_mask(SAMPLES / "masks", scan) == (SAMPLES / "masks" / "sub-01.nii.gz").resolve()
+
+
+# ------------------------------------------------------------------ one labelled pass vs per-region sums
+
+def reference_octant_rows(scan: Scan, relevance: np.ndarray) -> dict[str, tuple[int, float, float, float]]:
+    """Per region, the slow way: every voxel's world position by a full matrix product, the head centre as
+    the mean of those inside the head, each region's voxels picked by a boolean mask and summed on its own."""
+    shape = scan.shape
+    ijk = np.indices(shape).reshape(3, -1).T.astype(np.float64)
+    world = ijk @ scan.affine[:3, :3].T + scan.affine[:3, 3]
+    head = head_mask(scan.data).reshape(-1)
+    centre = world[head].mean(axis=0)
+    words = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))
+    names = np.array(["_".join(words[a][int(world[v, a] - centre[a] > -1e-6)] for a in range(3)) if head[v]
+                      else "outside_head" for v in range(len(world))])
+    rel = relevance.reshape(-1).astype(np.float64)
+    out = {}
+    for name in np.unique(names):
+        pick = rel[names == name]
+        out[str(name)] = (pick.size, float(pick.sum()), float(pick[pick > 0].sum()), float(pick[pick < 0].sum()))
+    return out
+
+
+@pytest.mark.parametrize("rotation", [None, rotation_xyz(0.3, -0.2, 0.5)], ids=["axis-aligned", "oblique"])
+def test_labelled_pass_equals_the_per_region_formula(rotation: np.ndarray | None) -> None:
+    rng = np.random.default_rng(3)
+    shape = (14, 12, 10)
+    data = np.zeros(shape, dtype=np.float32)
+    data[2:12, 2:10, 1:9] = 100.0 + rng.random((10, 8, 8)) * 10
+    relevance = rng.standard_normal(shape).astype(np.float32)
+    scan = make_scan(data, centred_affine(shape, 1.5, rotation))
+    rows = region_rows("s", relevance, builtin_partition(scan), voxel_volume_ml(scan.affine))
+    want = reference_octant_rows(scan, relevance)
+    got = {r["region_name"]: (r["voxels"], r["relevance_sum"], r["relevance_pos"], r["relevance_neg"])
+           for r in rows if r["voxels"]}
+    assert got.keys() == want.keys()
+    for name, (voxels, total, pos, neg) in want.items():
+        assert got[name][0] == voxels
+        assert got[name][1:] == pytest.approx((total, pos, neg), rel=1e-9, abs=1e-9), name
+
+
+def test_atlas_and_mask_rows_equal_the_per_region_formula_and_carry_their_partition(
+        atlas_files: tuple[Path, Path]) -> None:
+    rng = np.random.default_rng(4)
+    scan = make_scan(np.zeros((6, 4, 4)), np.eye(4))
+    relevance = rng.standard_normal((6, 4, 4)).astype(np.float32)
+    mask = np.zeros((6, 4, 4), dtype=bool)
+    mask[1:3, 1:3, 1:3] = True
+    atlas = load_atlas(*atlas_files)
+    rows = region_rows("s", relevance, atlas_partition(atlas, scan), 1.0, mask=mask)
+    labels = resample_nearest(atlas.labels, atlas.affine, scan.shape, scan.affine, fill=0)
+    rel = relevance.astype(np.float64)
+    for row in rows:
+        if row["partition"] == "atlas":
+            pick = rel[labels == row["region_id"]]
+        else:
+            assert row["partition"] == "mask"
+            pick = rel[mask == bool(row["region_id"])]
+        assert row["voxels"] == pick.size
+        assert row["relevance_sum"] == pytest.approx(pick.sum(), abs=1e-9)
+        assert row["relevance_pos"] == pytest.approx(pick[pick > 0].sum(), abs=1e-9)
+        assert row["relevance_neg"] == pytest.approx(pick[pick < 0].sum(), abs=1e-9)
+    assert [r["partition"] for r in rows].count("mask") == 2
+    assert list(rows[0])[:3] == ["scan_id", "partition", "region_id"]
+
+
+def test_atlas_label_image_is_resampled_once_per_scan_geometry(atlas_files: tuple[Path, Path]) -> None:
+    atlas = load_atlas(*atlas_files)
+    first = atlas_partition(atlas, make_scan(np.zeros((6, 4, 4)), np.eye(4)))
+    same_grid = atlas_partition(atlas, make_scan(np.ones((6, 4, 4)), np.eye(4), scan_id="t"))
+    shifted = np.eye(4)
+    shifted[0, 3] = 1.0
+    other = atlas_partition(atlas, make_scan(np.zeros((6, 4, 4)), shifted))
+    assert same_grid is first and other is not first
+    assert not np.array_equal(other.index, first.index)
+
+
+def test_mask_metrics_from_the_rows_equal_the_direct_ones() -> None:
+    rng = np.random.default_rng(5)
+    scan = make_scan(rng.random((8, 8, 8)) * 100, np.eye(4))
+    relevance = rng.standard_normal((8, 8, 8)).astype(np.float32)
+    mask = np.zeros((8, 8, 8), dtype=bool)
+    mask[2:5, 3:7, 1:4] = True
+    rows = region_rows("s", relevance, builtin_partition(scan), 0.001, mask=mask)
+    direct = mask_metrics(relevance, mask, 0.001)
+    from_rows = mask_metrics(relevance, mask, 0.001, rows)
+    assert from_rows["pointing_game"] == direct["pointing_game"]
+    assert from_rows["mask_volume_ml"] == pytest.approx(direct["mask_volume_ml"])
+    assert from_rows["relevance_mass_accuracy"] == pytest.approx(direct["relevance_mass_accuracy"], rel=1e-12)

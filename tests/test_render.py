@@ -217,12 +217,56 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "overlay.png"
     path.write_bytes(b"previous")
 
-    def broken(*args: object, **kwargs: object) -> None:
-        Path(args[0]).write_bytes(b"half")
+    def broken(fd: int) -> None:  # the bytes are in the temporary file, the disk fills before they are synced
         raise OSError("disk full")
 
-    monkeypatch.setattr("matplotlib.image.imsave", broken)
+    monkeypatch.setattr("mri_lrp.outputs.os.fsync", broken)
     with pytest.raises(OSError, match="disk full"):
         render_overlay(path, np.ones((4, 4, 4)), np.zeros((4, 4, 4)), np.eye(4), title="t")
     assert path.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png"]
+
+
+def green(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., 0] == render.CONTOUR[0]) & (rgb[..., 1] == render.CONTOUR[1]) & (rgb[..., 2] == render.CONTOUR[2])
+
+
+def test_mask_outline_is_drawn_around_the_mask_on_every_panel_through_it() -> None:
+    shape, spacing = (64, 64, 32), (1.0, 1.0, 2.0)
+    affine = centred(shape, spacing)
+    scan, relevance = world_volume(shape, affine, (-10.0, 8.0, 6.0))
+    mask = np.zeros(shape, dtype=bool)
+    mask[18:30, 34:46, 16:22] = True  # a box around the relevance blob
+    plain = compose_overlay(scan, relevance, affine, title="t")
+    outlined = compose_overlay(scan, relevance, affine, title="t", mask=mask)
+    assert not green(plain.rgb[HEADER_PX:]).any()
+    for panel in outlined.panels[:3]:  # the planes through the peak all cut the box
+        crop = outlined.rgb[panel.top:panel.top + panel.height, panel.left:panel.left + panel.width]
+        rows, cols = np.nonzero(green(crop))
+        assert rows.size > 0, panel.plane
+        # An outline, not a filled box: the middle of the box is not green.
+        assert not green(crop)[int(np.median(rows)), int(np.median(cols))], panel.plane
+
+
+def test_header_labels_stay_inside_the_picture() -> None:
+    long_title = "a scan id long enough to run past any picture " * 4
+    strip = render._header(MIN_WIDTH_PX, long_title, "subtitle", ("note",), 1.23456e-7, 99.5)
+    assert strip.shape == (HEADER_PX, MIN_WIDTH_PX, 3)
+    # Nothing drawn in the outermost columns: every label was placed (or shortened) inside the strip.
+    assert not strip[:, :2].any() and not strip[:, -2:].any()
+    # The colour bar's minimum label is there, left of the bar's start, and whole: ink on its left side.
+    bar_left = 8 + 24
+    label_rows = strip[HEADER_PX - 14:, : bar_left + 1]
+    assert label_rows.max() > 128
+
+
+def test_png_writer_round_trips_pixels_and_text(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    render.write_png(path, rgb, {"Warning": "made by the demo model"})
+    with Image.open(path) as img:
+        assert np.array_equal(np.asarray(img.convert("RGB")), rgb)
+        assert img.text == {"Warning": "made by the demo model"}
