@@ -495,8 +495,8 @@ def compose_channels(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nd
         world = [_slice_world(ras_affine, axis, peak[axis]) for axis in range(3)]
         where = (f"rows: axial, coronal, sagittal through the peak of the summed relevance at world "
                  f"({world[0]:.0f}, {world[1]:.0f}, {world[2]:.0f}) mm")
-    notes = (f"columns: {', '.join(channels)}, each with its own relevance on one colour scale", where,
-             _VIEW_NOTE + ("; green line: the mask's outline" if mvol is not None else ""))
+    notes = (f"columns: {', '.join(channels)}, each with its own relevance on one colour scale; {_VIEW_NOTE}",
+             where + ("; green line: the mask's outline" if mvol is not None else ""))
     heights = [sizes[_PLANES[p][0][1]] for p, _ in planes]
     col_w = max(sizes[_PLANES[p][0][0]] for p, _ in planes)
     width = max(MIN_WIDTH_PX, len(channels) * (col_w + GAP_PX) + GAP_PX)

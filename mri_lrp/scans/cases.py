@@ -173,10 +173,10 @@ def build_cases(items: Sequence[Item], plan: ChannelPlan,
 
 
 def single_image_warning(plan: ChannelPlan) -> str:
-    return (f"warning: the model takes {plan.count} channels ({plan.listing()}) but this is one image that "
-            "matches no channel: it is repeated into every channel, so the model sees one contrast everywhere "
-            "and the relevance per channel means nothing; give one file per channel (a BraTS, BIDS or nnU-Net "
-            "layout, or [input_spec.channel_files] globs)")
+    """The note on an image that fits no case (the model input then repeats it: mri_lrp/model/transform.py)."""
+    return (f"warning: this image fits no case of the model's {plan.count} channels ({plan.listing()}): no "
+            "BraTS, BIDS, nnU-Net, 4D or DICOM-study layout and no [input_spec.channel_files] glob matches it, "
+            "so it is read as one image and the relevance per sequence means nothing")
 
 
 def _place(item: Item, plan: ChannelPlan, cases: dict[tuple, _Case], skipped: list[Skipped]) -> tuple | None:
