@@ -1,4 +1,8 @@
-"""Scan <-> model space: geometry, normalisation, and relevance going back with its sum and location kept."""
+"""Scan <-> model space: geometry, normalisation, and relevance going back with its sum and location kept.
+
+These use the centred single-step grid (``align = "centre"``, what checkpoints written before ``align`` mean);
+the MONAI-style chain is checked in test_transform_chain.py and test_preprocess_monai.py.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,13 @@ import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from mri_lrp.errors import ScanError
+from mri_lrp.model.intensity import normalise
+from mri_lrp.model.resample import Linear
 from mri_lrp.model.spec import InputSpec
-from mri_lrp.model.transform import AxisResample, ModelInput, normalise, to_model, to_scan
+from mri_lrp.model.transform import ModelInput, to_model, to_scan
 from mri_lrp.scans.scan import Scan
+
+CENTRED = {"align": "centre", "padding": "edge", "antialias": True}
 
 
 def _scan(data: np.ndarray, affine: np.ndarray, name: str = "test") -> Scan:
@@ -58,7 +66,7 @@ def _assert_point_lands_at_world(scan: Scan, mi: ModelInput, model_index: tuple,
 
 @pytest.mark.parametrize("point", [(10, 17, 8), (3, 25, 14), (20, 5, 2)])
 def test_relevance_point_returns_to_its_world_position_in_las_scan(anatomical: Scan, point):
-    spec = InputSpec(spacing=(3.0, 3.0, 3.0), shape=(24, 30, 20), normalization="none")
+    spec = InputSpec(spacing=(3.0, 3.0, 3.0), shape=(24, 30, 20), normalization="none", **CENTRED)
     mi = to_model(anatomical, spec)
     assert mi.tensor.shape == (1, 24, 30, 20)
     _assert_point_lands_at_world(anatomical, mi, (0, *point), point)
@@ -66,7 +74,7 @@ def test_relevance_point_returns_to_its_world_position_in_las_scan(anatomical: S
 
 @pytest.mark.parametrize("point", [(40, 30, 9), (90, 70, 30), (5, 60, 15)])
 def test_relevance_point_returns_to_its_world_position_in_oblique_scan(example4d: Scan, point):
-    spec = InputSpec(spacing=(1.5, 1.5, 1.5), shape=(160, 128, 40), normalization="zscore", channels=2)
+    spec = InputSpec(spacing=(1.5, 1.5, 1.5), shape=(160, 128, 40), normalization="zscore", channels=2, **CENTRED)
     mi = to_model(example4d, spec)
     _assert_point_lands_at_world(example4d, mi, (1, *point), point)
 
@@ -76,7 +84,7 @@ def test_model_affine_maps_model_voxels_to_the_world_points_they_sample(anatomic
     ii, jj, kk = np.meshgrid(*[np.arange(n) for n in anatomical.shape], indexing="ij")
     world_x = anatomical.affine[0, 0] * ii + anatomical.affine[0, 3]
     scan = _scan(world_x, anatomical.affine)
-    mi = to_model(scan, InputSpec(spacing=(1.0, 3.0, 2.5), shape=(60, 20, 16), normalization="none"))
+    mi = to_model(scan, InputSpec(spacing=(1.0, 3.0, 2.5), shape=(60, 20, 16), normalization="none", **CENTRED))
     xs, ys, zs = np.meshgrid(*[np.arange(n) for n in mi.tensor.shape[1:]], indexing="ij")
     expected = mi.space.affine[0, 0] * xs + mi.space.affine[0, 3]
     inside = (expected >= world_x.min()) & (expected <= world_x.max())
@@ -84,7 +92,7 @@ def test_model_affine_maps_model_voxels_to_the_world_points_they_sample(anatomic
 
 
 def test_relevance_sum_is_preserved_for_random_relevance(example4d: Scan):
-    mi = to_model(example4d, InputSpec(spacing=(3.0, 2.5, 4.0), shape=(90, 64, 16), channels=3))
+    mi = to_model(example4d, InputSpec(spacing=(3.0, 2.5, 4.0), shape=(90, 64, 16), channels=3, **CENTRED))
     relevance = torch.randn(mi.tensor.shape, generator=torch.Generator().manual_seed(0))
     back = to_scan(relevance, mi)
     assert back.sum(dtype=np.float64) == pytest.approx(float(relevance.double().sum()), rel=1e-5, abs=1e-3)
@@ -93,7 +101,7 @@ def test_relevance_sum_is_preserved_for_random_relevance(example4d: Scan):
 def test_to_scan_is_the_exact_transpose_of_the_model_map(example4d: Scan):
     """<A x, r> == <x, A^T r>: relevance goes back through the very weights that built the model input."""
     spec = InputSpec(spacing=(3.0, 3.0, 3.0), shape=(50, 40, 20), normalization="none", channels=2,
-                     orientation="PSL")
+                     orientation="PSL", **CENTRED)
     mi = to_model(example4d, spec)
     r = torch.rand(mi.tensor.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
     lhs = float((mi.tensor.double() * r.double()).sum())
@@ -103,7 +111,7 @@ def test_to_scan_is_the_exact_transpose_of_the_model_map(example4d: Scan):
 
 @pytest.mark.parametrize("codes", ["RAS", "LAS", "PIR", "SLA", "IPL"])
 def test_reorientation_is_exact_and_round_trips(anatomical: Scan, codes: str):
-    mi = to_model(anatomical, InputSpec(orientation=codes, normalization="none"))
+    mi = to_model(anatomical, InputSpec(orientation=codes, normalization="none", **CENTRED))
     change = ornt_transform(io_orientation(anatomical.affine), axcodes2ornt(tuple(codes)))
     np.testing.assert_array_equal(mi.tensor[0].numpy(), apply_orientation(anatomical.data, change))
     assert nib.aff2axcodes(mi.space.affine) == tuple(codes)
@@ -113,7 +121,7 @@ def test_reorientation_is_exact_and_round_trips(anatomical: Scan, codes: str):
 
 
 def test_no_orientation_keeps_the_stored_voxel_order(anatomical: Scan):
-    mi = to_model(anatomical, InputSpec(orientation=None, normalization="none"))
+    mi = to_model(anatomical, InputSpec(orientation=None, normalization="none", **CENTRED))
     np.testing.assert_array_equal(mi.tensor[0].numpy(), anatomical.data)
     np.testing.assert_array_equal(mi.space.affine, anatomical.affine)
 
@@ -124,7 +132,7 @@ def test_las_and_ras_copies_of_the_same_data_give_the_same_model_tensor(nibabel_
     assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
     las_scan = _scan(img.get_fdata(dtype=np.float32), img.affine)
     ras_scan = _scan(ras.get_fdata(dtype=np.float32), ras.affine)
-    spec = InputSpec(spacing=(3.0, 2.5, 3.5), shape=(24, 30, 20), normalization="zscore")
+    spec = InputSpec(spacing=(3.0, 2.5, 3.5), shape=(24, 30, 20), normalization="zscore", **CENTRED)
     las_mi, ras_mi = to_model(las_scan, spec), to_model(ras_scan, spec)
     torch.testing.assert_close(las_mi.tensor, ras_mi.tensor, rtol=0, atol=1e-6)
     np.testing.assert_allclose(las_mi.space.affine, ras_mi.space.affine)
@@ -133,7 +141,7 @@ def test_las_and_ras_copies_of_the_same_data_give_the_same_model_tensor(nibabel_
 def test_resampling_matches_torch_trilinear_interpolation_when_upsampling():
     data = np.random.default_rng(2).random((8, 10, 6)).astype(np.float32)
     scan = _scan(data, np.diag([1.0, 1.0, 1.0, 1.0]))
-    mi = to_model(scan, InputSpec(spacing=(0.5, 0.5, 0.5), normalization="none"))
+    mi = to_model(scan, InputSpec(spacing=(0.5, 0.5, 0.5), normalization="none", **CENTRED))
     expected = F.interpolate(torch.from_numpy(data)[None, None], scale_factor=2, mode="trilinear",
                              align_corners=False)[0]
     torch.testing.assert_close(mi.tensor, expected, rtol=0, atol=1e-6)
@@ -141,25 +149,25 @@ def test_resampling_matches_torch_trilinear_interpolation_when_upsampling():
 
 def test_downsampling_weights_match_torch_antialiased_interpolation():
     image = torch.rand(32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    axis = AxisResample(n_in=32, n_out=8, start=1.5, step=4.0)
-    w = axis.weights()
+    w = torch.from_numpy(Linear(n_in=32, n_out=8, start=1.5, step=4.0, half_width=4.0).matrix())
     expected = F.interpolate(image[None, None], size=(8, 8), mode="bilinear", antialias=True,
                              align_corners=False)[0, 0]
     torch.testing.assert_close(w @ image @ w.T, expected, rtol=0, atol=1e-6)
 
 
 def test_weight_rows_sum_to_one_including_padding_outside_the_scan():
-    w = AxisResample(n_in=5, n_out=12, start=-3.3, step=0.9).weights()
-    torch.testing.assert_close(w.sum(dim=1), torch.ones(12, dtype=torch.float64))
+    w = Linear(n_in=5, n_out=12, start=-3.3, step=0.9).matrix()
+    np.testing.assert_allclose(w.sum(axis=1), np.ones(12))
     assert w[0, 0] == 1.0 and w[-1, -1] == 1.0  # wholly outside: the nearest edge voxel
 
 
 def test_downsampling_by_four_spreads_relevance_over_every_covered_voxel(anatomical: Scan):
-    mi = to_model(anatomical, InputSpec(spacing=(8.0, 8.0, 8.0), normalization="none"))
+    mi = to_model(anatomical, InputSpec(spacing=(8.0, 8.0, 8.0), normalization="none", **CENTRED))
     assert mi.tensor.shape == (1, 8, 10, 6)
-    assert all(r.step == 4.0 for r in mi.space.resample)
+    steps = [m.steps[0] for m in mi.space.maps]
+    assert all(s.step == 4.0 and s.half_width == 4.0 for s in steps)
     # The model positions land on whole scan voxels, so plain trilinear would touch only one voxel in 4³.
-    assert all(float(r.start).is_integer() for r in mi.space.resample)
+    assert all(float(s.start).is_integer() for s in steps)
     back = to_scan(torch.ones_like(mi.tensor), mi)
     assert (back > 0).all()
     assert back.sum(dtype=np.float64) == pytest.approx(mi.tensor.numel(), rel=1e-6)
@@ -171,7 +179,7 @@ def test_downsampling_by_four_spreads_relevance_over_every_covered_voxel(anatomi
 def test_zscore_uses_nonzero_voxels_and_keeps_background_zero():
     data = np.zeros((6, 6, 6), dtype=np.float32)
     data[1:5, 1:5, 1:5] = np.random.default_rng(4).normal(100.0, 15.0, (4, 4, 4))
-    out = normalise(torch.from_numpy(data), InputSpec(normalization="zscore")).numpy()
+    out = normalise(torch.from_numpy(data)[None], InputSpec(normalization="zscore"))[0].numpy()
     inside = data != 0
     expected = (data[inside] - data[inside].mean(dtype=np.float64)) / data[inside].std(dtype=np.float64)
     np.testing.assert_allclose(out[inside], expected, atol=1e-5)
@@ -180,7 +188,7 @@ def test_zscore_uses_nonzero_voxels_and_keeps_background_zero():
 
 def test_percentile_clips_and_scales_to_unit_range():
     data = np.random.default_rng(5).gamma(2.0, 50.0, (20, 20, 20)).astype(np.float32)
-    out = normalise(torch.from_numpy(data), InputSpec(normalization="percentile", clip=(1.0, 99.0))).numpy()
+    out = normalise(torch.from_numpy(data)[None], InputSpec(normalization="percentile", clip=(1.0, 99.0)))[0].numpy()
     lo, hi = np.percentile(data.astype(np.float64), [1.0, 99.0])
     np.testing.assert_allclose(out, (np.clip(data, lo, hi) - lo) / (hi - lo), atol=1e-5)
     assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
@@ -197,17 +205,18 @@ def test_minmax_scales_to_unit_range_and_none_leaves_values():
 @pytest.mark.parametrize("value", [0.0, 7.5])
 def test_constant_image_gives_finite_values(method: str, value: float):
     scan = _scan(np.full((5, 6, 7), value), np.diag([2.0, 2.0, 2.0, 1.0]))
-    mi = to_model(scan, InputSpec(normalization=method, spacing=(3.0, 3.0, 3.0)))
+    mi = to_model(scan, InputSpec(normalization=method, spacing=(3.0, 3.0, 3.0), **CENTRED))
     assert torch.isfinite(mi.tensor).all()
     if method != "none":
         assert (mi.tensor == 0).all()
 
 
 def test_2d_spec_feeds_every_axial_slice_in_plane_resampled(anatomical: Scan):
-    spec = InputSpec(dims=2, channels=3, shape=(48, 56), spacing=(1.5, 1.5), slice_axis="S")
+    spec = InputSpec(dims=2, channels=3, shape=(48, 56), spacing=(1.5, 1.5), slice_axis="S", **CENTRED)
     mi = to_model(anatomical, spec)
     assert mi.tensor.shape == (25, 3, 48, 56)
-    assert mi.space.slice_axis == 2 and mi.notes == ()
+    assert mi.space.slice_axis == 2
+    assert len(mi.notes) == 1 and mi.notes[0].startswith("warning: one image repeated into all 3")
     torch.testing.assert_close(mi.tensor[:, 0], mi.tensor[:, 2])
     _assert_point_lands_at_world(anatomical, mi, (11, 1, 20, 30), (20, 30, 11))
     relevance = torch.randn(mi.tensor.shape, generator=torch.Generator().manual_seed(6))
@@ -216,7 +225,7 @@ def test_2d_spec_feeds_every_axial_slice_in_plane_resampled(anatomical: Scan):
 
 
 def test_2d_spec_native_grid_slices_are_the_ras_volume_slices(anatomical: Scan):
-    mi = to_model(anatomical, InputSpec(dims=2, orientation=None, normalization="none", slice_axis="R"))
+    mi = to_model(anatomical, InputSpec(dims=2, orientation=None, normalization="none", slice_axis="R", **CENTRED))
     ras = nib.as_closest_canonical(nib.Nifti1Image(anatomical.data, anatomical.affine)).get_fdata()
     assert mi.tensor.shape == (33, 1, 41, 25)
     np.testing.assert_array_equal(mi.tensor[:, 0].numpy(), ras.astype(np.float32))
@@ -226,7 +235,7 @@ def test_2d_spec_native_grid_slices_are_the_ras_volume_slices(anatomical: Scan):
 def test_2d_spec_on_a_single_axial_slice(anatomical: Scan):
     scan = _scan(anatomical.data[:, :, 12:13], anatomical.affine @ _translate(0, 0, 12))
     assert scan.is_2d
-    mi = to_model(scan, InputSpec(dims=2, channels=2, shape=(64, 64)))
+    mi = to_model(scan, InputSpec(dims=2, channels=2, shape=(64, 64), **CENTRED))
     assert mi.tensor.shape == (1, 2, 64, 64)
     back = to_scan(torch.ones_like(mi.tensor), mi)
     assert back.shape == (33, 41, 1)
@@ -238,7 +247,7 @@ def test_2d_spec_on_a_single_sagittal_slice_cuts_through_its_own_plane(anatomica
     aff = anatomical.affine @ _translate(16, 0, 0)
     affine = np.column_stack([aff[:, 1], aff[:, 2], aff[:, 0], aff[:, 3]])
     scan = _scan(anatomical.data[16:17, :, :].transpose(1, 2, 0), affine)
-    mi = to_model(scan, InputSpec(dims=2, shape=(48, 32), normalization="none", slice_axis="S"))
+    mi = to_model(scan, InputSpec(dims=2, shape=(48, 32), normalization="none", slice_axis="S", **CENTRED))
     assert mi.tensor.shape == (1, 1, 48, 32)
     assert mi.notes and "slice axis S" in mi.notes[0]
     back = to_scan(torch.ones_like(mi.tensor), mi)
@@ -248,7 +257,7 @@ def test_2d_spec_on_a_single_sagittal_slice_cuts_through_its_own_plane(anatomica
 
 def test_3d_spec_on_a_single_slice_is_a_one_slice_volume(anatomical: Scan):
     scan = _scan(anatomical.data[:, :, 12:13], anatomical.affine @ _translate(0, 0, 12))
-    mi = to_model(scan, InputSpec(spacing=(2.0, 2.0, 2.0), shape=(32, 40, 4), normalization="none"))
+    mi = to_model(scan, InputSpec(spacing=(2.0, 2.0, 2.0), shape=(32, 40, 4), normalization="none", **CENTRED))
     assert mi.tensor.shape == (1, 32, 40, 4)
     torch.testing.assert_close(mi.tensor[0, :, :, 0], mi.tensor[0, :, :, 3])
     back = to_scan(torch.ones_like(mi.tensor), mi)
@@ -257,7 +266,7 @@ def test_3d_spec_on_a_single_slice_is_a_one_slice_volume(anatomical: Scan):
 
 
 def test_model_input_and_its_small_space_pickle_and_map_back_the_same(anatomical: Scan):
-    mi = to_model(anatomical, InputSpec(spacing=(3.0, 3.0, 3.0), shape=(20, 20, 20)))
+    mi = to_model(anatomical, InputSpec(spacing=(3.0, 3.0, 3.0), shape=(20, 20, 20), **CENTRED))
     copy = pickle.loads(pickle.dumps(mi))
     relevance = torch.rand(mi.tensor.shape, generator=torch.Generator().manual_seed(7))
     np.testing.assert_array_equal(to_scan(relevance, copy), to_scan(relevance, mi))
@@ -267,31 +276,31 @@ def test_model_input_and_its_small_space_pickle_and_map_back_the_same(anatomical
 
 
 def test_relevance_of_the_wrong_shape_is_refused(anatomical: Scan):
-    mi = to_model(anatomical, InputSpec())
+    mi = to_model(anatomical, InputSpec(**CENTRED))
     with pytest.raises(ValueError, match="relevance has shape"):
         to_scan(mi.tensor[0], mi)
 
 
 def test_absurd_model_grid_is_refused_before_allocation(anatomical: Scan):
     with pytest.raises(ScanError, match="too large") as err:
-        to_model(anatomical, InputSpec(spacing=(0.01, 0.01, 0.01)))
+        to_model(anatomical, InputSpec(spacing=(0.01, 0.01, 0.01), **CENTRED))
     assert err.value.stage == "preprocess" and err.value.path == "anatomical"
 
 
 def test_degenerate_affine_is_a_scan_error():
     scan = _scan(np.ones((4, 4, 4)), np.zeros((4, 4)))
     with pytest.raises(ScanError, match="orientation"):
-        to_model(scan, InputSpec())
+        to_model(scan, InputSpec(**CENTRED))
 
 
 def test_device_cpu_is_honoured(anatomical: Scan):
-    mi = to_model(anatomical, InputSpec(spacing=(3.0, 3.0, 3.0)), device=torch.device("cpu"))
+    mi = to_model(anatomical, InputSpec(spacing=(3.0, 3.0, 3.0), **CENTRED), device=torch.device("cpu"))
     assert mi.tensor.device.type == "cpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_cuda_gives_the_same_tensor_and_relevance_as_cpu(example4d: Scan):
-    spec = InputSpec(spacing=(3.0, 3.0, 3.0), shape=(64, 64, 24), channels=2, normalization="percentile")
+    spec = InputSpec(spacing=(3.0, 3.0, 3.0), shape=(64, 64, 24), channels=2, normalization="percentile", **CENTRED)
     cpu, gpu = to_model(example4d, spec, "cpu"), to_model(example4d, spec, "cuda")
     assert gpu.tensor.device.type == "cuda"
     torch.testing.assert_close(gpu.tensor.cpu(), cpu.tensor, rtol=1e-5, atol=1e-5)

@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-NORMALIZATIONS = ("zscore", "percentile", "minmax", "none")
+NORMALIZATIONS = ("zscore", "percentile", "minmax", "range", "meanstd", "imagenet", "none")
+INTERPOLATIONS = ("linear", "area", "nearest")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Keys added after the first checkpoint format: a spec stored without them means what it meant then (one
+# resampling step centred on the scan, anti-aliased, edge padding).
+STORED_BEFORE_ALIGN = {"align": "centre", "padding": "edge", "antialias": True}
+
+
+@dataclass(frozen=True)
+class CropForeground:
+    """MONAI ``CropForeground``: the box of voxels > ``threshold`` in any channel, grown by ``margin`` voxels
+    (one value, or one per model axis) on the resampled grid; a box past the image is padded."""
+
+    threshold: float = 0.0
+    margin: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The model's input contract.
+    """The model's input contract; the README's "Input spec" section lists every key.
 
     dims: 3 for volume models (input N, C, X, Y, Z), 2 for slice models (input N, C, X, Y; the scan's
       slices along ``slice_axis`` are fed one by one).
-    shape: model grid size per spatial dim, or None for the scan's native grid (after reorientation).
+    shape: model grid size per spatial dim, or None for the grid the earlier steps give.
     spacing: voxel size in mm per spatial dim, or None to keep the scan's spacing.
     orientation: axis codes of the model grid (e.g. "RAS"), or None to keep the stored voxel order.
-    normalization: "zscore" (over non-zero voxels), "percentile" (clip to ``clip`` percentiles, scale to
-      [0, 1]), "minmax" (to [0, 1]) or "none".
-    channel_names: one name per channel (e.g. ("t1", "t1ce", "t2", "flair")), the order of the model's input
-      channels; they pick each case's files and name the per-channel outputs. Empty: unnamed.
-    channel_files: (channel name, glob) pairs that pick each channel's file by name (``[input_spec.
-      channel_files]``); empty: the usual dataset layouts are recognised (see mri_lrp/scans/cases.py).
+    align: "corner" (MONAI ``Spacing``: first model voxel on the first scan voxel, then crop/resize steps) or
+      "centre" (one step: the model grid centred on the scan, spacing and shape at once).
+    resize: fit the (cropped) field of view into ``shape`` instead of centre cropping/padding to it.
+    normalization: "zscore" (over voxels exactly != 0), "percentile", "minmax", "range" (``range`` = a_min,
+      a_max, b_min, b_max), "meanstd" (per-channel ``mean``/``std``), "imagenet" (meanstd with ImageNet's
+      values) or "none"; per channel when ``channel_wise``; on the model grid ("last") or the scan's ("first").
     """
 
     dims: int = 3
@@ -34,8 +49,20 @@ class InputSpec:
     normalization: str = "zscore"
     clip: tuple[float, float] = (0.5, 99.5)
     slice_axis: str = "S"
+    align: str = "corner"
+    resize: bool = False
+    crop_foreground: CropForeground | None = None
+    padding: str = "zeros"
+    interpolation: str = "linear"
+    antialias: bool = False
+    range: tuple[float, float, float, float] | None = None
+    range_clip: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channel_wise: bool = False
+    normalization_order: str = "last"
     channel_names: tuple[str, ...] = ()
-    channel_files: tuple[tuple[str, str], ...] = ()
+    channel_files: dict[str, str] = field(default_factory=dict)   # channel name -> file glob (case matching)
 
     def __post_init__(self) -> None:
         if self.dims not in (2, 3):
@@ -46,62 +73,100 @@ class InputSpec:
             value = getattr(self, name)
             if value is not None and len(value) != self.dims:
                 raise ValueError(f"input spec: {name} needs {self.dims} values, got {list(value)}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"input spec: normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}")
+        _choice("normalization", self.normalization, NORMALIZATIONS)
+        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        _choice("padding", self.padding, ("zeros", "edge"))
+        _choice("align", self.align, ("corner", "centre"))
+        _choice("normalization_order", self.normalization_order, ("last", "first"))
         if self.orientation is not None and sorted(
                 self.orientation.upper().replace("L", "R").replace("P", "A").replace("I", "S")) != ["A", "R", "S"]:
             raise ValueError(
                 f"input spec: orientation must be three axis codes like 'RAS', not {self.orientation!r}")
         if self.slice_axis.upper() not in ("R", "L", "A", "P", "S", "I"):
             raise ValueError(f"input spec: slice_axis must be an axis code like 'S', not {self.slice_axis!r}")
-        _check_channel_names(self.channel_names, self.channels, self.channel_files)
+        if self.resize and self.shape is None:
+            raise ValueError("input spec: resize = true needs a shape to resize to")
+        if self.align == "centre" and (self.resize or self.crop_foreground is not None
+                                       or self.interpolation == "area"):
+            raise ValueError("input spec: align = 'centre' is one centred resampling step; resize, "
+                             "crop_foreground and interpolation = 'area' need align = 'corner'")
+        if self.crop_foreground is not None and len(self.crop_foreground.margin) not in (1, self.dims):
+            raise ValueError(f"input spec: crop_foreground margin needs 1 or {self.dims} values, "
+                             f"got {list(self.crop_foreground.margin)}")
+        if self.crop_foreground is not None and any(m < 0 for m in self.crop_foreground.margin):
+            raise ValueError(f"input spec: crop_foreground margin must be >= 0, got "
+                             f"{list(self.crop_foreground.margin)}")
+        self._check_intensity()
+
+    def _check_intensity(self) -> None:
+        if self.normalization == "range":
+            if self.range is None or len(self.range) != 4:
+                raise ValueError("input spec: normalization = 'range' needs range = [a_min, a_max, b_min, b_max]")
+            if self.range[0] == self.range[1]:
+                raise ValueError(f"input spec: range needs a_min != a_max, got {list(self.range)}")
+        if self.normalization == "meanstd":
+            if self.mean is None or self.std is None:
+                raise ValueError("input spec: normalization = 'meanstd' needs mean and std lists")
+            for name in ("mean", "std"):
+                if len(getattr(self, name)) not in (1, self.channels):
+                    raise ValueError(f"input spec: {name} needs 1 or {self.channels} values (one per channel), "
+                                     f"got {list(getattr(self, name))}")
+            if any(s <= 0 for s in self.std):
+                raise ValueError(f"input spec: std values must be > 0, got {list(self.std)}")
+        if self.normalization == "imagenet" and self.channels != 3:
+            raise ValueError(f"input spec: normalization = 'imagenet' is for 3-channel models, "
+                             f"this one has {self.channels}")
+        if self.channel_names and len(self.channel_names) != self.channels:
+            raise ValueError(f"input spec: channel_names has {len(self.channel_names)} names for "
+                             f"{self.channels} channels")
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel (mean, std) of a meanstd/imagenet spec, one value per channel."""
+        if self.normalization == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        assert self.mean is not None and self.std is not None
+        n = self.channels
+        return (tuple(self.mean) * n)[:n] if len(self.mean) == 1 else tuple(self.mean), \
+            (tuple(self.std) * n)[:n] if len(self.std) == 1 else tuple(self.std)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+    def from_dict(cls, d: dict[str, Any], stored: bool = False) -> InputSpec:
+        """From a TOML table or a checkpoint's metadata (``stored``: a checkpoint written before ``align``
+        existed keeps that era's single centred resampling step)."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for key in ("shape", "spacing", "clip"):
+        if stored and "align" not in d:
+            known = {**STORED_BEFORE_ALIGN, **known}
+        for key in ("shape", "spacing", "clip", "range", "mean", "std", "channel_names"):
             if known.get(key) is not None:
+                if not isinstance(known[key], (list, tuple)):
+                    raise ValueError(f"input spec: {key} must be a list, got {known[key]!r}")
                 known[key] = tuple(known[key])
-        names = known.get("channel_names")
-        if names is not None:
-            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-                raise ValueError(f"input spec: channel_names must be a list of names, not {names!r}")
-            known["channel_names"] = tuple(names)
-            known.setdefault("channels", len(names))  # the names say how many
+        crop = known.get("crop_foreground")
+        if crop is True:
+            known["crop_foreground"] = CropForeground()
+        elif crop is False:
+            known["crop_foreground"] = None
+        elif isinstance(crop, dict):
+            unknown = sorted(set(crop) - {"threshold", "margin"})
+            if unknown:
+                raise ValueError(f"input spec: crop_foreground has unknown key(s) {unknown} "
+                                 "(known: threshold, margin)")
+            margin = crop.get("margin", 0)
+            margin = tuple(int(m) for m in margin) if isinstance(margin, (list, tuple)) else (int(margin),)
+            known["crop_foreground"] = CropForeground(float(crop.get("threshold", 0.0)), margin)
+        elif crop is not None and not isinstance(crop, CropForeground):
+            raise ValueError(f"input spec: crop_foreground must be a table like {{threshold = 0.0, margin = 0}} "
+                             f"or true, got {crop!r}")
         files = known.get("channel_files")
-        if files is not None:
-            pairs = files.items() if isinstance(files, dict) else files
-            if isinstance(pairs, str) or not all(isinstance(p, (list, tuple)) and len(p) == 2
-                                                 and all(isinstance(v, str) for v in p) for p in pairs):
-                raise ValueError("input spec: channel_files must be a table of channel name = \"glob\", "
-                                 f"not {files!r}")
-            known["channel_files"] = tuple((str(k), str(v)) for k, v in pairs)
+        if files is not None and not (isinstance(files, dict)
+                                      and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+            raise ValueError(f"input spec: channel_files must be a table of channel name = \"glob\", got {files!r}")
         return cls(**known)
 
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _check_channel_names(names: tuple[str, ...], channels: int, files: tuple[tuple[str, str], ...]) -> None:
-    """Channel names become file names (relevance_<name>.nii.gz) and columns (share_<name>): safe, unique."""
-    if names and len(names) != channels:
-        raise ValueError(f"input spec: {len(names)} channel_names {list(names)} for {channels} channel(s)")
-    for name in names:
-        if not _SAFE_NAME.match(name) or name.lower() == "all":
-            raise ValueError(f"input spec: channel name {name!r} must be letters, digits, '.', '_' or '-' "
-                             "(and not 'all', which names the summed rows)")
-    if len({n.lower() for n in names}) != len(names):
-        raise ValueError(f"input spec: channel_names {list(names)} repeat a name")
-    if files:
-        if not names:
-            raise ValueError("input spec: channel_files needs channel_names, which give the channels' order")
-        unknown = [k for k, _ in files if k not in names]
-        missing = [n for n in names if n not in {k for k, _ in files}]
-        if unknown or missing:
-            raise ValueError(f"input spec: channel_files must give one glob per channel name {list(names)}"
-                             + (f"; unknown: {unknown}" if unknown else "")
-                             + (f"; missing: {missing}" if missing else ""))
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"input spec: {name} must be one of {', '.join(choices)}, not {value!r}")
