@@ -10,7 +10,6 @@ preview is a few hundred kB whatever the scan's size. The full-resolution map is
 from __future__ import annotations
 
 import base64
-import gzip
 import io
 import json
 import math
@@ -65,7 +64,9 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray, slope: float = 1.0) -> by
     buf = io.BytesIO()
     holder = nib.FileHolder(fileobj=buf)
     img.to_file_map({"image": holder, "header": holder})
-    return gzip.compress(buf.getvalue(), compresslevel=6, mtime=0)
+    from isal import igzip  # standard gzip, ~10x faster than zlib at the same size on these bytes
+
+    return igzip.compress(buf.getvalue(), compresslevel=3, mtime=0)
 
 
 def preview_volumes(scan: np.ndarray, relevance: np.ndarray, affine: np.ndarray) -> dict[str, object]:
