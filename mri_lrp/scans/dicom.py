@@ -9,11 +9,13 @@ export them and reports *why* a stack cannot be a volume. nibabel's `nicom` wrap
 from __future__ import annotations
 
 import math
+import operator
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -357,6 +359,27 @@ def _decode(ds: Dataset, name: str, location: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr
 
 
+def _odd_one_out(slices: list[SliceInfo], ref: ScanRef, what: str, key: Callable[[SliceInfo], Any],
+                 same: Callable[[Any, Any], bool], show: Callable[[Any], str]) -> None:
+    """Refuse a stack whose slices disagree on ``key``, naming the files that differ from the majority."""
+    groups: list[list[SliceInfo]] = []
+    for s in slices:
+        group = next((g for g in groups if same(key(g[0]), key(s))), None)
+        if group is None:
+            groups.append([s])
+        else:
+            group.append(s)
+    if len(groups) < 2:
+        return
+    usual = max(groups, key=len)
+    odd = [s for g in groups if g is not usual for s in g]
+    names = sorted({os.path.basename(ref.paths[s.path_index]) for s in odd})
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    values = ", ".join(dict.fromkeys(show(key(s)) for s in odd))
+    raise ScanError(ref.location, f"{listed}: {what} {values} differs from the other {len(usual)} image(s) of "
+                                  f"the stack ({show(key(usual[0]))})")
+
+
 def _slice_normal(orientation: tuple[float, ...], location: str) -> np.ndarray:
     """Unit normal of the slices (row direction × column direction); refuses a malformed orientation."""
     orient = np.asarray(orientation, dtype=np.float64)
@@ -368,9 +391,28 @@ def _slice_normal(orientation: tuple[float, ...], location: str) -> np.ndarray:
     return np.cross(row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir))
 
 
+def _stray_slices(steps: np.ndarray, base: float) -> list[int]:
+    """Slices that split one regular step (or a run of them) in two: an image of another acquisition that
+    landed between the slices of this one, not a gap."""
+    def tol(x: float) -> float:
+        return SPACING_ATOL + SPACING_RTOL * x
+
+    stray = []
+    for n in range(1, len(steps)):
+        a, b = float(steps[n - 1]), float(steps[n])
+        m = round((a + b) / base)
+        if a < base - tol(base) and b < base - tol(base) and m >= 1 and abs(a + b - m * base) <= tol(base * m):
+            stray.append(n)
+    return stray
+
+
 def _slice_step(positions: np.ndarray, normal: np.ndarray, thickness: float | None,
-                location: str) -> tuple[np.ndarray, list[str]]:
-    """The voxel step along k, after checking spacing, missing slices and gantry tilt."""
+                location: str, names: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
+    """The voxel step along k, after checking spacing, stray and missing slices, and gantry tilt.
+
+    The regular spacing is the median step, so one stray slice half-way between 3 mm slices is named as that
+    one file, not read as a 1.5 mm grid with every other slice missing.
+    """
     k = len(positions)
     if k == 1:
         if thickness is None or thickness <= 0:
@@ -378,7 +420,13 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray, thickness: float | No
         return normal * thickness, []
     d = positions @ normal
     steps = np.diff(d)
-    base = float(np.median(steps[steps <= steps.min() * (1 + SPACING_RTOL) + SPACING_ATOL]))
+    base = float(np.median(steps))
+    stray = _stray_slices(steps, base)
+    if stray:
+        where = [f"{names[n] if names else f'slice {n + 1}'} at {d[n] - d[0]:.2f} mm" for n in stray[:3]]
+        raise ScanError(location, f"{len(stray)} slice(s) off the regular {base:.2f} mm spacing: "
+                                  f"{', '.join(where)}{' ...' if len(stray) > 3 else ''} (from the first slice) "
+                                  "lie between the others (a file of another acquisition?)")
     missing, irregular, first_gap = 0, [], None
     for n, s in enumerate(steps):
         if abs(s - base) <= SPACING_ATOL + SPACING_RTOL * base:
@@ -482,8 +530,7 @@ def _read_stack(ref: ScanRef) -> tuple[np.ndarray, np.ndarray, dict[str, str], l
     else:
         slices = [s for i in range(len(datasets)) for s in slices_of(i)]
 
-    first = slices[0]
-    if any("MOSAIC" in t.upper() for t in first.image_type):
+    if any("MOSAIC" in t.upper() for t in slices[0].image_type):
         raise ScanError(loc, "Siemens MOSAIC images (many slices tiled in one image) are not supported: "
                              "convert the series to NIfTI first (e.g. with dcm2niix)")
     for s in slices:
@@ -495,12 +542,13 @@ def _read_stack(ref: ScanRef) -> tuple[np.ndarray, np.ndarray, dict[str, str], l
             raise ScanError(loc, f"{name}: no PixelSpacing")
         if not all(math.isfinite(v) and v > 0 for v in s.pixel_spacing):
             raise ScanError(loc, f"{name}: PixelSpacing {list(s.pixel_spacing)} is not two positive sizes")
-        if (s.rows, s.cols) != (first.rows, first.cols):
-            raise ScanError(loc, f"{name}: image size {s.rows}x{s.cols} differs from {first.rows}x{first.cols}")
-        if not _same_orientation(s.orientation, first.orientation):
-            raise ScanError(loc, f"{name}: slice orientation differs from the rest of the stack")
-        if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-3):
-            raise ScanError(loc, f"{name}: pixel spacing {s.pixel_spacing} differs from {first.pixel_spacing}")
+    # The odd one out is named against what most files agree on, never against the first file by name.
+    _odd_one_out(slices, ref, "image size", lambda s: (s.rows, s.cols), operator.eq, lambda v: f"{v[0]}x{v[1]}")
+    _odd_one_out(slices, ref, "slice orientation", lambda s: s.orientation, _same_orientation,
+                 lambda v: str([round(c, 4) for c in v]))
+    _odd_one_out(slices, ref, "pixel spacing", lambda s: s.pixel_spacing,
+                 lambda a, b: bool(np.allclose(a, b, rtol=1e-3)), lambda v: f"{v[0]:g}x{v[1]:g} mm")
+    first = slices[0]
     if first.rows * first.cols * len(slices) > MAX_VOXELS:
         raise ScanError(loc, f"{first.rows}x{first.cols}x{len(slices)} voxels is beyond the {MAX_VOXELS} "
                              "voxel limit; refusing a header that claims this much")
@@ -541,7 +589,8 @@ def _read_stack(ref: ScanRef) -> tuple[np.ndarray, np.ndarray, dict[str, str], l
         notes.append(f"{dropped} duplicate slice(s) with identical pixels ignored")
 
     positions = np.asarray([s.position for s in kept], dtype=np.float64)
-    step, step_notes = _slice_step(positions, normal, first.thickness, loc)
+    step, step_notes = _slice_step(positions, normal, first.thickness, loc,
+                                   [os.path.basename(ref.paths[s.path_index]) for s in kept])
     notes += step_notes
     orient = np.asarray(first.orientation, dtype=np.float64)
     row_dir = orient[:3] / np.linalg.norm(orient[:3])

@@ -212,6 +212,8 @@ def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives
                 refs.extend(_nifti_refs(f, volume, volumes))
         elif name.upper() == "DICOMDIR":
             skipped.append(Skipped(f.display, "DICOMDIR index file (the images it lists are read directly)"))
+        elif name.lower().endswith(".img") and os.path.isfile(f.abs_path[:-4] + ".hdr"):
+            skipped.append(Skipped(f.display, "voxel data of a .hdr/.img pair (read through its .hdr)"))
         else:
             probe = _probe_dicom(f)
             if isinstance(probe, DicomHeader):

@@ -7,7 +7,8 @@ import re
 from collections.abc import Iterable
 from pathlib import PurePath
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Files read as volumes through nibabel: NIfTI, Analyze/NIfTI pairs (by their .hdr), FreeSurfer MGH.
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".mgz", ".mgh")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_LEN = 150  # output folders are named after scan ids; stay well below the usual 255-byte name limit
 
