@@ -36,6 +36,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from mri_lrp.errors import SettingsError
 from mri_lrp.scans.ids import join_id, short_hash, strip_nifti_suffix
 from mri_lrp.scans.refs import ScanRef, Skipped
 
@@ -57,6 +58,7 @@ _LAYOUTS = (  # (name, stem pattern with groups 'case' and 'tag'), tried in this
 _NNUNET = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")
 _LABEL_STEM = re.compile(r"(?:^|[_.-])(seg|segmentation|mask|brainmask|label|labels|dseg|probseg)$", re.IGNORECASE)
 _LABEL_FOLDERS = ("labelsTr", "labelsTs")  # nnU-Net's label folders
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,35 @@ class ChannelPlan:
     names: tuple[str, ...] = ()
     files: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        """Channel names become file names (relevance_<name>.nii.gz) and columns (share_<name>): safe and unique;
+        globs must say which file each channel takes."""
+        names = self.names
+        if names and len(names) != self.count:
+            raise SettingsError(f"input_spec: {len(names)} channel_names {list(names)} for {self.count} channels")
+        for name in names:
+            if not _SAFE_NAME.match(name) or name.lower() == "all":
+                raise SettingsError(f"input_spec: channel name {name!r} must be letters, digits, '.', '_' or '-' "
+                                    "(and not 'all', which names the summed rows)")
+        if len({n.lower() for n in names}) != len(names):
+            raise SettingsError(f"input_spec: channel_names {list(names)} repeat a name")
+        if self.files:
+            given = [k for k, _ in self.files]
+            if not names:
+                raise SettingsError("input_spec: channel_files needs channel_names, which give the channels' order")
+            if sorted(given) != sorted(names):
+                raise SettingsError(f"input_spec: channel_files must give one glob per channel name {list(names)}, "
+                                    f"got globs for {given}")
+
     @classmethod
     def of(cls, spec: object) -> ChannelPlan | None:
         """The plan of an InputSpec, or None for a single-channel model (whose scans are single images)."""
         count = int(getattr(spec, "channels", 1))
         if count <= 1:
             return None
-        return cls(count, tuple(getattr(spec, "channel_names", ())), tuple(getattr(spec, "channel_files", ())))
+        files = getattr(spec, "channel_files", None) or {}
+        pairs = tuple(files.items()) if isinstance(files, dict) else tuple(tuple(p) for p in files)
+        return cls(count, tuple(getattr(spec, "channel_names", ())), pairs)
 
     def label(self, index: int) -> str:
         return self.names[index] if self.names else f"ch{index}"
@@ -391,6 +415,15 @@ def case_id(folder: str, prefix: str, study: str = "") -> str:
     return join_id(parts)
 
 
+def _id_folder(case: _Case) -> str:
+    """The folders a case id keeps: for BIDS, those above ``sub-X/`` (the prefix already names subject and
+    session), else all."""
+    parts = case.folder.split("/")
+    if case.layout == "BIDS" and case.prefix.split("_")[0] in parts:
+        return "/".join(parts[:parts.index(case.prefix.split("_")[0])])
+    return case.folder
+
+
 def _case_source(case: _Case) -> str:
     parts = [p for p in case.folder.split("/") if p and p != "."]
     if case.prefix and (not parts or case.prefix != parts[-1]):
@@ -423,7 +456,7 @@ def case_ref(case: _Case, plan: ChannelPlan) -> ScanRef:
     found = [it for items in case.members.values() for it in items]
     paths = tuple(dict.fromkeys(p for it in found for p in it.ref.paths))
     base = ScanRef(kind="+".join(dict.fromkeys(it.ref.kind for it in found)), source=source,
-                   scan_id=case_id(case.folder, case.prefix, case.study), paths=paths, location=location,
+                   scan_id=case_id(_id_folder(case), case.prefix, case.study), paths=paths, location=location,
                    identity=tuple(d for it in found for d in it.ref.identity), channels=labels,
                    notes=tuple(case.notes))
     error = _case_error(case, plan, labels)

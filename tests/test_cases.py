@@ -1,0 +1,265 @@
+"""Cases: files grouped into multi-channel model inputs in every layout, and read onto one grid."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from case_factory import AFFINE, GLOBS, LAYOUTS, NAMES, SHAPE, brats2021, channel_volumes, label_map, save
+
+from mri_lrp.errors import ScanError, SettingsError
+from mri_lrp.model.spec import InputSpec
+from mri_lrp.scans import discover, read_scan
+from mri_lrp.scans.cases import ChannelPlan, description_sequence, sequence_of
+from mri_lrp.scans.channels import resample_linear
+
+PLAN = ChannelPlan(4, NAMES)
+
+
+def cases(root: Path, plan: ChannelPlan | None = PLAN):
+    return discover([root], channels=plan)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_each_layout_gives_one_case_with_every_file_in_its_own_channel(tmp_path: Path, layout: str) -> None:
+    expected = LAYOUTS[layout](tmp_path)
+    plan = ChannelPlan(4, NAMES, tuple(GLOBS.items()) if layout == "globs" else ())
+    refs, skipped = cases(tmp_path, plan)
+    assert len(refs) == 1, [r.scan_id for r in refs]
+    ref = refs[0]
+    assert ref.error == "" and ref.channels == NAMES
+    scan = read_scan(ref)
+    assert scan.data.shape == (4, *expected.shape[1:]) and scan.channels == NAMES
+    np.testing.assert_array_equal(scan.data, expected)
+    assert not any("resampled" in w for w in scan.warnings)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", ref.scan_id) for ref in refs)
+    # segmentations and label folders are reported, never read as channels or scans
+    assert not any("seg" in p or "labelsTr" in p for p in ref.paths)
+
+
+def test_case_ids_come_from_the_case_folder_or_prefix_and_are_unique(tmp_path: Path) -> None:
+    brats2021(tmp_path / "a")
+    brats2021(tmp_path / "b")
+    brats2021(tmp_path / "a", case="BraTS2021_00008")
+    refs, _ = cases(tmp_path)
+    assert [r.scan_id for r in refs] == ["a__BraTS2021_00007", "a__BraTS2021_00008", "b__BraTS2021_00007"]
+    assert [r.source for r in refs] == ["a/BraTS2021_00007", "a/BraTS2021_00008", "b/BraTS2021_00007"]
+
+
+def test_files_of_several_cases_in_one_folder_split_by_their_prefix(tmp_path: Path) -> None:
+    vols = channel_volumes()
+    for case in ("P1", "P2"):
+        for c, tag in enumerate(("t1", "t1ce", "t2", "flair")):
+            save(vols[c], tmp_path / "flat" / f"{case}_{tag}.nii.gz")
+    refs, _ = cases(tmp_path)
+    assert [(r.scan_id, len(r.parts)) for r in refs] == [("flat__P1", 4), ("flat__P2", 4)]
+    assert refs[0].location.endswith("flat/P1*")
+
+
+def test_a_seg_file_is_never_a_scan_for_any_model(tmp_path: Path) -> None:
+    brats2021(tmp_path)
+    for plan in (None, PLAN):
+        refs, skipped = cases(tmp_path, plan)
+        assert not any(p.endswith("_seg.nii.gz") for r in refs for p in r.paths)
+        assert any(s.path.endswith("_seg.nii.gz") and "segmentation or mask" in s.reason for s in skipped)
+    single, _ = cases(tmp_path, None)
+    assert len(single) == 4 and all(not r.parts for r in single)
+
+
+def test_a_label_map_under_a_plain_name_fails_as_one_clear_row(tmp_path: Path) -> None:
+    save(label_map(), tmp_path / "tumour.nii.gz")
+    (ref,), _ = cases(tmp_path, None)
+    with pytest.raises(ScanError, match=r"only the whole numbers 0, 1, 2, 4: a label map"):
+        read_scan(ref)
+
+
+def test_nnunet_labels_folder_is_skipped(tmp_path: Path) -> None:
+    LAYOUTS["nnunet"](tmp_path)
+    refs, skipped = cases(tmp_path, None)
+    assert len(refs) == 4
+    assert any("labelsTr" in s.path and "nnU-Net" in s.reason for s in skipped)
+
+
+def test_a_missing_channel_makes_one_failure_that_names_what_was_found(tmp_path: Path) -> None:
+    brats2021(tmp_path)
+    next(tmp_path.rglob("*_t1ce.nii.gz")).unlink()
+    (ref,), _ = cases(tmp_path)
+    assert "missing channel(s) t1ce" in ref.error and "flair = BraTS2021_00007_flair.nii.gz" in ref.error
+    with pytest.raises(ScanError, match="missing channel"):
+        read_scan(ref)
+
+
+def test_two_files_for_one_channel_are_refused_not_guessed(tmp_path: Path) -> None:
+    LAYOUTS["bids"](tmp_path)
+    save(channel_volumes()[0], tmp_path / "sub-07" / "ses-1" / "anat" / "sub-07_ses-1_acq-fast_T1w.nii.gz")
+    (ref,), _ = cases(tmp_path)
+    assert ref.scan_id == "sub-07_ses-1"
+    assert "several files for one channel (t1: sub-07_ses-1_T1w.nii.gz, sub-07_ses-1_acq-fast_T1w.nii.gz" \
+        in ref.error
+
+
+def test_named_layouts_without_channel_names_ask_for_them(tmp_path: Path) -> None:
+    brats2021(tmp_path)
+    (ref,), _ = cases(tmp_path, ChannelPlan(4))
+    assert "set [input_spec] channel_names" in ref.error
+
+
+def test_index_layouts_need_no_names_and_take_dataset_json_names(tmp_path: Path) -> None:
+    expected = LAYOUTS["nnunet"](tmp_path)
+    (ref,), _ = cases(tmp_path, ChannelPlan(4))
+    assert ref.channels == ("T1", "T1Gd", "T2", "FLAIR")
+    np.testing.assert_array_equal(read_scan(ref).data, expected)
+
+
+def test_dataset_json_that_contradicts_the_model_is_a_warning_and_the_number_wins(tmp_path: Path) -> None:
+    expected = LAYOUTS["nnunet"](tmp_path)
+    meta = next(tmp_path.rglob("dataset.json"))
+    meta.write_text(json.dumps({"channel_names": {"0": "FLAIR", "1": "T1Gd", "2": "T2", "3": "T1"}}))
+    (ref,), _ = cases(tmp_path)
+    scan = read_scan(ref)
+    np.testing.assert_array_equal(scan.data, expected)
+    assert any("dataset.json calls channel 0 'FLAIR' but the model's channel 0 is 't1'" in w for w in scan.warnings)
+
+
+def test_a_4d_file_with_the_wrong_number_of_volumes_fails(tmp_path: Path) -> None:
+    save(np.moveaxis(channel_volumes()[:3], 0, -1), tmp_path / "three.nii.gz")
+    (ref,), _ = cases(tmp_path)
+    assert "4D file has 3 volumes but the model takes 4 channels" in ref.error
+
+
+def test_a_single_image_for_a_multichannel_model_carries_a_loud_warning(tmp_path: Path) -> None:
+    save(channel_volumes()[0], tmp_path / "T1_only.nii.gz")
+    (ref,), _ = cases(tmp_path)
+    assert not ref.parts
+    scan = read_scan(ref)
+    assert scan.data.ndim == 3
+    assert any(w.startswith("warning:") and "fits no case of the model's 4 channels" in w for w in scan.warnings)
+
+
+def test_a_sequence_the_model_does_not_take_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    brats2021(tmp_path)
+    refs, skipped = cases(tmp_path, ChannelPlan(2, ("t1", "flair")))
+    assert len(refs) == 1 and len(refs[0].parts) == 2
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert "none of the model's channels (t1, flair)" in reasons["BraTS2021_00007_t1ce.nii.gz"]
+
+
+def test_overlapping_channel_globs_are_refused(tmp_path: Path) -> None:
+    brats2021(tmp_path)
+    globs = (("t1", "*_t1*.nii.gz"), ("t1ce", "*_t1ce.nii.gz"), ("t2", "*_t2.nii.gz"), ("flair", "*_flair.nii.gz"))
+    (ref,), skipped = cases(tmp_path, ChannelPlan(4, NAMES, globs))
+    assert any("matches the channel_files globs of t1 and t1ce" in s.reason for s in skipped)
+    assert "missing channel(s) t1ce" in ref.error
+
+
+def test_case_refs_pickle_for_the_reader_processes(tmp_path: Path) -> None:
+    brats2021(tmp_path)
+    (ref,), _ = cases(tmp_path)
+    assert pickle.loads(pickle.dumps(ref)) == ref
+
+
+@pytest.mark.parametrize("name, sequence", [("T1Gd", "t1ce"), ("t1c", "t1ce"), ("T1w", "t1"), ("t2f", "flair"),
+                                            ("T2-FLAIR", "flair"), ("T2w", "t2"), ("adc", None)])
+def test_channel_names_map_to_sequences(name: str, sequence: str | None) -> None:
+    assert sequence_of(name) == sequence
+
+
+@pytest.mark.parametrize("description, sequence", [
+    ("T1 AX POST GD", "t1ce"), ("t1_mprage_sag_p2_iso+C", "t1ce"), ("AX T1 SE", "t1"), ("Ax T2 FLAIR", "flair"),
+    ("T2W_TSE_TRA", "t2"), ("T2* GRE", None), ("DWI b1000", None), ("3-plane localizer", None),
+    ("POST-CONTRAST 3D T1", "t1ce"), ("sag T1 posterior fossa", "t1")])
+def test_series_descriptions_map_to_sequences(description: str, sequence: str | None) -> None:
+    assert description_sequence(description) == sequence
+
+
+# ------------------------------------------------------------------------------------------- other grids
+
+def _world(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float64)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _linear(world: np.ndarray) -> np.ndarray:
+    return (3.0 * world[..., 0] - 2.0 * world[..., 1] + 0.5 * world[..., 2] + 400.0).astype(np.float32)
+
+
+def test_resampling_reproduces_a_linear_image_exactly_inside_the_other_grid() -> None:
+    # Trilinear interpolation is exact for a function linear in world space: an independent reference.
+    rot = np.array([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]])
+    src_affine = np.eye(4)
+    src_affine[:3, :3] = rot @ np.diag([0.7, 0.9, 1.5])
+    src_affine[:3, 3] = [14.0, -34.0, 2.0]
+    src_shape = (40, 36, 16)
+    values, inside = resample_linear(_linear(_world(src_shape, src_affine)), src_affine, SHAPE, AFFINE)
+    coords = _world(SHAPE, AFFINE) @ np.linalg.inv(src_affine)[:3, :3].T + np.linalg.inv(src_affine)[:3, 3]
+    within = np.all((coords >= 0) & (coords <= np.asarray(src_shape) - 1), axis=-1)
+    assert within.sum() > 0.5 * within.size
+    np.testing.assert_allclose(values[within], _linear(_world(SHAPE, AFFINE))[within], rtol=1e-5)
+    assert 0 < inside <= 1
+
+
+def test_a_channel_on_another_grid_is_resampled_onto_the_first_and_the_warning_says_so(tmp_path: Path) -> None:
+    vols = brats2021(tmp_path)
+    flair = next(tmp_path.rglob("*_flair.nii.gz"))
+    fine = AFFINE.copy()
+    fine[:3, :3] = AFFINE[:3, :3] / 2  # half the voxel size, same origin: every first-grid voxel is a fine one
+    big = np.zeros((24, 20, 16), dtype=np.float32)
+    big[::2, ::2, ::2] = vols[3]
+    save(big, flair, fine)
+    (ref,), _ = cases(tmp_path)
+    scan = read_scan(ref)
+    np.testing.assert_allclose(scan.data[3], vols[3], rtol=1e-6)
+    np.testing.assert_array_equal(scan.data[:3], vols[:3])
+    assert any(w.startswith("flair resampled (trilinear, world space) onto the t1 grid") for w in scan.warnings)
+
+
+def test_channels_that_share_no_point_in_world_space_are_refused(tmp_path: Path) -> None:
+    vols = brats2021(tmp_path)
+    far = AFFINE.copy()
+    far[:3, 3] += 500.0
+    save(vols[2], next(tmp_path.rglob("*_t2.nii.gz")), far)
+    (ref,), _ = cases(tmp_path)
+    with pytest.raises(ScanError, match="share no point in world space"):
+        read_scan(ref)
+
+
+def test_dicom_series_on_other_grids_are_resampled_within_their_study(tmp_path: Path) -> None:
+    from dicom_factory import AXIAL, Geometry, write_series
+
+    fine = Geometry(pixel_spacing=(0.3, 0.25), slice_step=(0.0, 0.0, 1.0), origin=AXIAL.origin)
+    descriptions = ("T1 AX", "T1 AX +C", "T2 AX", "FLAIR AX")
+    for c, description in enumerate(descriptions):
+        geometry, n, size = (fine, 11, 32) if c == 2 else (AXIAL, 6, 16)
+        write_series(tmp_path / "study" / f"s{c}", geometry, n_slices=n, rows=size, cols=size,
+                     series_number=c + 1, description=description)
+    (ref,), _ = cases(tmp_path)
+    scan = read_scan(ref)
+    assert scan.data.shape == (4, 16, 16, 6)
+    assert any(w.startswith("t2 resampled") for w in scan.warnings)
+    assert [p.series_description for p in ref.parts] == list(descriptions)
+
+
+# --------------------------------------------------------------------------------------------- the spec
+
+def test_channel_names_and_globs_come_from_the_config_spec() -> None:
+    spec = InputSpec.from_dict({"channels": 4, "channel_names": list(NAMES), "channel_files": GLOBS})
+    assert spec.channel_names == NAMES
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    assert ChannelPlan.of(spec) == ChannelPlan(4, NAMES, tuple(GLOBS.items()))
+    assert ChannelPlan.of(InputSpec()) is None
+
+
+@pytest.mark.parametrize("names, globs, message", [
+    (("t1", "T1"), {}, "repeat a name"),
+    (("t1", "t 2"), {}, "letters, digits"),
+    (("all", "t2"), {}, "not 'all'"),
+    (("t1", "t2"), {"t1": "*_t1.nii"}, "one glob per channel name"),
+    ((), {"t1": "*_t1.nii", "t2": "*_t2.nii"}, "needs channel_names"),
+])
+def test_bad_channel_names_are_refused_with_the_reason(names: tuple, globs: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        ChannelPlan.of(InputSpec(channels=2, channel_names=names, channel_files=globs))
