@@ -24,6 +24,58 @@ def dense_matrix(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple[torch.Ten
     return cols.T.contiguous(), bias
 
 
+class SqueezeExcite(nn.Module):
+    """x · sigmoid(fc(pool(x))): a squeeze-excitation gate (signal-take-all: relevance stays with x)."""
+
+    def __init__(self, channels: int, spatial_dims: int, hidden: int = 2) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels), nn.Sigmoid())
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.fc(x.flatten(2).mean(2))
+        for _ in range(self.spatial_dims):
+            g = g.unsqueeze(-1)
+        return x * g
+
+
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+COPIES = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad2d, nn.ReplicationPad1d,
+          nn.ReplicationPad2d, nn.ReplicationPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d)
+
+
+def norm_matrix(layer: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(L, β, eps) of a Layer/Group/Instance norm on ONE sample a (C, ...): y = L a + β with σ frozen at a.
+
+    Written from the definition: within a group G of N entries, L[k, j] = γ_k (δ_kj − 1/N) / σ_G.
+    """
+    shape = a.shape
+    n = a.numel()
+    if isinstance(layer, nn.LayerNorm):
+        per = math.prod(layer.normalized_shape)
+        group = torch.arange(n) // per
+        gamma = layer.weight.detach().reshape(-1).repeat(n // per) if layer.weight is not None else torch.ones(n)
+        beta = layer.bias.detach().reshape(-1).repeat(n // per) if layer.bias is not None else torch.zeros(n)
+    else:
+        groups = layer.num_groups if isinstance(layer, nn.GroupNorm) else shape[0]
+        per_channel = math.prod(shape[1:])
+        group = torch.arange(n) // (n // groups)
+        channel = torch.arange(n) // per_channel
+        weight = getattr(layer, "weight", None)
+        bias = getattr(layer, "bias", None)
+        gamma = weight.detach()[channel] if weight is not None else torch.ones(n)
+        beta = bias.detach()[channel] if bias is not None else torch.zeros(n)
+    flat = a.reshape(-1)
+    L = torch.zeros(n, n, dtype=torch.float64)
+    for g in group.unique():
+        idx = (group == g).nonzero().reshape(-1)
+        vals = flat[idx]
+        sigma = math.sqrt(float(((vals - vals.mean()) ** 2).mean()) + layer.eps)
+        centring = torch.eye(len(idx), dtype=torch.float64) - 1.0 / len(idx)
+        L[idx.view(-1, 1), idx.view(1, -1)] = gamma[idx].to(torch.float64).view(-1, 1) * centring / sigma
+    return L, beta.to(torch.float64), layer.eps
+
+
 def _stab(z: float, eps: float) -> float:
     return z + eps * (1.0 if z >= 0 else -1.0)
 
@@ -88,10 +140,12 @@ def init_relevance(logits: torch.Tensor, target: int, init: str) -> torch.Tensor
 
 
 def reference_lrp(model: nn.Sequential, x: torch.Tensor, rules: list[dict], target: int | None = None,
-                  init: str = "prob") -> tuple[torch.Tensor, torch.Tensor]:
+                  init: str = "prob", norm_epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """(relevance of x, output relevance) for ONE sample x (no batch dim) of a sequential float64 model.
 
-    `rules` holds one rule dict per conv/linear layer, in order.
+    `rules` holds one rule dict per conv/linear layer (or Sequential block), in order. Normalisation layers get
+    the ε rule on their frozen-σ matrix with `norm_epsilon`; padding and nearest upsampling return relevance to
+    the copied input; other upsampling gets LRP-0 on its matrix; activations and gates pass it unchanged.
     """
     model = model.double()
     acts, mats = [x.double().reshape(1, *x.shape)], []
@@ -99,16 +153,25 @@ def reference_lrp(model: nn.Sequential, x: torch.Tensor, rules: list[dict], targ
     for layer in model:
         a = acts[-1]
         in_shape = tuple(a.shape[1:])
-        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            W, b = dense_matrix(layer, in_shape)
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Sequential)):
+            W, b = dense_matrix(layer, in_shape)  # a Sequential is one affine block (conv + BatchNorm, merged)
             mats.append(("layer", W, b, next(rule_iter), in_shape))
+        elif isinstance(layer, NORMS):
+            L, beta, _ = norm_matrix(layer, a[0])
+            mats.append(("layer", L, beta, {"rule": "epsilon", "epsilon": norm_epsilon}, in_shape))
+        elif isinstance(layer, COPIES) or (isinstance(layer, nn.Upsample) and layer.mode == "nearest"):
+            W, _ = dense_matrix(layer, in_shape)  # 0/1 copies: relevance returns to the source (the transpose)
+            mats.append(("copy", W, in_shape))
+        elif isinstance(layer, nn.Upsample):
+            W, b = dense_matrix(layer, in_shape)
+            mats.append(("layer", W, b, {"rule": "zero"}, in_shape))
         elif isinstance(layer, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                                 nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
             W, b = dense_matrix(layer, in_shape)
             mats.append(("layer", W, b, {"rule": "zero"}, in_shape))
         elif isinstance(layer, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
             mats.append(("max", layer, in_shape))
-        else:  # ReLU, Flatten: relevance passes unchanged / is reshaped
+        else:  # ReLU, GELU, Tanh, ..., SqueezeExcite, Flatten: relevance passes unchanged / is reshaped
             mats.append(("same", None, in_shape))
         with torch.no_grad():
             acts.append(layer(a))
@@ -121,6 +184,8 @@ def reference_lrp(model: nn.Sequential, x: torch.Tensor, rules: list[dict], targ
         if kind == "layer":
             W, b, rule, in_shape = rest
             r = rule_matrix(rule, W, b, flat_a).T @ r
+        elif kind == "copy":
+            r = rest[0].T @ r
         elif kind == "max":
             layer, in_shape = rest
             pool = type(layer).__name__[-2:]

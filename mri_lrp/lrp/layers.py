@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from mri_lrp.lrp.kinds import Build, Step, name_of, register
+from mri_lrp.lrp.kinds import Build, RunContext, Step, name_of, register
 from mri_lrp.lrp.ops import ElementwiseEpsilon, Gate, LayerRule, Normalise, PassThrough, PositiveLinear, Routed, Sum
 from mri_lrp.lrp.rules import Affine
 
@@ -262,7 +262,7 @@ def _activation(b: Build) -> Step:
 # --- routing: values moved, copied or selected; the gradient routes relevance unchanged -------------------
 
 ROUTE = ("view", "reshape", "flatten", "unflatten", "permute", "transpose", "t", "squeeze", "unsqueeze",
-         "contiguous", "cat", "concat", "concatenate", "stack", "split", "chunk", "unbind", "getitem", "movedim",
+         "contiguous", "split", "chunk", "unbind", "getitem", "movedim",
          "swapaxes", "narrow", "clone", "view_as", "reshape_as", "expand", "expand_as", "repeat", "tile", "flip",
          "roll", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "to", "float",
          "type_as", "detach_copy")
@@ -273,6 +273,30 @@ MAX_POOLS = ("max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices"
 @register("routing", functions=ROUTE)
 def _route(b: Build) -> Step:
     return _plain(b.fn)
+
+
+@register("concatenation", functions=("cat", "concat", "concatenate", "stack"))
+def _concat(b: Build) -> Step:
+    """Routing; with constant operands (a ViT's class token) the relevance landing on them is absorbed."""
+    parts = b.arg(0, "tensors")
+    if not isinstance(parts, (list, tuple)):
+        return _plain(b.fn)
+    live = [i for i, p in enumerate(parts) if isinstance(p, fx.Node) and p in b.state.dep]
+    if len(live) == len(parts):
+        return _plain(b.fn)
+    if len(live) > 1:
+        b.refuse("concatenation of several input-dependent tensors with constants: no LRP rule here; "
+                 "concatenate the constants onto one of them first")
+    i, fn = live[0], b.fn
+    b.row("routing (relevance on the constant operands is absorbed)")
+
+    def step(a: tuple, k: dict, c: RunContext) -> torch.Tensor:
+        parts = list(a[0])
+
+        def joined(t: torch.Tensor) -> torch.Tensor:
+            return fn([*parts[:i], t, *parts[i + 1:]], *a[1:], **k)
+        return Routed.apply(parts[i], joined, c.tracker)
+    return step
 
 
 @register("max pooling", functions=MAX_POOLS, modules=(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
@@ -433,10 +457,4 @@ def _scale(b: Build) -> Step:
                  f"factor is torch.sigmoid / nn.Sigmoid / hardsigmoid of a branch")
     b.refuse("division by an input-dependent tensor: no LRP rule" if name in {"div", "truediv"} else
              "product of two input-dependent tensors: no LRP rule")
-    return _plain(b.fn)  # unreachable
-
-
-@register("softmax", modules=(nn.Softmax, nn.LogSoftmax), functions=("softmax", "log_softmax"))
-def _softmax(b: Build) -> Step:
-    b.refuse("softmax is only supported as the last operation")
     return _plain(b.fn)  # unreachable

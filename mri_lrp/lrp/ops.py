@@ -24,11 +24,15 @@ class Tracker:
 
     def record(self, r_out: torch.Tensor, r_in: torch.Tensor | tuple[torch.Tensor, ...],
                scale: float = 1.0) -> None:
-        """Add scale·ΣR_out − ΣR_in for each sample (ops whose leading dim is not the batch are skipped)."""
+        """Add scale·ΣR_out − ΣR_in for each sample. A leading dim that is a multiple of the batch (windows or
+        heads folded into it, batch outermost) is summed per sample; other layouts are skipped."""
         ins = r_in if isinstance(r_in, tuple) else (r_in,)
-        if r_out.dim() == 0 or r_out.shape[0] != self.batch or any(t.shape[0] != self.batch for t in ins):
+        if any(t.dim() == 0 or t.shape[0] % self.batch for t in (r_out, *ins)):
             return
-        lost = r_out.flatten(1).sum(1) * scale - sum(t.flatten(1).sum(1) for t in ins)
+
+        def per_sample(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(self.batch, -1).sum(1)
+        lost = per_sample(r_out) * scale - sum(per_sample(t) for t in ins)
         self.absorbed = lost if self.absorbed is None else self.absorbed + lost
 
 
