@@ -214,8 +214,8 @@ class Branchy(nn.Module):
 @pytest.mark.parametrize(("model", "shape", "op", "layer"), [
     (Squared(), (1, 1, 8, 8), "mul", "mul"),
     (WithLstm(), (1, 1, 8), "LSTM", "rnn"),
-    (Branchy(), (1, 4), "trace", "Branchy"),
-    (nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 2)), (1, 4), "Softmax", "1"),
+    (Branchy(), (1, 4), "Branchy", "Branchy"),
+    (nn.Sequential(nn.Linear(4, 4), nn.LogSoftmax(dim=1), nn.Linear(4, 2)), (1, 4), "LogSoftmax", "1"),
 ])
 def test_unsupported_operation_raises_naming_op_and_layer(model: nn.Module, shape: tuple, op: str,
                                                           layer: str) -> None:

@@ -19,10 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from mri_lrp.errors import UnsupportedLayerError
-from mri_lrp.lrp.ops import Tracker
+from mri_lrp.lrp import layers  # noqa: F401 - the built-in kinds first: the softmax kind below replaces theirs
+from mri_lrp.lrp.kinds import Build, RunContext, Site, Step, register
+from mri_lrp.lrp.ops import LayerRule, Tracker
 from mri_lrp.lrp.rules import Affine, stabilise
 
 Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -208,3 +211,80 @@ def matmul_pair(name: str) -> Pair:
     """The bilinear map of a matmul-like call (`@`, matmul, bmm, mm)."""
     return {"bmm": torch.bmm, "mm": torch.mm}.get(name, torch.matmul)
 
+
+
+# --- layer kinds ------------------------------------------------------------------------------------------
+
+def _depends(b: Build, value: Any) -> bool:
+    return isinstance(value, fx.Node) and value in b.state.dep
+
+
+@register("softmax (AttnLRP)", modules=(nn.Softmax,), functions=("softmax",), replace=True)
+def _softmax(b: Build) -> Step:
+    """A softmax inside the network (the final one is stripped before building: explanations start at logits)."""
+    if b.module is not None:
+        dim, dtype = b.module.dim, None
+    else:
+        if b.tensor_deps != [0]:
+            b.refuse("softmax of an input-dependent tensor other than its first argument: no LRP rule")
+        dim, dtype = softmax_dim(b.node.args, b.node.kwargs), b.node.kwargs.get("dtype")
+    if not isinstance(dim, int):
+        b.refuse("softmax without an explicit dim: give nn.Softmax / softmax its dim")
+    b.row("AttnLRP softmax: linearised at its input (the expansion's bias is absorbed)")
+    return lambda a, k, c: softmax(a[0], dim, dtype, c.tracker)
+
+
+@register("matrix product", functions=("matmul", "bmm", "mm", "einsum"))
+def _product(b: Build) -> Step:
+    """Two input-dependent factors: the uniform rule; one: the ε rule with the constant factor held."""
+    name = b.op
+    offset = 1 if name == "einsum" else 0
+    operands = b.node.args[offset:]
+    if name == "einsum" and not isinstance(b.node.args[0], str):
+        b.refuse("einsum with a non-literal equation: no LRP rule")
+    if len(operands) != 2 or b.node.kwargs:
+        b.refuse(f"{name} of {len(operands)} operands: LRP rules cover products of two tensors")
+    signals = (_depends(b, operands[0]), _depends(b, operands[1]))
+    fn = einsum_pair(b.node.args[0]) if name == "einsum" else matmul_pair(name)
+    eps = b.options.residual_epsilon
+    b.row(f"uniform rule: half to each factor, epsilon={eps:g}" if all(signals) else
+          f"epsilon={eps:g}, the constant factor held")
+    i, j = offset, offset + 1
+    return lambda a, k, c: Bilinear.apply(a[i], a[j], fn, signals, eps, c.tracker)
+
+
+@register("scaled dot-product attention", functions=("scaled_dot_product_attention",))
+def _sdpa(b: Build) -> Step:
+    mask = b.arg(3, "attn_mask")
+    if _depends(b, mask):
+        b.refuse("attention mask computed from the input: no LRP rule")
+    eps = b.options.residual_epsilon
+    dropout = b.arg(4, "dropout_p", 0.0)
+    note = " (dropout_p ignored: the explained network is the eval-mode one)" if dropout else ""
+    b.row(f"AttnLRP: uniform rule on q·kᵀ and A·v (epsilon={eps:g}), softmax linearised{note}")
+    return lambda a, k, c: scaled_dot_product_attention(eps, c.tracker, *a, **k)
+
+
+@register("multi-head attention", modules=(nn.MultiheadAttention,))
+def _multihead(b: Build) -> Step:
+    """The four projections become layers with rules (named `<path>.q_proj` ... `<path>.out_proj`)."""
+    module, where, state = b.module, b.where, b.state
+    for name, value in b.node.kwargs.items():
+        if name.endswith("mask") and _depends(b, value):
+            b.refuse(f"{name} computed from the input: no LRP rule")
+    first = b.node not in state.after_layer
+    indices = []
+    for name, layer in multihead_projections(module, where):
+        indices.append(len(state.sites))
+        state.sites.append(Site(name, "Linear", layer, first=first and not name.endswith("out_proj")))
+        state.rows.append((name, "Linear", indices[-1]))
+    state.site_of[b.node] = indices[-1]
+    eps = b.options.residual_epsilon
+    b.row(f"AttnLRP: uniform rule on q·kᵀ and A·v (epsilon={eps:g}), softmax linearised")
+    sites = state.sites
+
+    def step(a: tuple, k: dict, c: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def project(i: int, t: torch.Tensor) -> torch.Tensor:
+            return LayerRule.apply(t, sites[indices[i]].layer, c.rules[indices[i]], c.tracker)
+        return multihead_attention(module, project, eps, c.tracker, *a, **k)
+    return step

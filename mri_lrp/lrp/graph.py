@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch import nn
 
 from mri_lrp.errors import UnsupportedLayerError
-from mri_lrp.lrp import layers  # noqa: F401 - registers the built-in layer kinds
+from mri_lrp.lrp import attention, layers, tracing  # noqa: F401 - importing them registers the layer kinds
 from mri_lrp.lrp.kinds import (
     Build,
     BuildState,
@@ -63,21 +63,9 @@ class LrpGraph:
         return env[self.output]
 
 
-class _Tracer(fx.Tracer):
-    """fx's tracer, with every module class that has a registered layer kind kept whole (a leaf)."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
-
-
 def trace(model: nn.Module) -> fx.Graph:
-    """torch.fx graph of the model's forward; a failure becomes a clear UnsupportedLayerError."""
-    try:
-        return _Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means the same thing to the user
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedLayerError("trace", type(model).__name__,
-                                    f"the model is not traceable with torch.fx ({reason})") from exc
+    """torch.fx graph of the model's forward (see tracing.py); a failure becomes a clear UnsupportedLayerError."""
+    return tracing.trace(model, is_leaf)
 
 
 def build(model: nn.Module, batchnorm: str = "pass", residual_epsilon: float = 1e-6,
