@@ -81,7 +81,7 @@ def parse_bids_name(source: str) -> BidsName | None:
     pieces = name.split("_")
     entities = [m.groups() for m in map(_ENTITY.match, pieces) if m]
     rest = [p for p in pieces if not _ENTITY.match(p)]
-    suffix = rest[-1] if rest and _SUFFIX.match(rest[-1]) else ""
+    suffix = rest[-1] if entities and rest and _SUFFIX.match(rest[-1]) else ""  # a BIDS-named file's own
     found = dict(entities)
     for folder in parts[:-1]:
         m = _ENTITY.match(folder)

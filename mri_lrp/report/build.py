@@ -77,6 +77,23 @@ def _scan_files(out: Path, scan_id: str) -> list[str]:
     return files
 
 
+def _write_page(path: Path, text: str) -> None:
+    """Write a scan page unless it already holds ``text``; renamed into place but not fsynced.
+
+    A page is derived from the run's files and rebuilt by `mri-lrp report`, so thousands of fsyncs (most of the
+    time a large report takes) buy nothing; an unchanged page is not rewritten at all.
+    """
+    data = text.encode("utf-8")
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def copy_assets(target: Path) -> None:
     """Copy the page scripts, styles and the vendored viewer to ``target`` (skipping ones already there)."""
     target.mkdir(parents=True, exist_ok=True)
@@ -124,7 +141,7 @@ def write_report(out: Path) -> Path:
                      "_thumb": _href(overlays[0]) if overlays else ""})
         neighbours = (ids[n - 1] if n else None, ids[n + 1] if n + 1 < len(ids) else None)
         html = scan_page(out, row, files, by_scan.get(scan_id, []), neighbours)
-        atomic_write_text(report_dir / "scans" / _scan_page_name(scan_id), html)
+        _write_page(report_dir / "scans" / _scan_page_name(scan_id), html)
     page = out / REPORT_NAME
     atomic_write_text(page, main_page(out, run, summary, rows, failures, skipped, regions))
     return page
