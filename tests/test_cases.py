@@ -263,3 +263,18 @@ def test_channel_names_and_globs_come_from_the_config_spec() -> None:
 def test_bad_channel_names_are_refused_with_the_reason(names: tuple, globs: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         ChannelPlan.of(InputSpec(channels=2, channel_names=names, channel_files=globs))
+
+
+def test_the_brats_example_config_groups_a_brats_folder_into_cases(tmp_path: Path) -> None:
+    from mri_lrp.settings import build_settings
+
+    brats2021(tmp_path, "BraTS2021_00000")
+    config = Path(__file__).resolve().parents[1] / "configs" / "brats-4channel.toml"
+    (tmp_path.parent / "best_model.pth").touch()
+    settings = build_settings({"scans": (str(tmp_path),), "checkpoint": str(tmp_path.parent / "best_model.pth")},
+                              str(config))
+    plan = ChannelPlan.of(InputSpec.from_dict(settings.input_spec))
+    assert plan == ChannelPlan(4, NAMES)
+    (ref,), skipped = cases(tmp_path, plan)
+    assert ref.scan_id == "BraTS2021_00000" and len(ref.parts) == 4
+    assert [Path(s.path).name for s in skipped] == ["BraTS2021_00000_seg.nii.gz"]
