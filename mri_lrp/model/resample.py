@@ -39,7 +39,10 @@ class Linear:
     def matrix(self) -> np.ndarray:
         pos = self.start + self.step * np.arange(self.n_out, dtype=np.float64)
         taps = np.arange(self.n_in, dtype=np.float64)
-        w = np.clip(1.0 - np.abs(taps[None, :] - pos[:, None]) / self.half_width, 0.0, None)
+        w = 1.0 - np.abs(taps[None, :] - pos[:, None]) / self.half_width
+        # A position on a voxel up to float rounding (an oblique affine's spacing) reads that voxel alone, so
+        # background next to tissue stays exactly 0 (what "non-zero" statistics and foreground boxes rely on).
+        w[w < 1e-9] = 0.0
         row_sum = w.sum(axis=1, keepdims=True)
         empty = row_sum[:, 0] == 0
         if empty.any():  # further from the input than the kernel reaches: the nearest edge voxel

@@ -140,10 +140,17 @@ class InputSpec:
         if stored and "align" not in d:
             known = {**STORED_BEFORE_ALIGN, **known}
         for key in ("shape", "spacing", "clip", "range", "mean", "std", "channel_names"):
-            if known.get(key) is not None:
-                if not isinstance(known[key], (list, tuple)):
-                    raise ValueError(f"input spec: {key} must be a list, got {known[key]!r}")
-                known[key] = tuple(known[key])
+            value = known.get(key)
+            if value is not None:
+                kind = str if key == "channel_names" else (int, float)
+                if not isinstance(value, (list, tuple)) or not all(
+                        isinstance(v, kind) and not isinstance(v, bool) for v in value):
+                    what = "names" if key == "channel_names" else "numbers"
+                    raise ValueError(f"input spec: {key} must be a list of {what}, got {value!r}")
+                known[key] = tuple(value)
+        for key in ("resize", "antialias", "range_clip", "channel_wise"):
+            if key in known and not isinstance(known[key], bool):
+                raise ValueError(f"input spec: {key} must be true or false, got {known[key]!r}")
         crop = known.get("crop_foreground")
         if crop is True:
             known["crop_foreground"] = CropForeground()
@@ -155,8 +162,13 @@ class InputSpec:
                 raise ValueError(f"input spec: crop_foreground has unknown key(s) {unknown} "
                                  "(known: threshold, margin)")
             margin = crop.get("margin", 0)
-            margin = tuple(int(m) for m in margin) if isinstance(margin, (list, tuple)) else (int(margin),)
-            known["crop_foreground"] = CropForeground(float(crop.get("threshold", 0.0)), margin)
+            margin = tuple(margin) if isinstance(margin, (list, tuple)) else (margin,)
+            threshold = crop.get("threshold", 0.0)
+            if not all(isinstance(m, int) and not isinstance(m, bool) for m in margin) or not isinstance(
+                    threshold, (int, float)) or isinstance(threshold, bool):
+                raise ValueError(f"input spec: crop_foreground needs a number threshold and whole-number "
+                                 f"margin(s), got {crop!r}")
+            known["crop_foreground"] = CropForeground(float(threshold), margin)
         elif crop is not None and not isinstance(crop, CropForeground):
             raise ValueError(f"input spec: crop_foreground must be a table like {{threshold = 0.0, margin = 0}} "
                              f"or true, got {crop!r}")

@@ -192,6 +192,22 @@ def to_scan_channels(relevance: torch.Tensor, ctx: ModelInput | ModelSpace) -> n
     return _back(relevance, ctx, keep_channels=True)
 
 
+def outside_relevance(relevance: torch.Tensor, ctx: ModelInput | ModelSpace) -> float:
+    """The relevance on model voxels that read no scan voxel (zero padding past the scan): the one part of the
+    total that has no place in the scan, so ``to_scan``'s sum is the model sum minus this."""
+    space = ctx.space if isinstance(ctx, ModelInput) else ctx
+    reads = [torch.as_tensor(np.abs(m.matrix()).sum(axis=1) > 0) if not m.is_identity
+             else torch.ones(m.n_in, dtype=torch.bool) for m in space.maps]
+    inside = reads[0][:, None, None] & reads[1][None, :, None] & reads[2][None, None, :]
+    if space.slice_axis is not None:
+        in_plane = [d for d in range(3) if d != space.slice_axis]
+        inside = inside.permute(space.slice_axis, *in_plane).unsqueeze(1)
+    if bool(inside.all()):
+        return 0.0
+    volume = relevance.detach().to(torch.float64).cpu()
+    return float(volume.sum() - torch.where(inside, volume, torch.zeros_like(volume)).sum())
+
+
 def model_volume(tensor: torch.Tensor, space: ModelSpace) -> np.ndarray:
     """The model tensor as a float32 (X, Y, Z, C) array on ``space.affine``'s grid (2D: slices on Z)."""
     t = tensor.detach().to(torch.float32).cpu()
