@@ -23,20 +23,20 @@ class Reporter:
         self._progress: Any = None
         self._task: Any = None
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, verb: str = "explain") -> None:
         self.total, self.count, self.t0 = total, 0, time.time()
         if self.tty and not self.quiet and total:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(),
+                TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[last]}"),
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("explain", total=total, rate="", last="")
+            self._task = self._progress.add_task(verb, total=total, rate="", last="")
         else:
-            self._line(f"explaining {total} scan(s)")
+            self._line(f"{verb.removesuffix('e')}ing {total} scan(s)")
 
     def scan_done(self, scan_id: str, status: str) -> None:
         self._advance(scan_id, status)

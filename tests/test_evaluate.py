@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -211,3 +215,30 @@ def test_cascade_randomises_from_the_output_down_and_keeps_the_model() -> None:
     assert torch.equal(first.detect.weight, model.detect.weight)
     assert not torch.equal(first.head.weight, model.head.weight)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "mri_lrp.cli", "evaluate", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_evaluate_command_writes_the_tables_and_prints_the_ranking(lesion_setup: dict, tmp_path: Path) -> None:
+    config = tmp_path / "lesion.toml"
+    config.write_text('class_names = ["lesion", "clear"]\ntrust_checkpoint = true\n'
+                      '[input_spec]\ndims = 3\nchannels = 1\norientation = "RAS"\nnormalization = "none"\n')
+    res = _cli(str(lesion_setup["scans"]), "--checkpoint", str(lesion_setup["checkpoint"]), "--config", str(config),
+               "--rules", "alphabeta,epsilon-plus-flat", "--steps", "4", "--sanity-scans", "1", "--sanity-steps", "2",
+               "--out", str(tmp_path / "ev"))
+    assert res.returncode == 0, res.stderr
+    assert "rules ranked by ABPC" in res.stdout and "epsilon-plus-flat" in res.stdout
+    for name in ("faithfulness.csv", "curves.csv", "sanity.csv", "ranking.csv", "evaluation.json", "curves.png"):
+        assert (tmp_path / "ev" / name).is_file(), name
+    manifest = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert manifest["options"]["rules"] == ["alphabeta", "epsilon-plus-flat"]
+
+
+def test_evaluate_refuses_an_unknown_rule_in_one_line(tmp_path: Path) -> None:
+    res = _cli(str(tmp_path), "--rules", "alphabeta,nonsense", "--out", str(tmp_path / "ev"))
+    assert res.returncode == 2
+    assert "nonsense" in res.stderr and "Traceback" not in res.stderr

@@ -119,7 +119,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     sanity: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     sanity_done = 0
-    reporter.start(len(refs))
+    reporter.start(len(refs), verb="evaluate")
     for ref in refs:
         try:
             prepared = prepare(ref, spec)
