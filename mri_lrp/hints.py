@@ -16,7 +16,7 @@ _OUTPUTS = ("earlier explain run", "under --out")
 def no_scans_hint(paths: Sequence[str], skipped: Sequence[Skipped]) -> str:
     """Why nothing was found: the kinds of files looked for, the folders searched, the commonest skip reasons."""
     where = ", ".join(os.path.abspath(p) for p in paths)
-    looked = (f"looked for NIfTI files ({', '.join(NIFTI_SUFFIXES)}) and DICOM files (any name, recognised by "
+    looked = (f"looked for image files ({', '.join(NIFTI_SUFFIXES)}) and DICOM files (any name, recognised by "
               f"their content), in all sub-folders of {where}")
     if not skipped:
         return f"no scan found: {looked}; there are no files there"
