@@ -30,7 +30,7 @@ CMAP_NAME = "bwr"
 BACKGROUND = np.array([40, 40, 40], dtype=np.uint8)
 CONTOUR = np.array([0, 255, 0], dtype=np.uint8)  # the mask's outline: green, apart from red, blue and grey
 _STATS_SAMPLES = 1 << 18  # voxels sampled for the grey window and the clipping percentile
-_LABEL_PT = 9
+_LABEL_PX = 12  # side letters (9 pt at 100 dpi)
 _VIEW_NOTE = "neurological view: patient's left on the image's left"
 STAMP_COLOUR = np.array([255, 140, 0], dtype=np.uint8)  # the frame and text of a stamp (demo model)
 STAMP_FRAME_PX = 4
@@ -328,15 +328,24 @@ def _colour_table(name: str) -> tuple[np.ndarray, np.ndarray]:
     return rgb, alpha
 
 
+@lru_cache(maxsize=4)
+def _blend_table(name: str) -> np.ndarray:
+    """Final RGB for every (grey level, relevance level) pair, 256 x 256 x 3 bytes: the blend is done once per
+    process and a panel pixel is then one lookup."""
+    table, opacity = _colour_table(name)
+    grey = (np.arange(256, dtype=np.float32) / 255.0)[:, None, None]
+    out = grey * (1.0 - opacity[None, :, None]) + table[None] * opacity[None, :, None]
+    blend = (out * 255.0 + 0.5).astype(np.uint8).reshape(256 * 256, 3)
+    blend.setflags(write=False)
+    return blend
+
+
 def _colour(grey: np.ndarray, signed: np.ndarray, inside: np.ndarray, lo: float, hi: float,
             vmax: float) -> np.ndarray:
-    scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    g = np.clip((grey - lo) * scale, 0.0, 1.0)
-    level = (np.clip(np.rint(signed * (127.0 / vmax)), -128.0, 127.0) + 128.0).astype(np.uint8)
-    table, opacity = _colour_table(CMAP_NAME)
-    alpha = opacity[level][..., None]
-    out = g[..., None] * (1.0 - alpha) + table[level] * alpha
-    rgb = (out * 255.0 + 0.5).astype(np.uint8)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    g = (np.clip((grey - lo) * scale, 0.0, 255.0) + 0.5).astype(np.uint16)
+    level = (np.clip(np.rint(signed * (127.0 / vmax)), -128.0, 127.0) + 128.0).astype(np.uint16)
+    rgb = np.take(_blend_table(CMAP_NAME), (g << 8) | level, axis=0)
     rgb[~inside] = BACKGROUND
     return rgb
 
@@ -411,15 +420,13 @@ def _font(px: int, bold: bool) -> Any:
 @lru_cache(maxsize=32)
 def _glyph(text: str) -> np.ndarray:
     """Coverage (0..1) of a short bold label, rendered once per process and reused."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from PIL import Image, ImageDraw
 
-    fig = Figure(figsize=(0.4, 0.4), dpi=100)
-    fig.patch.set_alpha(0.0)
-    canvas = FigureCanvasAgg(fig)
-    fig.text(0.5, 0.5, text, fontsize=_LABEL_PT, weight="bold", ha="center", va="center", color="white")
-    canvas.draw()
-    coverage = np.asarray(canvas.buffer_rgba())[..., 3].astype(np.float32) / 255.0
+    font = _font(_LABEL_PX, True)
+    left, top, right, bottom = font.getbbox(text)
+    canvas = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    ImageDraw.Draw(canvas).text((1 - left, 1 - top), text, font=font, fill=255)
+    coverage = np.asarray(canvas, dtype=np.float32) / 255.0
     rows, cols = np.nonzero(coverage > 0)
     glyph = coverage[rows.min():rows.max() + 1, cols.min():cols.max() + 1].copy()
     glyph.setflags(write=False)

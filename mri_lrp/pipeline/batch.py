@@ -15,9 +15,11 @@ import torch
 
 from mri_lrp.errors import ScanError
 from mri_lrp.lrp import Explainer
+from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.pipeline.manifest import RunStats
 from mri_lrp.pipeline.read import Prepared, prepared_stream, reader_context, worker_init
+from mri_lrp.pipeline.stages import plan_stages
 from mri_lrp.pipeline.write import ScanWriter, WriteJob
 from mri_lrp.progress import Reporter
 from mri_lrp.scans import ScanRef
@@ -52,21 +54,44 @@ class Job:
         fixed = settings.batch_size_value
         self.batch_size = fixed or (CUDA_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH)
         self.auto_batch = fixed is None
+        self.plan = plan_stages(settings.workers, device.type)
+        stats.stages = self.plan.to_json()
         self.stop: threading.Event = threading.Event()
+        self.conservation_noted = False
         self._lock = threading.RLock()  # writes are recorded from the writer pool's threads
 
+    def _note_conservation(self, res: Explained) -> None:
+        """The first scan whose explanation lost or created too much relevance is named in the log, once per run
+        (every such scan carries the warning in summary.csv)."""
+        if self.conservation_noted:
+            return
+        note = conservation_note(sum(res.output_relevance), float(res.relevance.double().sum()), sum(res.output_abs))
+        if note:
+            self.conservation_noted = True
+            self.reporter.note(f"warning: {res.prepared.ref.scan_id}: {note} (further scans: see the warnings "
+                               f"column of summary.csv)", always=True)
+
     def run(self, todo: list[ScanRef]) -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.plan.torch_threads)  # the cores left by readers and writers, no more
+        try:
+            self._run(todo)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, todo: list[ScanRef]) -> None:
         self.reporter.start(len(todo))
         writes: deque[cf.Future] = deque()
         with self._writer_pool() as pool:
             def hand_off(results: list[Explained]) -> None:
                 for res in results:
+                    self._note_conservation(res)
                     fut = pool.submit(self.writer.write, WriteJob.of(res))
                     # Reported the moment it is written (on the writer's thread or the pool's result thread),
                     # not when the bounded queue below next drains: a finished scan's line is never held back.
                     fut.add_done_callback(partial(self._finish_write, res.prepared))
                     writes.append(fut)
-                while len(writes) > 4:  # bounded: memory stays flat however many scans
+                while len(writes) > 2 * max(1, self.plan.writers):  # bounded: memory flat in the scan count
                     writes.popleft().exception()  # waits; the callback records the outcome
 
             batch: list[Prepared] = []
@@ -98,10 +123,11 @@ class Job:
         return results[0] if results else None
 
     def _writer_pool(self) -> cf.Executor:
-        """Writers are processes (rendering and compression hold the GIL), or one thread with --workers 0."""
-        if self.settings.workers == 0:
+        """Writers are processes (rendering holds the GIL), sized by the stage plan; one thread with --workers 0."""
+        if self.plan.writers == 0:
             return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        return cf.ProcessPoolExecutor(max_workers=2, mp_context=reader_context(), initializer=worker_init)
+        return cf.ProcessPoolExecutor(max_workers=self.plan.writers, mp_context=reader_context(),
+                                      initializer=worker_init)
 
     def _finish_write(self, prepared: Prepared, fut: cf.Future) -> None:
         with self._lock:

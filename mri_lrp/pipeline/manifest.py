@@ -32,6 +32,7 @@ class RunStats:
     failed: int = 0
     skipped_files: int = 0
     interrupted: str | None = None
+    stages: dict[str, int] = field(default_factory=dict)  # processes and threads per stage (stages.StagePlan)
     stage_seconds: dict[str, float] = field(default_factory=lambda: {
         "read": 0.0, "transfer": 0.0, "explain": 0.0, "write": 0.0})
 
@@ -71,6 +72,7 @@ def run_manifest(settings: Settings, loaded: LoadedModel, device: torch.device, 
         "counts": {"found": stats.found, "in_shard": stats.in_shard, "done": stats.done,
                    "resumed": stats.resumed, "failed": stats.failed, "skipped_files": stats.skipped_files},
         "interrupted": stats.interrupted,
+        "stages": stats.stages,
         "skipped": [{"path": printable(item.path), "reason": item.reason} for item in skipped],
         "seconds": {"wall": round(wall, 3), **{k: round(v, 3) for k, v in stats.stage_seconds.items()},
                     "device_busy_fraction": round(busy / wall, 3) if wall > 0 else None},

@@ -51,13 +51,29 @@ def worker_init() -> None:
     torch.set_num_threads(1)
 
 
+# What readers and writers import, loaded once in the fork server rather than once per worker.
+_PRELOAD = ["mri_lrp.pipeline.read", "mri_lrp.pipeline.write", "matplotlib.cm", "PIL.ImageDraw", "PIL.ImageFont",
+            "isal.igzip"]
+
+
 def reader_context() -> multiprocessing.context.BaseContext:
-    """Readers fork from a server that has already imported torch and the readers: fast, fork-safe starts."""
+    """Readers and writers fork from a server that has already imported torch and the package's readers and
+    writers: fast, fork-safe starts."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["mri_lrp.pipeline.read", "mri_lrp.pipeline.write"])
+        ctx.set_forkserver_preload(_PRELOAD)
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def start_worker_server(workers: int) -> None:
+    """Start the fork server now, so that its imports (a few CPU-seconds: torch, nibabel, the writers) run while
+    the main process loads the model and finds the scans, not while the first scans wait for a reader."""
+    if workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
+        from multiprocessing import forkserver
+
+        reader_context()
+        forkserver.ensure_running()
 
 
 def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,

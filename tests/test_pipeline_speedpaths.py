@@ -1,0 +1,55 @@
+"""The pipeline's stage sizes follow the cores it may use, and its fast paths write what the slow ones did."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mri_lrp.pipeline.stages import StagePlan, available_cores, plan_stages
+
+
+@pytest.mark.parametrize(("readers", "device", "cores", "want"), [
+    (2, "cpu", 2, StagePlan(2, 2, 1, 1)),       # this kind of laptop/VM: nothing oversubscribed beyond the readers
+    (1, "cpu", 2, StagePlan(2, 1, 1, 1)),
+    (2, "cpu", 16, StagePlan(16, 2, 7, 7)),     # writers and torch threads share what the readers leave
+    (2, "cuda", 16, StagePlan(16, 2, 13, 1)),   # a GPU node: the loop keeps one core, the rest write
+    (4, "cuda", 64, StagePlan(64, 4, 32, 2)),   # writers capped; the loop gets two threads back
+    (0, "cpu", 2, StagePlan(2, 0, 0, 1)),       # --workers 0: everything in one process
+])
+def test_stage_sizes_follow_the_cores(readers: int, device: str, cores: int, want: StagePlan) -> None:
+    assert plan_stages(readers, device, cores) == want
+
+
+def test_stages_never_ask_for_more_threads_than_cores_beyond_the_readers() -> None:
+    for cores in range(1, 65):
+        for readers in (1, 2, 4):
+            plan = plan_stages(readers, "cpu", cores)
+            assert plan.writers >= 1 and plan.torch_threads >= 1
+            assert plan.writers + plan.torch_threads <= max(2, cores - readers)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_available_cores_is_the_affinity_mask_not_the_machine() -> None:
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from mri_lrp.pipeline.stages import available_cores; print(available_cores())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "1"
+    assert available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_png_writer_matches_pillows_pixels_on_an_overlay(tmp_path) -> None:
+    from PIL import Image
+
+    from mri_lrp.render import compose_overlay, write_png
+
+    rng = np.random.default_rng(2)
+    scan = rng.random((20, 24, 16)).astype(np.float32) * 100
+    relevance = rng.standard_normal((20, 24, 16)).astype(np.float32)
+    overlay = compose_overlay(scan, relevance, np.diag([2.0, 2.0, 3.0, 1.0]), title="t")
+    write_png(tmp_path / "o.png", overlay.rgb)
+    with Image.open(tmp_path / "o.png") as img:
+        assert img.mode == "RGB" and np.array_equal(np.asarray(img), overlay.rgb)
