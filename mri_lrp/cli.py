@@ -247,14 +247,23 @@ def inspect(
     scans: Annotated[list[str], typer.Argument(help="Scan files or folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows for scripts.")] = False,
     volume: Annotated[int | None, typer.Option(help="4D NIfTI: only this volume.")] = None,
+    config: Annotated[str | None, typer.Option(help="TOML whose [input_spec] channels / channel_names / "
+                                                    "channel_files group the files into multi-channel cases.")] = None,
 ) -> None:
-    """List what `explain` would read, one row per scan, without loading a model."""
+    """List what `explain` would read, one row per scan (or case), without loading a model."""
+    from mri_lrp.model.spec import InputSpec
     from mri_lrp.scans import inspect_rows
+    from mri_lrp.scans.cases import ChannelPlan
+    from mri_lrp.settings import load_config
 
     for path in scans:
         if not Path(path).exists():
             _fail(f"{path}: no such file or folder")
-    rows = inspect_rows(scans, volume=volume)
+    try:
+        plan = ChannelPlan.of(InputSpec.from_dict(load_config(config).get("input_spec") or {})) if config else None
+    except (MriLrpError, ValueError) as e:
+        _fail(str(e))
+    rows = inspect_rows(scans, volume=volume, channels=plan)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:

@@ -278,3 +278,25 @@ def test_the_brats_example_config_groups_a_brats_folder_into_cases(tmp_path: Pat
     (ref,), skipped = cases(tmp_path, plan)
     assert ref.scan_id == "BraTS2021_00000" and len(ref.parts) == 4
     assert [Path(s.path).name for s in skipped] == ["BraTS2021_00000_seg.nii.gz"]
+
+
+def test_inspect_with_a_config_lists_cases_and_their_problems(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+
+    brats2021(tmp_path / "data", "BraTS2021_00000")
+    brats2021(tmp_path / "data", "BraTS2021_00001")
+    next(tmp_path.rglob("BraTS2021_00001_flair.nii.gz")).unlink()
+    config = tmp_path / "c.toml"
+    config.write_text('[input_spec]\nchannels = 4\nchannel_names = ["t1", "t1ce", "t2", "flair"]\n')
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "data"), "--config", str(config), "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    rows = {r["scan_id"]: r for r in listed if r["scan_id"]}
+    assert list(rows) == ["BraTS2021_00000", "BraTS2021_00001"]
+    assert rows["BraTS2021_00000"]["channels"] == list(NAMES) and rows["BraTS2021_00000"]["status"] == "ok"
+    assert rows["BraTS2021_00000"]["source"].endswith("data/BraTS2021_00000")
+    assert "missing channel(s) flair" in rows["BraTS2021_00001"]["problems"][0]
+    assert sorted(Path(r["source"]).name for r in listed if r["kind"] == "skipped") == [
+        "BraTS2021_00000_seg.nii.gz", "BraTS2021_00001_seg.nii.gz"]

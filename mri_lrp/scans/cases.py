@@ -450,8 +450,8 @@ def case_ref(case: _Case, plan: ChannelPlan) -> ScanRef:
         case.folder = "" if any(f in ("", ".") for f in folders) else os.path.commonpath(folders)
     source = _case_source(case)
     location = first.display_root if source == "." else os.path.join(first.display_root, source)
-    if case.prefix and not is_study:
-        location += "*"
+    if case.prefix and not is_study and source.rpartition("/")[2] != case.folder.rpartition("/")[2]:
+        location += "*"  # a prefix, not a folder
     labels = _labels(plan, case.labels)
     found = [it for items in case.members.values() for it in items]
     paths = tuple(dict.fromkeys(p for it in found for p in it.ref.paths))

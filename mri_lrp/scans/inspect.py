@@ -9,22 +9,26 @@ from typing import Any
 import nibabel as nib
 
 from mri_lrp.errors import ScanError
+from mri_lrp.scans.cases import ChannelPlan
 from mri_lrp.scans.discover import discover
 from mri_lrp.scans.read import content_notes, read_scan
 
 
-def inspect_rows(paths: Sequence[str | Path], volume: int | None = None) -> list[dict[str, Any]]:
+def inspect_rows(paths: Sequence[str | Path], volume: int | None = None,
+                 channels: ChannelPlan | None = None) -> list[dict[str, Any]]:
     """One JSON-ready row per scan (kind "error" when it cannot be read) and per skipped path (kind "skipped").
 
     Keys: scan_id, source, kind, shape, spacing, orientation, series_description, problems, status
-    (ok / warning / error / skipped).
+    (ok / warning / error / skipped). With ``channels`` (a multi-channel model's), rows are cases and
+    ``channels`` names their channels.
     """
-    refs, skipped = discover(paths, volume=volume)
+    refs, skipped = discover(paths, volume=volume, channels=channels)
     rows: list[dict[str, Any]] = []
     for ref in refs:
         row: dict[str, Any] = {"scan_id": ref.scan_id, "source": ref.location, "kind": ref.kind, "shape": None,
                                "spacing": None, "orientation": None,
-                               "series_description": ref.series_description, "problems": []}
+                               "series_description": ref.series_description, "problems": [],
+                               **({"channels": list(ref.channels)} if channels is not None else {})}
         try:
             scan = read_scan(ref)
         except ScanError as e:
