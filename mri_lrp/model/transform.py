@@ -100,14 +100,18 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
     spatial = tuple(int(n) for n in data.shape[-3:])
     n_scan = data.shape[0] if data.ndim == 4 else 1
     notes: list[str] = []
+    image = scan.kind == "image"
     if n_scan > 1 and n_scan != spec.channels:
-        raise ScanError(scan.source, f"the case has {n_scan} channels, the model takes {spec.channels}",
+        what = "colour image" if image else "case"
+        raise ScanError(scan.source, f"the {what} has {n_scan} channels, the model takes {spec.channels}",
                         stage="preprocess")
     repeat = n_scan == 1 and spec.channels > 1
-    if repeat:
+    if repeat and image:
+        notes.append(f"grey image repeated into the model's {spec.channels} channels (as ToTensor of "
+                     "Image.convert('RGB') gives)")
+    elif repeat:
         notes.append(f"warning: one image repeated into all {spec.channels} model channels (the model takes "
                      f"{spec.channels} inputs per case; give each channel its own file)")
-    image = scan.kind == "image"
     if image:
         axes, flips = (0, 1, 2), (False, False, False)
         if spec.spacing is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from mri_lrp.scans.cases import ChannelPlan, Item, build_cases, label_file_reason
 from mri_lrp.scans.dicom import DicomHeader, read_header, split_series
 from mri_lrp.scans.ids import NIFTI_SUFFIXES, file_scan_id, make_unique, printable, series_scan_id, short_hash
+from mri_lrp.scans.image2d import IMAGE_SUFFIXES, image_ref
 from mri_lrp.scans.nifti import probe_nifti
 from mri_lrp.scans.refs import ScanRef, Skipped
 
@@ -212,6 +213,12 @@ def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives
                 refs.extend(_nifti_refs(f, volume, volumes))
         elif name.upper() == "DICOMDIR":
             skipped.append(Skipped(f.display, "DICOMDIR index file (the images it lists are read directly)"))
+        elif name.lower().endswith(IMAGE_SUFFIXES):
+            entry = image_ref(f.rel, f.abs_path, f.display)
+            if isinstance(entry, Skipped):
+                skipped.append(entry)
+            else:
+                refs.append((f, entry))
         elif name.lower().endswith(".img") and os.path.isfile(f.abs_path[:-4] + ".hdr"):
             skipped.append(Skipped(f.display, "voxel data of a .hdr/.img pair (read through its .hdr)"))
         else:

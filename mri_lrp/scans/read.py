@@ -13,6 +13,7 @@ from mri_lrp.scans.cases import label_map_reason
 from mri_lrp.scans.channels import read_case
 from mri_lrp.scans.dicom import read_dicom
 from mri_lrp.scans.discover import discover
+from mri_lrp.scans.image2d import read_image
 from mri_lrp.scans.nifti import read_nifti
 from mri_lrp.scans.refs import ScanRef
 from mri_lrp.scans.scan import Scan
@@ -29,6 +30,8 @@ def read_scan(ref: ScanRef) -> Scan:
             scan = read_nifti(ref)
         elif ref.kind == "dicom":
             scan = read_dicom(ref)
+        elif ref.kind == "image":
+            scan = read_image(ref)
         else:
             raise ScanError(ref.location, f"unknown scan kind {ref.kind!r}")
     except OSError as e:  # a file removed or made unreadable since discovery
