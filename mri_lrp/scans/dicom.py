@@ -250,19 +250,31 @@ def _extent(orientation: tuple[float, ...] | None, members: list[tuple[int, Slic
     return (min(d), max(d))
 
 
+def _typical_step(orientation: tuple[float, ...] | None, members: list[tuple[int, SliceInfo]]) -> float:
+    """Median distance between neighbouring slices along the normal (0 for fewer than two, or no positions)."""
+    if len(members) < 2 or orientation is None or any(s.position is None for _, s in members):
+        return 0.0
+    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+    d = np.sort([float(np.asarray(s.position) @ normal) for _, s in members])
+    return float(np.median(np.diff(d)))
+
+
 def _rejoin_odd_sizes(groups: list) -> list:
     """Put back together stacks that differ only in image size and lie among each other's slices.
 
     Such a stack is one volume with a wrong file in it, not two scans: split, it would become a one-slice
     "scan" explained as 2D and a volume with a gap. Joined, reading it names the odd file.
+    A file just past either end of the other stack, within one and a half of its slice steps, is such a
+    wrong file too (the first or last file of the volume).
     """
     out: list = []
     for exact, orient, members in groups:
         lo, hi = _extent(orient, members)
         for g_exact, g_orient, g_members in out:
             g_lo, g_hi = _extent(g_orient, g_members)
+            reach = 1.5 * max(_typical_step(orient, members), _typical_step(g_orient, g_members)) + 1e-3
             if (g_exact[2:] == exact[2:] and _same_orientation(g_orient, orient)
-                    and max(lo, g_lo) <= min(hi, g_hi) + 1e-3):
+                    and max(lo, g_lo) <= min(hi, g_hi) + reach):
                 g_members.extend(members)
                 break
         else:
