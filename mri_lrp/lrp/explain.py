@@ -17,6 +17,10 @@ from mri_lrp.lrp.ops import Tracker
 from mri_lrp.lrp.rules import AlphaBeta
 
 INITS = ("prob", "logit", "sglrp")
+#: Share of the output relevance an explanation may lose or create before it carries a warning. Rules that
+#: conserve by construction stay far below it (≤ 1e-4); 5% is where a heatmap starts to show what the biases,
+#: stabilisers or numerical noise did rather than what the input did.
+CONSERVATION_TOLERANCE = 0.05
 Target = int | str | torch.Tensor | Sequence[int] | None
 
 
@@ -41,6 +45,30 @@ class Explanation:
     absorbed: torch.Tensor
     output_relevance_abs: torch.Tensor  # Σ |R_out|: the scale the conservation error is measured against
 
+    def notes(self, tolerance: float = CONSERVATION_TOLERANCE) -> list[str]:
+        """Per sample, a warning when the explanation lost or created more than `tolerance` of the output
+        relevance ("" when it did not); with target="all" the sums over the classes are judged."""
+        flat = [t.detach().reshape(t.shape[0], -1).double().sum(1).cpu() for t in
+                (self.output_relevance, self.relevance_sum, self.output_relevance_abs)]
+        return [conservation_note(float(o), float(r), float(a), tolerance) for o, r, a in zip(*flat, strict=True)]
+
+
+def conservation_note(output_relevance: float, relevance_sum: float, output_abs: float,
+                      tolerance: float = CONSERVATION_TOLERANCE) -> str:
+    """A one-line warning when |ΣR_in − ΣR_out| / Σ|R_out| exceeds `tolerance`, saying which way and what to try;
+    "" otherwise."""
+    scale = output_abs if output_abs > 0 else abs(output_relevance)
+    error = abs(relevance_sum - output_relevance) / scale if scale > 0 else 0.0
+    if not error > tolerance:  # also catches NaN
+        return "" if error == error else "relevance is not finite"
+    sums = f"relevance sum {relevance_sum:.3g} for an output relevance of {output_relevance:.3g}"
+    if abs(relevance_sum) > abs(output_relevance):
+        return (f"the explanation creates relevance ({error:.3g}x the output's, {sums}): a stabiliser too small "
+                f"for this network (e.g. epsilon on DenseNet-style nets); use a larger --epsilon or a composite "
+                f"such as epsilon-plus")
+    return (f"the explanation loses {min(error, 1.0):.0%} of the output relevance ({sums}): biases, epsilon and "
+            f"one-signed alpha-beta sides absorbed it (depthwise convolutions under bias-free alpha-beta lose "
+            f"most); compare --rule epsilon-plus or include_bias")
 
 class Explainer:
     """Trace, merge BatchNorm and assign rules once; then call it on as many batches as needed.
@@ -179,10 +207,19 @@ def explain(model: nn.Module, x: torch.Tensor, rule: str = "alphabeta", alpha: f
             epsilon: float = 1e-6, gamma: float = 0.25, target: Target = None, init: str = "prob",
             composite: str | None = None, overrides: Mapping[str, Any] | None = None,
             class_names: Sequence[str] | None = None, **rule_kwargs: Any) -> Explanation:
-    """LRP relevance of `x` (batch first, 2D or 3D, any device/dtype) for `model`'s target class."""
+    """LRP relevance of `x` (batch first, 2D or 3D, any device/dtype) for `model`'s target class.
+
+    Warns (UserWarning) when a sample lost or created more than CONSERVATION_TOLERANCE of its output relevance.
+    """
     explainer = Explainer(model, rule=rule, composite=composite, overrides=overrides, alpha=alpha, beta=beta,
                           epsilon=epsilon, gamma=gamma, **rule_kwargs)
-    return explainer(x, target=target, init=init, class_names=class_names)
+    result = explainer(x, target=target, init=init, class_names=class_names)
+    notes = result.notes()
+    bad = [i for i, n in enumerate(notes) if n]
+    if bad:
+        warnings.warn(f"sample {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") +
+                      f": {notes[bad[0]]}", stacklevel=2)
+    return result
 
 
 def describe_rules(model: nn.Module, rule: str = "alphabeta", composite: str | None = None,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mri_lrp import __version__
+from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, to_scan
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.layout import Layout
@@ -54,13 +55,15 @@ class WriteJob:
     notes: tuple[str, ...] = ()        # remarks from preprocessing, for the summary's warnings
     identity: list[dict[str, Any]] = field(default_factory=list)  # the input files, recorded in the done marker
     dicom: dict[str, str] = field(default_factory=dict)           # DICOM facts from discovery, for the tables
+    model_input: np.ndarray | None = None  # (X, Y, Z, C) model tensor, only with --save-model-input
 
     @classmethod
-    def of(cls, res: Explained) -> WriteJob:
+    def of(cls, res: Explained, with_input: bool = False) -> WriteJob:
         p = res.prepared
+        seen = model_volume(p.model_input.tensor, p.model_input.space) if with_input else None
         return cls(p.scan, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
                    res.output_relevance, res.absorbed, res.output_abs, res.seconds, p.model_input.notes,
-                   list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description})
+                   list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen)
 
 
 @lru_cache(maxsize=2)
@@ -143,6 +146,9 @@ class ScanWriter:
             save_nifti(where.relevance(channel), np.stack(own, axis=-1) if multi else own[0], scan.affine,
                        self._nifti_meta(scan, vmax))
             files.append(where.listed(where.relevance(channel)))
+        if res.model_input is not None:  # what the network saw, on the model grid
+            save_nifti(scan_dir / MODEL_INPUT_NAME, res.model_input, ctx.affine)
+            files.append(MODEL_INPUT_NAME)
         atomic_write_json(where.sidecar(), self._sidecar([names[t] for t in res.targets]))
         files.append(where.listed(where.sidecar()))
         shown = res.targets.index(pred) if pred in res.targets else 0  # the viewer shows the predicted class
@@ -159,7 +165,8 @@ class ScanWriter:
             **{f"spacing_{a}": round(float(v), 6) for a, v in zip("xyz", scan.spacing, strict=True)},
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
             **first,
-            "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan))),
+            "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
+                                   *filter(None, [conservation_note(out_rel, total, out_abs)]))),
             "status": "ok", "seconds": round(seconds, 3),
             **self._join_columns(res.dicom),
         }
