@@ -166,3 +166,23 @@ def test_cli_explains_a_brats_folder_with_a_monai_4_channel_network(tmp_path: Pa
         for name in ("t1", "t1ce", "t2"):
             assert np.all(volume(case_dir / f"relevance_{name}.nii.gz") == 0.0)
         assert np.all(volume(case_dir / "relevance_flair.nii.gz")[~box(3)] == 0.0)
+
+
+def test_filters_pick_a_cases_files_before_grouping(tmp_path: Path) -> None:
+    from dicom_factory import AXIAL, write_series
+
+    from mri_lrp.model.checkpoint import load_checkpoint
+    from mri_lrp.pipeline.run import find_scans
+
+    scans = tmp_path / "scans"
+    LAYOUTS["dicom"](scans)
+    # a reformat of the contrast T1 (DERIVED) would be a second t1ce series if it were not filtered first
+    write_series(scans / "study" / "mpr", AXIAL, n_slices=6, rows=16, cols=16, series_number=99,
+                 description="T1 AX POST GD MPR", image_type=("DERIVED", "SECONDARY", "MPR"))
+    loaded = load_checkpoint(one_channel_model(tmp_path / "m.pt", 0))
+    (case,), skipped = find_scans(Settings(scans=(str(scans),), out=str(tmp_path / "out")), loaded)
+    assert case.error == "" and len(case.parts) == 4
+    assert any("derived image" in s.reason for s in skipped)
+    (case,), _ = find_scans(Settings(scans=(str(scans),), out=str(tmp_path / "out"), series="^(?!AX T2 FLAIR)"),
+                            loaded)
+    assert "missing channel(s) flair" in case.error

@@ -39,7 +39,7 @@ from mri_lrp.progress import Reporter
 from mri_lrp.regions import BY_CLASS_COLUMNS, REGION_COLUMNS, by_class_table
 from mri_lrp.scans import ScanRef, Skipped, discover
 from mri_lrp.scans.cases import ChannelPlan
-from mri_lrp.scans.filters import ScanFilter, apply_filter
+from mri_lrp.scans.filters import ScanFilter, apply_filter, why_skipped
 from mri_lrp.settings import Settings
 from mri_lrp.shard import Shard, assign, local_device_from_env, shard_from_env
 
@@ -191,12 +191,14 @@ def select_shard(refs: list[ScanRef], settings: Settings) -> tuple[Shard | None,
 def find_scans(settings: Settings, loaded: LoadedModel) -> tuple[list[ScanRef], list[Skipped]]:
     """The scans (or cases) the settings name, filters applied, and what was skipped; the run, --dry-run and
     explain_scan all find their scans here."""
+    scan_filter = ScanFilter(settings.modality, settings.include, settings.exclude, settings.series,
+                             settings.keep_derived, volume_model=loaded.input_spec.dims == 3)
+    # A multi-channel model's files are filtered one by one before they are grouped into cases.
     refs, skipped = discover(list(settings.scans), volume=settings.volume, derivatives=settings.derivatives,
-                             channels=ChannelPlan.of(loaded.input_spec))
+                             channels=ChannelPlan.of(loaded.input_spec),
+                             pre_filter=lambda ref: why_skipped(ref, scan_filter))
     refs, skipped = exclude_own_files(refs, skipped, settings)
-    refs, filtered = apply_filter(refs, ScanFilter(settings.modality, settings.include, settings.exclude,
-                                                   settings.series, settings.keep_derived,
-                                                   volume_model=loaded.input_spec.dims == 3))
+    refs, filtered = apply_filter(refs, scan_filter)
     return refs, [*skipped, *filtered]
 
 

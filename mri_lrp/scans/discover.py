@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -186,12 +186,15 @@ def _dicom_facts(uid: str, header: DicomHeader, first: DicomHeader, slices: int)
 
 
 def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives: bool = False,
-             channels: ChannelPlan | None = None) -> tuple[list[ScanRef], list[Skipped]]:
+             channels: ChannelPlan | None = None,
+             pre_filter: Callable[[ScanRef], str | None] | None = None) -> tuple[list[ScanRef], list[Skipped]]:
     """The scans under ``paths`` (files or folders, recursively), in a deterministic order, and what was skipped.
 
     ``volume`` picks one 0-based volume of every 4D NIfTI (None: each volume is its own scan); a BIDS
     dataset's ``derivatives/`` folder is only walked when ``derivatives`` is true. For a multi-channel model,
-    ``channels`` groups the images into cases, one per model input (mri_lrp/scans/cases.py).
+    ``channels`` groups the images into cases, one per model input (mri_lrp/scans/cases.py); ``pre_filter``
+    (the reason to leave an image out, or None) is then applied to each image before the grouping, so that
+    filters pick a case's files rather than drop whole cases.
     """
     skipped: list[Skipped] = []
     found = _walk(paths, skipped, derivatives)
@@ -232,6 +235,10 @@ def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives
                                         paths=(f.abs_path,), location=f.display)))
     refs.extend(_dicom_refs(series, skipped))
     if channels is not None:
+        if pre_filter is not None:
+            reasons = [pre_filter(ref) for _, ref in refs]
+            skipped.extend(Skipped(ref.location, why) for (_, ref), why in zip(refs, reasons, strict=True) if why)
+            refs = [item for item, why in zip(refs, reasons, strict=True) if not why]
         cases = build_cases([Item(f.root_index, f.display_root, ref) for f, ref in refs], channels, skipped)
         refs = [(refs[n][0], ref) for n, ref in cases]
     refs.sort(key=lambda item: (item[0].root_index, item[1].source, item[1].scan_id))

@@ -62,6 +62,8 @@ def _matches(rel: str, globs: tuple[str, ...]) -> str | None:
 
 def why_skipped(ref: ScanRef, f: ScanFilter) -> str | None:
     """The reason this scan is not explained under ``f``, or None to explain it."""
+    if ref.parts or ref.channels:  # a multi-channel case: its files were filtered one by one before grouping
+        return None
     facts = ref.dicom
     wanted = f.modalities
     modality = facts.get("modality", "").upper()
