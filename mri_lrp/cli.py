@@ -166,6 +166,10 @@ def explain(
     keep_uids: Annotated[bool | None, typer.Option(
         "--keep-uids", help="Add study_uid and series_uid to summary.csv to join results back to the PACS "
         "(never patient name, ID or birth date).", rich_help_panel=OUTPUTS)] = None,
+    save_model_input: Annotated[bool | None, typer.Option(
+        "--save-model-input", help="Also write scans/<id>/model_input.nii.gz: the preprocessed model input "
+        "(channels on the last axis, the model grid's affine) to check the preprocessing in a viewer.",
+        rich_help_panel=OUTPUTS)] = None,
     config: Annotated[str | None, typer.Option(
         "--config", "-c", help="TOML file of options (`mri-lrp config list`); the command line wins.",
         rich_help_panel=INPUTS)] = None,

@@ -63,6 +63,7 @@ class Settings:
     keep_derived: bool = False       # also derived, localizer-like and under-3-slice DICOM (dcm2niix -i n)
     derivatives: bool = False        # also walk a BIDS dataset's derivatives/ folder
     keep_uids: bool = False          # add study_uid / series_uid to the tables
+    save_model_input: bool = False   # also write scans/<id>/model_input.nii.gz (what the network saw)
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
         """A short hash of everything that changes results: a resumed run redoes a scan when it differs."""
@@ -72,6 +73,8 @@ class Settings:
             payload["layout"] = self.layout
         if self.keep_uids:  # rows with UID columns (hashes without them unchanged)
             payload["keep_uids"] = True
+        if self.save_model_input:  # one more file per scan: a done scan without it is not done
+            payload["save_model_input"] = True
         for name in ("atlas", "atlas_labels"):
             if payload[name]:
                 payload[name + "_stat"] = _file_stamp(payload[name])
@@ -144,7 +147,7 @@ _CONFIG_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     **{n: ("a glob or a list of globs", (str, list)) for n in ("include", "exclude")},
     **{n: ("a number", (int, float)) for n in ("alpha", "beta", "epsilon", "gamma")},
     **{n: ("true or false", (bool,)) for n in ("trust_checkpoint", "resume", "quiet", "by_class", "keep_derived",
-                                               "derivatives", "keep_uids")},
+                                               "derivatives", "keep_uids", "save_model_input")},
     **{n: ("a table", (dict,)) for n in ("model_kwargs", "overrides", "input_spec")},
     "workers": ("a whole number", (int,)), "volume": ("a whole number", (int,)),
     "target": ("a class name or index", (str, int)), "batch_size": ("'auto' or a whole number", (str, int)),

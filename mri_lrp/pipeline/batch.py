@@ -86,7 +86,7 @@ class Job:
             def hand_off(results: list[Explained]) -> None:
                 for res in results:
                     self._note_conservation(res)
-                    fut = pool.submit(self.writer.write, WriteJob.of(res))
+                    fut = pool.submit(self.writer.write, WriteJob.of(res, self.settings.save_model_input))
                     # Reported the moment it is written (on the writer's thread or the pool's result thread),
                     # not when the bounded queue below next drains: a finished scan's line is never held back.
                     fut.add_done_callback(partial(self._finish_write, res.prepared))

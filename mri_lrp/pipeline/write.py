@@ -13,7 +13,7 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.lrp.explain import conservation_note
-from mri_lrp.model.transform import ModelSpace, to_scan
+from mri_lrp.model.transform import ModelSpace, model_volume, to_scan
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.layout import Layout
 from mri_lrp.regions import (
@@ -36,6 +36,9 @@ from mri_lrp.settings import Settings
 
 if TYPE_CHECKING:
     from mri_lrp.pipeline.batch import Explained
+
+
+MODEL_INPUT_NAME = "model_input.nii.gz"
 
 
 @dataclass
