@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline_speed.py [--device cpu|cuda] [--n 16] [--size 128] [--model-grid 64]
                                         [--workers N] [--batch-size auto|N] [--data DIR] [--json OUT]
+                                        [--repeats N] [--memory 16,64] [--costs]
 
 Writes ``--n`` phantom heads of ``--size``³ voxels at 1.5 mm (`mri_lrp.phantoms`, the four classes in turn,
 stored orientations mixed) as float32 .nii.gz, and one checkpoint of the zoo's ``cnn3d`` (seeded weights,
@@ -12,6 +13,11 @@ relevance for the predicted class (benchmarks/naive_baseline.py checks it agains
 Each side runs as its own process, started cold, one after the other. "process wall" is the time from start to
 exit as seen from here (interpreter, imports, model loading and, for the pipeline, reader workers included);
 "run wall" is the time the side itself reports for its scan loop (naive) or its run (pipeline run.json).
+Memory: the peak, over the run, of the summed proportional set size (PSS: shared pages split between the
+processes sharing them) of the side's process and all its descendants, sampled every 0.2 s from /proc.
+``--memory 16,64`` runs only the pipeline, once per scan count, to show that memory does not grow with the
+number of scans. ``--costs`` measures, in this process on one thread, the CPU time of each piece of one scan's
+work outside the pipeline's scheduling (reading, LRP, mapping back, regions, overlay, files).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,26 +81,81 @@ def make_checkpoint(path: Path, size: int, grid: int) -> InputSpec:
 
 @dataclass
 class Timed:
-    """One side's process: wall and CPU seconds (its reader workers included), and the machine's load."""
+    """One side's process: wall and CPU seconds (its workers included), peak memory, and the machine's load."""
 
     wall: float
     cpu: float
     load_before: float
     load_after: float
     proc: subprocess.CompletedProcess
+    peak_pss_mb: float | None = None
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, from /proc/<pid>/task/<tid>/children."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+    except OSError:
+        return 0
+
+
+class TreeMemory:
+    """Samples the summed PSS of a process tree in a thread; ``peak_mb`` is None where /proc cannot tell."""
+
+    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+        self.pid, self.every_s, self.peak_kb = pid, every_s, 0
+        self.supported = os.path.exists(f"/proc/{pid}/smaps_rollup")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        if self.supported:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self.supported:
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.every_s):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _tree(self.pid)))
+
+    @property
+    def peak_mb(self) -> float | None:
+        return round(self.peak_kb / 1024, 1) if self.supported and self.peak_kb else None
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> Timed:
     """Run ``cmd`` to the end; CPU time comes from the children's rusage, which counts grandchildren (the
-    pipeline's reader processes) once their parent has reaped them."""
+    pipeline's reader and writer processes) once their parent has reaped them."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as popen, \
+            TreeMemory(popen.pid) as memory:
+        stdout, stderr = popen.communicate()
     wall = time.perf_counter() - t0
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timed(wall, cpu, load_before, os.getloadavg()[0], proc)
+    return Timed(wall, cpu, load_before, os.getloadavg()[0], proc, memory.peak_mb)
 
 
 def run_naive(data: Path, checkpoint: Path, out: Path, device: str, env: dict[str, str]) -> dict[str, Any]:
@@ -103,7 +165,8 @@ def run_naive(data: Path, checkpoint: Path, out: Path, device: str, env: dict[st
     if run.proc.returncode != 0:
         raise SystemExit(f"naive baseline failed (exit {run.proc.returncode}):\n{run.proc.stderr[-3000:]}")
     result = json.loads(run.proc.stdout.strip().splitlines()[-1])
-    return {**result, "process_wall": run.wall, "cpu": run.cpu, "load": (run.load_before, run.load_after)}
+    return {**result, "process_wall": run.wall, "cpu": run.cpu, "load": (run.load_before, run.load_after),
+            "peak_pss_mb": run.peak_pss_mb}
 
 
 def run_pipeline(data: Path, checkpoint: Path, out: Path, args: argparse.Namespace,
@@ -119,7 +182,7 @@ def run_pipeline(data: Path, checkpoint: Path, out: Path, args: argparse.Namespa
         raise SystemExit(f"mri-lrp explain failed (exit {run.proc.returncode}):\n{run.proc.stderr[-3000:]}")
     manifest = json.loads((out / "run.json").read_text())
     return {"command": " ".join(cmd), "process_wall": run.wall, "cpu": run.cpu,
-            "load": (run.load_before, run.load_after), "run_json": manifest}
+            "load": (run.load_before, run.load_after), "run_json": manifest, "peak_pss_mb": run.peak_pss_mb}
 
 
 def relevance_difference(naive_out: Path, pipe_out: Path, scans: list[Path]) -> float:
@@ -148,10 +211,13 @@ def side_numbers(n: int, naive: dict[str, Any], pipe: dict[str, Any]) -> dict[st
     return {
         "naive": {"process_wall_s": round(naive["process_wall"], 2), "run_wall_s": naive["seconds"]["wall"],
                   "cpu_s": round(naive["cpu"], 2), "scans_per_s": round(n / naive["process_wall"], 3),
+                  "cpu_s_per_scan": round(naive["cpu"] / n, 3), "peak_pss_mb": naive["peak_pss_mb"],
                   "load_avg": naive["load"],
                   "stage_s": {k: v for k, v in naive["seconds"].items() if k != "wall"}},
         "pipeline": {"process_wall_s": round(pipe["process_wall"], 2), "run_wall_s": seconds["wall"],
                      "cpu_s": round(pipe["cpu"], 2), "scans_per_s": round(n / pipe["process_wall"], 3),
+                     "cpu_s_per_scan": round(pipe["cpu"] / n, 3), "peak_pss_mb": pipe["peak_pss_mb"],
+                     "stages": pipe["run_json"].get("stages"),
                      "load_avg": pipe["load"],
                      "stage_s": {k: v for k, v in seconds.items() if k not in ("wall", "device_busy_fraction")},
                      "device": pipe["run_json"]["device"],
@@ -173,11 +239,14 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def print_run(label: str, r: dict[str, Any]) -> None:
     nv, pp = r["naive"], r["pipeline"]
     print(f"{label}: pipeline device {pp['device']}")
-    print(f"{'':>10} {'process wall s':>15} {'run wall s':>11} {'CPU s':>7} {'scans/s':>8} {'load avg':>12}")
+    print(f"{'':>10} {'process wall s':>15} {'run wall s':>11} {'CPU s':>7} {'CPU s/scan':>10} {'scans/s':>8} "
+          f"{'peak PSS MB':>11} {'load avg':>12}")
     for name, side in (("naive", nv), ("pipeline", pp)):
         load = "{:.1f}->{:.1f}".format(*side["load_avg"])
         print(f"{name:>10} {side['process_wall_s']:>15.2f} {side['run_wall_s']:>11.2f} {side['cpu_s']:>7.1f} "
-              f"{side['scans_per_s']:>8.3f} {load:>12}")
+              f"{side['cpu_s_per_scan']:>10.3f} {side['scans_per_s']:>8.3f} {side['peak_pss_mb'] or '-':>11} "
+              f"{load:>12}")
+    print(f"pipeline stages: {pp['stages']}")
     print(f"speed-up: {r['speedup_process']:.2f}x (process wall), {r['speedup_run']:.2f}x (run wall)")
     if "relevance_l1_rel_diff" in r:
         print(f"same relevance both ways: sum |difference| / sum |relevance| <= {r['relevance_l1_rel_diff']:.1e}")
@@ -186,6 +255,76 @@ def print_run(label: str, r: dict[str, Any]) -> None:
           + "  (summed over workers/threads; they overlap)")
     if pp["device_busy_fraction"] is not None and "cuda" in pp["device"]:
         print(f"device busy: {100 * pp['device_busy_fraction']:.0f}% of the pipeline's run wall")
+
+
+def scan_costs(data: Path, checkpoint: Path, repeats: int = 5) -> dict[str, float]:
+    """CPU milliseconds of each piece of one scan's work, in this process on one torch thread, best of
+    ``repeats`` (thread CPU time, so other load on the machine matters little)."""
+    from mri_lrp import outputs, regions, render
+    from mri_lrp.lrp import Explainer
+    from mri_lrp.model.checkpoint import load_checkpoint
+    from mri_lrp.model.transform import to_scan
+    from mri_lrp.pipeline.batch import Explained
+    from mri_lrp.pipeline.read import prepare
+    from mri_lrp.pipeline.write import ScanWriter, WriteJob
+    from mri_lrp.scans import discover
+    from mri_lrp.settings import Settings
+
+    torch.set_num_threads(1)
+    loaded = load_checkpoint(checkpoint)
+    explainer = Explainer(loaded.model, rule="alphabeta", alpha=2.0, beta=1.0)
+    refs, _ = discover([str(data)], volume=None)
+    ref = refs[min(1, len(refs) - 1)]
+    p = prepare(ref, loaded.input_spec)
+    x = torch.stack([p.model_input.tensor] * 2)
+    e = explainer(x, target=None, init="prob", class_names=loaded.class_names)
+    job = WriteJob.of(Explained(p, e.relevance.detach()[0:1], e.probs[0].double().numpy(), [int(e.target[0])],
+                                [float(e.output_relevance[0])], [float(e.absorbed[0])],
+                                [float(e.output_relevance_abs[0])], 0.0))
+    scan = p.scan
+    rel = to_scan(torch.from_numpy(job.relevance[0]), job.space).astype(np.float32)
+    overlay = render.compose_overlay(scan.data, rel, scan.affine, title="t")
+
+    def cost(fn: Any, n: int = repeats) -> float:
+        best = float("inf")
+        for _ in range(n):
+            t0 = time.thread_time()
+            fn()
+            best = min(best, time.thread_time() - t0)
+        return round(best * 1000, 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = ScanWriter(Path(tmp), Settings(), loaded.class_names, 3, "x")
+        partition = cost(lambda: regions.builtin_partition(scan))
+        costs = {
+            "read + preprocess": cost(lambda: prepare(ref, loaded.input_spec)),
+            "explain (batch 2, per scan)": cost(lambda: explainer(x, target=None, init="prob"), 3) / 2,
+            "map back (to_scan)": cost(lambda: to_scan(torch.from_numpy(job.relevance[0]), job.space)),
+            "built-in regions (partition)": partition,
+            "region sums (one labelled pass)": round(cost(lambda: regions.region_rows(
+                "s", rel, regions.builtin_partition(scan), 0.003)) - partition, 1),
+            "overlay (compose)": cost(lambda: render.compose_overlay(scan.data, rel, scan.affine, title="t")),
+            "overlay (PNG)": cost(lambda: render.png_bytes(overlay.rgb)),
+            "relevance .nii.gz": cost(lambda: outputs.save_nifti(Path(tmp) / "r.nii.gz", rel, scan.affine)),
+            "ScanWriter.write (all outputs)": cost(lambda: writer.write(job)),
+        }
+    return costs
+
+
+def memory_runs(counts: list[int], root: Path, args: argparse.Namespace, env: dict[str, str]) -> list[dict]:
+    """The pipeline alone over ``counts`` scans each: peak PSS of its process tree and the wall time."""
+    checkpoint = root / f"cnn3d_{args.model_grid}.pt"
+    make_checkpoint(checkpoint, args.size, args.model_grid)
+    rows = []
+    for n in counts:
+        scans = root / f"scans_{n}x{args.size}"
+        make_scans(scans, n, args.size)
+        pipe = run_pipeline(scans, checkpoint, root / f"out_memory_{n}", args, env)
+        rows.append({"scans": n, "peak_pss_mb": pipe["peak_pss_mb"], "process_wall_s": round(pipe["process_wall"], 2),
+                     "cpu_s_per_scan": round(pipe["cpu"] / n, 3), "stages": pipe["run_json"].get("stages")})
+        print(f"memory: {n} scans: peak PSS {pipe['peak_pss_mb']} MB, process wall {pipe['process_wall']:.1f} s, "
+              f"{pipe['cpu'] / n:.3f} CPU s/scan", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,12 +340,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="naive/pipeline pairs, alternating; best is kept")
     parser.add_argument("--data", type=Path, default=None, help="keep scans, checkpoint and outputs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    parser.add_argument("--memory", default=None, help="only the pipeline, at these scan counts (e.g. 16,64)")
+    parser.add_argument("--costs", action="store_true", help="only the per-scan CPU cost of each piece")
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1 or args.size < 8 or args.model_grid < 16:
         parser.error("--n and --repeats must be >= 1, --size >= 8 and --model-grid >= 16")
 
     with tempfile.TemporaryDirectory(prefix="mri-lrp-bench-") as tmp:
         root = args.data or Path(tmp)
+        env = dict(os.environ, MPLBACKEND="Agg")
+        if args.memory or args.costs:
+            extra: dict[str, Any] = {}
+            if args.costs:
+                scans = root / f"scans_{min(args.n, 4)}x{args.size}"
+                make_scans(scans, min(args.n, 4), args.size)
+                make_checkpoint(root / f"cnn3d_{args.model_grid}.pt", args.size, args.model_grid)
+                extra["cpu_ms_per_scan"] = scan_costs(scans, root / f"cnn3d_{args.model_grid}.pt")
+                for name, ms in extra["cpu_ms_per_scan"].items():
+                    print(f"{name:>34}: {ms:7.1f} CPU ms")
+            if args.memory:
+                extra["memory"] = memory_runs([int(v) for v in args.memory.split(",")], root, args, env)
+            if args.json:
+                args.json.write_text(json.dumps(extra, indent=2))
+            return 0
         t0 = time.perf_counter()
         scans = root / f"scans_{args.n}x{args.size}"
         files = make_scans(scans, args.n, args.size)
@@ -214,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
         spec = make_checkpoint(checkpoint, args.size, args.model_grid)
         print(f"data: {args.n} x {args.size}^3 at {SPACING_MM} mm in {scans} ({time.perf_counter() - t0:.1f} s); "
               f"model input {list(spec.shape or ())} at {spec.spacing[0] if spec.spacing else '-'} mm", flush=True)
-        env = dict(os.environ, MPLBACKEND="Agg")
         if args.torch_threads is not None:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.torch_threads)
         runs = []

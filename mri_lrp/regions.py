@@ -287,17 +287,29 @@ def head_mask(data: np.ndarray) -> np.ndarray:
     Skull, CSF and necrotic cores are dark on T1 but lie inside the head; a voxel counts as inside when bright
     voxels surround it along all three grid axes, which fills such holes without filling in the background.
     """
-    values = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    values = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(values).all():  # readers already replace NaN; a copy only when some are left
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     step = 2 if values.size > 1 << 20 else 1  # every 8th voxel pins the percentiles of a large volume
     sample = values[::step, ::step, ::step]
     low, high = np.percentile(sample, [2.0, 98.0]) if values.size else (0.0, 0.0)
     bright = values > low + 0.1 * (high - low)
-    inside = np.ones_like(bright)
-    for axis in range(3):
-        before = np.logical_or.accumulate(bright, axis=axis)
-        after = np.flip(np.logical_or.accumulate(np.flip(bright, axis), axis=axis), axis)
-        inside &= before & after
-    return inside
+    # Inside along an axis = between the first and the last bright voxel of its line. The running ORs work on
+    # bits packed eight to a byte along another axis, eight lines at once; packing is fastest along the axis
+    # that is contiguous in memory (the first for nibabel's Fortran-ordered arrays, the last for C order).
+    fast, second, third = np.argsort(bright.strides, kind="stable")
+    packed = np.packbits(bright, axis=fast)
+    across = np.unpackbits(_between(packed, second) & _between(packed, third), axis=fast, count=bright.shape[fast])
+    along = np.unpackbits(_between(np.packbits(bright, axis=second), fast), axis=second,
+                          count=bright.shape[second])
+    return (across & along).view(bool)
+
+
+def _between(bits: np.ndarray, axis: int) -> np.ndarray:
+    """Bits set at and after the first set bit of their line along ``axis``, and at and before the last."""
+    before = np.bitwise_or.accumulate(bits, axis=axis)
+    after = np.flip(np.bitwise_or.accumulate(np.flip(bits, axis), axis=axis), axis)
+    return before & after
 
 
 def builtin_partition(scan: Scan) -> Partition:

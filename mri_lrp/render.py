@@ -293,7 +293,7 @@ def _edge(region: np.ndarray) -> np.ndarray:
 
 def _sample(values: np.ndarray) -> np.ndarray:
     """An evenly strided subset of the values: percentiles for display need no more."""
-    flat = values.reshape(-1)
+    flat = values.reshape(-1, order="A")  # a view in C or Fortran order (nibabel's), never a copy of the volume
     return flat[::max(1, flat.size // _STATS_SAMPLES)].astype(np.float64)
 
 

@@ -519,3 +519,21 @@ def test_mask_metrics_from_the_rows_equal_the_direct_ones() -> None:
     assert from_rows["pointing_game"] == direct["pointing_game"]
     assert from_rows["mask_volume_ml"] == pytest.approx(direct["mask_volume_ml"])
     assert from_rows["relevance_mass_accuracy"] == pytest.approx(direct["relevance_mass_accuracy"], rel=1e-12)
+
+
+def reference_head_fill(bright: np.ndarray) -> np.ndarray:
+    """Inside = some bright voxel at or before it and some at or after it, on every axis: one voxel at a time."""
+    inside = np.zeros(bright.shape, dtype=bool)
+    for i, j, k in np.ndindex(bright.shape):
+        inside[i, j, k] = (bright[:i + 1, j, k].any() and bright[i:, j, k].any()
+                           and bright[i, :j + 1, k].any() and bright[i, j:, k].any()
+                           and bright[i, j, :k + 1].any() and bright[i, j, k:].any())
+    return inside
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 5), (17, 1, 12), (3, 11, 1), (1, 1, 1)])
+def test_head_mask_fills_what_bright_voxels_enclose_along_every_axis(shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    data = np.where(rng.random(shape) > 0.55, 100.0, 0.0).astype(np.float32)
+    low, high = np.percentile(data, [2.0, 98.0])
+    assert np.array_equal(head_mask(data), reference_head_fill(data > low + 0.1 * (high - low)))
