@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv demo test test-slow lint bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# The slow set's report-in-a-browser and BIDS-validator tests: Debian's chromium (needs root) and npm packages.
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/lrp_speed.py

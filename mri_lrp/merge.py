@@ -28,7 +28,7 @@ from pathlib import Path
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import FAILURE_COLUMNS, SKIPPED_COLUMNS, atomic_write_json, write_csv
-from mri_lrp.pipeline.layout import BIDSIGNORE, DESCRIPTION, files_outside
+from mri_lrp.pipeline.layout import BIDSIGNORE, DESCRIPTION, README, files_outside
 from mri_lrp.regions import by_class_table
 from mri_lrp.report import write_report
 from mri_lrp.shard import Shard, assign
@@ -427,7 +427,7 @@ def merge_outputs(out_dirs: list[Path], out: Path, allow_mixed: bool = False) ->
     skipped = {row["path"]: row for s in sets if (s.folder / "skipped.csv").is_file()
                for row in _read_csv(s.folder / "skipped.csv")[1]}
     write_csv(out / "skipped.csv", [skipped[p] for p in sorted(skipped)], SKIPPED_COLUMNS)
-    for name in (DESCRIPTION, BIDSIGNORE):  # a BIDS-layout run's dataset files
+    for name in (DESCRIPTION, BIDSIGNORE, README):  # a BIDS-layout run's dataset files
         given = next((s.root / name for s in sets if (s.root / name).is_file()), None)
         if given is not None and given.resolve() != (out / name).resolve():
             _link_file(given, out / name)

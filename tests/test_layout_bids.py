@@ -123,6 +123,7 @@ def test_a_bids_run_writes_a_derivative_dataset_and_resumes_from_it(bids_dataset
     assert description["GeneratedBy"][0]["Name"] == "mri-lrp" and description["BIDSVersion"]
     ignored = (out / ".bidsignore").read_text().split()
     assert {"*.csv", "run.json", "scans/", "report.html", "report/"} <= set(ignored)
+    assert "desc-lrp" in (out / "README").read_text()
     assert not list(out.glob("scans/*/*.nii.gz")) and not list(out.glob("scans/*/*.png"))
     summary = (out / "summary.csv").read_text()
     assert summary.count("\n") == 4  # header + three scans
@@ -163,3 +164,26 @@ def test_bids_shards_merge_into_one_derivative_dataset(bids_dataset: Path, tmp_p
     assert bids_files(merged) == EXPECTED_BIDS_FILES
     assert json.loads((merged / "dataset_description.json").read_text())["DatasetType"] == "derivative"
     assert (merged / ".bidsignore").is_file() and (merged / "report.html").is_file()
+
+
+VALIDATOR = ROOT / "tests" / "browser" / "node_modules" / ".bin" / "bids-validator"
+#: What the validator (1.x, no derivative rules) is expected to say of a derivative dataset, and nothing else:
+#: desc-lrp names are no raw-data names, so no subject holds "valid" raw data.
+EXPECTED_VALIDATOR_ERRORS = {"NOT_INCLUDED", "NO_VALID_DATA_FOUND_FOR_SUBJECT"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VALIDATOR.is_file(), reason="bids-validator is not installed in tests/browser "
+                    "(make browser-deps)")
+def test_the_bids_validator_finds_nothing_but_derivative_names(bids_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_cli("explain", str(bids_dataset), "--layout", "bids", "--out", str(out), "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    checked = subprocess.run([str(VALIDATOR), "--json", str(out)], capture_output=True, text=True, timeout=300)
+    issues = json.loads(checked.stdout)["issues"]
+    errors = {issue["key"]: issue for issue in issues["errors"]}
+    assert set(errors) == EXPECTED_VALIDATOR_ERRORS, {k: v["reason"] for k, v in errors.items()}
+    flagged = {f["file"]["relativePath"].lstrip("/") for f in errors["NOT_INCLUDED"]["files"]}
+    assert flagged == EXPECTED_BIDS_FILES  # only the derivative files; the tables and report are .bidsignored
+    warnings = {issue["key"] for issue in issues["warnings"]}
+    assert warnings <= {"NO_AUTHORS"}, warnings  # authors are the user's to add

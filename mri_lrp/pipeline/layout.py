@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 LAYOUTS = ("flat", "bids")
 DESCRIPTION = "dataset_description.json"
 BIDSIGNORE = ".bidsignore"
+README = "README"
+README_TEXT = """Relevance maps made by mri-lrp (Layer-wise Relevance Propagation over an MRI classifier).
+
+sub-*/[ses-*/]<datatype>/<source entities>_desc-lrp_relevance.nii.gz: float32 relevance on the source scan's
+grid, positive where the voxel supported the explained class; _relevance.json is its sidecar (rule, parameters,
+target class, model). _desc-lrp_overlay.png shows it over the scan. Where two sources of one subject share
+their entities, the source suffix is part of the label (desc-lrpT1w, desc-lrpFLAIR).
+
+summary.csv, regions.csv, failures.csv, run.json, report.html and scans/ (per-scan bookkeeping) are the run's
+tables and report, listed in .bidsignore.
+"""
 #: BIDS datatype folders a source may sit in; anything else is written as anat (structural MRI).
 DATATYPES = ("anat", "func", "dwi", "fmap", "perf")
 #: What a BIDS tool should not read as data: the run's tables, report, bookkeeping and shard parts.
@@ -214,6 +225,7 @@ def write_bids_root(out: Path, settings: Settings) -> None:
     """`dataset_description.json` and `.bidsignore` at the root of a BIDS-layout output."""
     atomic_write_json(out / DESCRIPTION, dataset_description(settings))
     atomic_write_text(out / BIDSIGNORE, "".join(f"{pattern}\n" for pattern in IGNORED))
+    atomic_write_text(out / README, README_TEXT)
 
 
 def files_outside(folder: Path, root: Path) -> list[Path]:
