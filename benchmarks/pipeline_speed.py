@@ -324,7 +324,8 @@ def memory_runs(counts: list[int], root: Path, args: argparse.Namespace, env: di
         rows.append({"scans": n, "peak_pss_mb": pipe["peak_pss_mb"], "process_wall_s": round(pipe["process_wall"], 2),
                      "scans_per_s": round(n / pipe["process_wall"], 3), "cpu_s_per_scan": round(pipe["cpu"] / n, 3),
                      "stage_s": seconds, "stages": pipe["run_json"].get("stages")})
-        print(f"pipeline alone, {n} scans: peak PSS {pipe['peak_pss_mb']} MB, process wall {pipe['process_wall']:.1f} s "
+        print(f"pipeline alone, {n} scans: peak PSS {pipe['peak_pss_mb']} MB, "
+              f"process wall {pipe['process_wall']:.1f} s "
               f"({n / pipe['process_wall']:.2f} scans/s), {pipe['cpu'] / n:.3f} CPU s/scan, main thread on the "
               f"device {seconds.get('device_busy_fraction')} of the run; stages {pipe['run_json'].get('stages')}",
               flush=True)
