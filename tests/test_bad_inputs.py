@@ -146,8 +146,8 @@ def test_a_text_file_as_checkpoint_is_one_line_and_exit_2(tmp_path: Path) -> Non
     res = run_cli("explain", str(scans), "--checkpoint", str(notes), "--out", str(tmp_path / "out"))
     assert res.returncode == 2
     lines = res.stderr.decode().strip().splitlines()
-    assert lines == [f"mri-lrp: error: {notes}: is a text file (it starts with 'a'), not a PyTorch checkpoint; "
-                     "give the file that torch.save wrote"]
+    assert lines == [f"mri-lrp: error: {notes}: not a readable PyTorch checkpoint: a text file (it starts with "
+                     "'a'); give the file that torch.save wrote"]
 
 
 def test_a_night_of_bad_inputs_gives_one_row_each_and_reruns_cleanly(tmp_path: Path) -> None:

@@ -144,3 +144,48 @@ def test_readme_cron_line_works_under_crons_minimal_environment() -> None:
     command = job.split("&&")[-1].split()[0] if "&&" in job else job.split()[5]
     assert command.startswith("/") and command.endswith("/mri-lrp"), job  # cron's PATH is /usr/bin:/bin
     assert "MAILTO" in block and "command -v mri-lrp" in section
+
+
+def test_the_demo_model_says_so_in_the_log_the_table_and_every_overlay(tmp_path: Path) -> None:
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from mri_lrp.model.checkpoint import DEMO_NOTICE
+    from mri_lrp.render import STAMP_COLOUR
+
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_volume(scans / "a.nii.gz", (12, 12, 12), seed=1)
+    code, log = explain(scans, out, quiet=True)  # a config that forgot its checkpoint
+    assert code == 0
+    assert sum("DEMO MODEL trained on synthetic phantoms" in line for line in log.splitlines()) == 1
+    with (out / "summary.csv").open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert DEMO_NOTICE in row["warnings"]
+    png = Image.open(out / "scans" / "a" / "overlay.png")
+    assert png.text["Warning"] == DEMO_NOTICE
+    rgb = np.asarray(png.convert("RGB"))
+    assert (rgb[0] == STAMP_COLOUR).all() and (rgb[:, -1] == STAMP_COLOUR).all()  # the frame, all round
+    assert json.loads((out / "run.json").read_text())["checkpoint"]["demo"] is True
+
+
+def test_a_plain_state_dict_announces_the_assumed_spec_once_and_is_no_demo(tmp_path: Path) -> None:
+    import torch
+
+    from mri_lrp.model.zoo import build_model
+
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_volume(scans / "a.nii.gz", (32, 32, 32), seed=1)  # the native grid must survive the net's poolings
+    write_volume(scans / "b.nii.gz", (32, 32, 32), seed=2)
+    weights = tmp_path / "weights.pt"
+    torch.save(build_model("cnn3d", num_classes=3).state_dict(), weights)
+    code, log = explain(scans, out, checkpoint=str(weights), model="cnn3d", model_kwargs={"num_classes": 3})
+    assert code == 0, log
+    assumed = [line for line in log.splitlines() if "does not say how its model was trained" in line]
+    assert len(assumed) == 1
+    assert "on the scan's own grid (shape native, spacing native mm)" in assumed[0]
+    assert "zscore intensities" in assumed[0] and "class names class_0, class_1, class_2" in assumed[0]
+    assert "DEMO MODEL" not in log
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["checkpoint"]["demo"] is False and manifest["checkpoint"]["assumed"] in assumed[0]

@@ -208,8 +208,8 @@ def _read(path: Path, trust: bool) -> Any:
         raise _err(path, "empty file")
     text = _text_start(path)
     if text is not None:
-        raise _err(path, f"is a text file (it starts with {text!r}), not a PyTorch checkpoint; give the file "
-                         "that torch.save wrote")
+        raise _err(path, f"not a readable PyTorch checkpoint: a text file (it starts with {text!r}); give the "
+                         "file that torch.save wrote")
     if _is_torchscript(path):
         raise _err(path, "is a TorchScript archive; LRP needs the Python module structure, so "
                          "save model.state_dict() (or use save_checkpoint) from the original "
