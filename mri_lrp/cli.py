@@ -16,6 +16,7 @@ from mri_lrp.errors import CheckpointError, MriLrpError, SettingsError, Unsuppor
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
+from mri_lrp.pipeline.layout import LAYOUTS
 from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, TARGET_KEYWORDS, Settings, input_spec_options
 
 EXIT_USAGE, EXIT_UNEXPECTED = 2, 1
@@ -189,7 +190,8 @@ def explain(
     quiet: Annotated[bool | None, typer.Option(
         "--quiet", "-q", help="Only failures and the summary.", rich_help_panel=OUTPUTS)] = None,
     layout: Annotated[str | None, typer.Option(
-        help="Where files go: flat (scans/<id>/) | bids (a BIDS-derivatives dataset of BIDS inputs).",
+        help=f"Where files go: {one_of(LAYOUTS)} (flat: scans/<id>/; bids: a BIDS-derivatives dataset of BIDS "
+        "inputs).",
         rich_help_panel=OUTPUTS)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (scans, shard, model, input spec, rule per layer) and exit; "

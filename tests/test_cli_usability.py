@@ -18,6 +18,7 @@ from mri_lrp.cli import CLUSTER, INPUTS, MODEL, OUTPUTS, REGIONS, RULES_PANEL, a
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
+from mri_lrp.pipeline.layout import LAYOUTS
 from mri_lrp.scans.ids import NIFTI_SUFFIXES
 from mri_lrp.settings import DEVICES, TARGET_KEYWORDS
 
@@ -71,7 +72,7 @@ def test_explain_help_shows_defaults_and_every_allowed_value_from_the_registries
                     "[default: (prob)]", "[default: (predicted)]", "[default: (auto)]", "[default: (--resume)]",
                     "[default: (mri-lrp-out)]"):
         assert default in text, default
-    for names in (RULES, COMPOSITES, INITS, NORMALIZATIONS, TARGET_KEYWORDS, DEVICES):
+    for names in (RULES, COMPOSITES, INITS, NORMALIZATIONS, TARGET_KEYWORDS, DEVICES, LAYOUTS):
         assert " | ".join(names) in text, names
     assert "mri-lrp explain scans/ --rule alphabeta --alpha 2 --beta 1" in text  # the examples epilog
 
