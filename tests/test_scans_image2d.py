@@ -119,6 +119,27 @@ def test_discovery_finds_every_image_suffix_and_skips_masks_outputs_and_junk(tmp
         read_scan(next(r for r in refs if r.source == "broken.png"))
 
 
+def test_image_file_model_input_equals_torchvision_to_tensor_resize_normalize(tmp_path):
+    """With torchvision installed (the vision venv): a PNG through ToTensor -> Resize((224, 224)) ->
+    Normalize(ImageNet) is our image reader + resize + imagenet."""
+    tv = pytest.importorskip("torchvision.transforms")
+    from mri_lrp.scans.image2d import read_image
+    from mri_lrp.scans.refs import ScanRef
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:300, 0:260]
+    grey = np.clip(128 + 60 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 20, (300, 260)), 0, 255)
+    rgb = np.stack([grey, np.roll(grey, 5, 0), 255 - grey], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    scan = read_image(ScanRef("image", "x.png", "x", (str(tmp_path / "x.png"),), "x.png"))
+    ours = to_model(scan, InputSpec(dims=2, channels=3, shape=(224, 224), resize=True, antialias=True,
+                                    normalization="imagenet")).tensor[0]
+    reference = tv.Compose([tv.ToTensor(), tv.Resize((224, 224), antialias=True),
+                            tv.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(Image.open(tmp_path / "x.png"))
+    for c in range(3):
+        assert float((ours[c] - reference[c]).norm() / reference[c].norm()) <= 1e-4
+
+
 @pytest.mark.slow
 def test_explain_a_folder_of_jpeg_slices_with_an_imagenet_style_2d_model(tmp_path: Path):
     """End to end: a 3-channel 2D model resized to 64² with ImageNet scaling; outputs as for other scans."""

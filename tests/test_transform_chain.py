@@ -235,3 +235,49 @@ def test_checkpoint_spec_written_before_align_keeps_the_centred_grid():
 def test_bad_spec_keys_are_one_clear_error(keys: dict, message: str):
     with pytest.raises(ValueError, match=message):
         InputSpec.from_dict(keys)
+
+
+def test_saved_model_input_is_the_tensor_on_the_model_grid_channels_last(two_channel: Scan, tmp_path: Path):
+    from mri_lrp.model.transform import model_volume
+    from mri_lrp.outputs import save_nifti
+
+    mi = to_model(two_channel, _spec("crop_resize_linear", channels=2))
+    save_nifti(tmp_path / "m.nii.gz", model_volume(mi.tensor, mi.space), mi.space.affine)
+    img = nib.load(tmp_path / "m.nii.gz")
+    assert img.shape == (20, 24, 16, 2)
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[..., 1], mi.tensor[1].numpy())
+    np.testing.assert_allclose(img.affine, mi.space.affine, atol=1e-4)
+    slices = to_model(two_channel, InputSpec(dims=2, channels=2, shape=(30, 36), resize=True))
+    seen = model_volume(slices.tensor, slices.space)
+    assert seen.shape == (30, 36, slices.tensor.shape[0], 2)
+    np.testing.assert_array_equal(seen[:, :, 4, 1], slices.tensor[4, 1].numpy())
+
+
+def test_relevance_on_zero_padding_is_reported_not_hidden(anatomical: Scan):
+    from mri_lrp.pipeline.write import padding_note
+
+    mi = to_model(anatomical, _spec("pad_crop_zeros"))
+    r = np.zeros((1, *mi.tensor.shape), dtype=np.float32)
+    r[0, 0, 0, 10, 10] = 0.25  # a padded voxel
+    r[0, 0, 20, 20, 12] = 0.75
+    assert padding_note(r, mi.space, 1.0).startswith("25.0% of the relevance lies on zero padding")
+    r[0, 0, 0, 10, 10] = 0.0
+    assert padding_note(r, mi.space, 1.0) == ""
+
+
+def test_the_demo_checkpoint_keeps_its_centred_single_step_grid():
+    """The shipped demo model was trained on the centred, anti-aliased, edge-padded grid of its era."""
+    from mri_lrp.model.checkpoint import load_checkpoint
+
+    spec = load_checkpoint(None).input_spec
+    assert (spec.align, spec.padding, spec.antialias, spec.resize) == ("centre", "edge", True, False)
+    assert spec.shape == (56, 64, 56) and spec.spacing == (3.5, 3.5, 3.5)
+
+
+def test_imagenet_slice_config_is_a_valid_spec_matching_torchvision_resize():
+    from mri_lrp.settings import load_config
+
+    config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "imagenet-2d-slices.toml"))
+    spec = InputSpec.from_dict(config["input_spec"])
+    assert (spec.dims, spec.channels, spec.shape, spec.resize, spec.antialias) == (2, 3, (224, 224), True, True)
+    assert spec.mean_std() == (IMAGENET_MEAN, IMAGENET_STD)

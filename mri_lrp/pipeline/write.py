@@ -13,7 +13,7 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.lrp.explain import conservation_note
-from mri_lrp.model.transform import ModelSpace, model_volume, to_scan
+from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.layout import Layout
 from mri_lrp.regions import (
@@ -169,7 +169,8 @@ class ScanWriter:
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
             **first,
             "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
-                                   *filter(None, [conservation_note(out_rel, total, out_abs)]))),
+                                   *filter(None, [conservation_note(out_rel, total, out_abs),
+                                                  padding_note(res.relevance, ctx, out_abs)]))),
             "status": "ok", "seconds": round(seconds, 3),
             **self._join_columns(res.dicom),
         }
@@ -265,3 +266,11 @@ def channel_shares(channels: tuple[str, ...], per: np.ndarray) -> dict[str, floa
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
+
+def padding_note(relevance: np.ndarray, space: ModelSpace, output_abs: float) -> str:
+    """A remark when relevance fell on zero padding past the scan (no scan voxel holds it), or ""."""
+    outside = sum(outside_relevance(torch.from_numpy(r), space) for r in relevance)
+    if output_abs <= 0 or abs(outside) <= 1e-3 * output_abs:
+        return ""
+    return (f"{abs(outside) / output_abs:.1%} of the relevance lies on zero padding past the scan (the model grid "
+            "is larger than the scan's field of view) and is in no voxel of the relevance map")
