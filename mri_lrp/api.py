@@ -88,6 +88,7 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     cannot be read or explained.
     """
     from mri_lrp.lrp import Explainer
+    from mri_lrp.model.checkpoint import DEMO_NOTICE
     from mri_lrp.pipeline.batch import Job
     from mri_lrp.pipeline.manifest import RunStats
     from mri_lrp.pipeline.read import prepare
@@ -122,7 +123,7 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     explainer = Explainer(loaded.model.to(device), **rule_params(settings))
     fingerprint = settings.fingerprint(loaded.sha256)
     writer = ScanWriter(Path(tmp.name), settings, loaded.class_names, loaded.input_spec.dims, fingerprint,
-                        model_sha256=loaded.sha256)
+                        model_sha256=loaded.sha256, stamp=DEMO_NOTICE if loaded.is_demo else "")
     failures: list[dict[str, Any]] = []
     job = Job(settings, loaded, explainer, target, device, Reporter(quiet=True, stream=io.StringIO()),
               RunStats(), writer, failures)

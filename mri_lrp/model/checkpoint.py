@@ -332,7 +332,7 @@ def _updated_spec(path: Path, base: InputSpec, given: InputSpec | dict[str, Any]
     try:
         return InputSpec.from_dict({**base.to_dict(), **given})
     except (TypeError, ValueError) as exc:
-        raise _err(path, f"input spec: {_first_line(exc)}") from None
+        raise _err(path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
 
 
 def resolve_architecture(architecture: str, kwargs: dict[str, Any],
@@ -567,5 +567,7 @@ def describe_model(loaded: LoadedModel, *, rule: str = "alphabeta", composite: s
         "input_spec": loaded.input_spec.to_dict(),
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "extra": loaded.extra,
+        **({"warning": DEMO_NOTICE} if loaded.is_demo else {}),
+        **({"assumed": loaded.assumed} if loaded.assumed else {}),
         "layers": [{"name": name, "type": kind, "rule": text} for name, kind, text in rules],
     }
