@@ -5,9 +5,13 @@
 Per file, in one process and in order: nibabel read -> the package's preprocessing (`to_model`) -> LRP-αβ
 (α=2, β=1) at batch 1 in float32 with module hooks in the style of Zennit (BatchNorm merged into the conv
 before it, then every conv/linear backward replaced by the rule, computed from four modified-weight passes) ->
-a pyplot figure of a few slices with a colour bar, saved as PNG -> the relevance in the scan's grid saved with
+a pyplot figure of three planes with a colour bar, saved as PNG -> the relevance in the scan's grid saved with
 nibabel. It is written the way a careful user would write it, not slowed down on purpose; it only lacks what
 the pipeline adds: overlapping reading, device batching and background writing.
+
+Zennit itself (its `EpsilonAlpha2Beta1`) would be the natural yardstick, but Zennit on PyPI requires
+torchvision, which this project does not install (it would pin its own torch); the hooks below compute the
+same αβ rule the way Zennit does, and the benchmark checks them against the package's engine.
 """
 
 from __future__ import annotations
@@ -136,19 +140,22 @@ def explain_one(model: nn.Module, x: torch.Tensor, alpha: float = 2.0, beta: flo
 
 
 def plot(path: Path, volume: np.ndarray, relevance: np.ndarray, title: str) -> None:
-    """Five axial slices of the scan with the relevance on top and one colour bar, via pyplot."""
+    """Three planes through the volume's centre (axial, coronal, sagittal) with the relevance on top and one
+    colour bar, via pyplot: the figure a user would make first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     vmax = float(np.percentile(np.abs(relevance), 99.5)) or 1.0
-    slices = np.linspace(0.3, 0.7, 5) * volume.shape[2]
-    fig, axes = plt.subplots(1, 5, figsize=(15, 3.6))
-    for ax, k in zip(axes, slices.astype(int), strict=True):
-        ax.imshow(volume[:, :, k].T, cmap="gray", origin="lower")
-        im = ax.imshow(relevance[:, :, k].T, cmap="seismic", vmin=-vmax, vmax=vmax, alpha=0.5, origin="lower")
-        ax.set_title(f"slice {k}")
+    i, j, k = (n // 2 for n in volume.shape)
+    planes = (("axial", volume[:, :, k], relevance[:, :, k]), ("coronal", volume[:, j, :], relevance[:, j, :]),
+              ("sagittal", volume[i, :, :], relevance[i, :, :]))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+    for ax, (name, grey, rel) in zip(axes, planes, strict=True):
+        ax.imshow(grey.T, cmap="gray", origin="lower")
+        im = ax.imshow(rel.T, cmap="seismic", vmin=-vmax, vmax=vmax, alpha=0.5, origin="lower")
+        ax.set_title(name)
         ax.axis("off")
     fig.colorbar(im, ax=list(axes), fraction=0.02, label="relevance")
     fig.suptitle(title)
