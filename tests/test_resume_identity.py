@@ -116,3 +116,14 @@ def test_reordered_roots_keep_every_id_on_its_file_and_resume_everything(tmp_pat
     manifest = json.loads((out / "run.json").read_text())
     assert [root["given"] for root in manifest["roots"]] == [str(r2), str(r1)]
     assert [root["resolved"] for root in manifest["roots"]] == [os.path.realpath(r2), os.path.realpath(r1)]
+
+
+def test_the_img_of_an_analyze_pair_is_part_of_its_identity(tmp_path: Path) -> None:
+    data = np.zeros((4, 4, 4), np.float32)
+    nib.save(nib.Nifti1Pair(data, np.eye(4)), tmp_path / "pair.hdr")
+    (ref,), _ = discover([tmp_path])
+    before = input_identity(ref.paths)
+    nib.save(nib.Nifti1Pair(data + 1, np.eye(4)), tmp_path / "other.hdr")
+    shutil.copyfile(tmp_path / "other.img", tmp_path / "pair.img")  # new voxels, same header file
+    assert [Path(item["path"]).name for item in before] == ["pair.hdr", "pair.img"]
+    assert input_identity(ref.paths) != before

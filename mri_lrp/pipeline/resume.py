@@ -22,9 +22,17 @@ HEAD_BYTES = 8192  # hashed per input file: cheap (discovery already reads every
 
 
 def input_identity(paths: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
-    """What identifies the input files of one scan, JSON-ready; a file that cannot be read is marked missing."""
-    out = []
+    """What identifies the input files of one scan, JSON-ready; a file that cannot be read is marked missing.
+
+    The voxels of a .hdr/.img pair are in the .img, so it is part of the identity too.
+    """
+    files = []
     for path in paths:
+        files.append(path)
+        if path.lower().endswith(".hdr") and os.path.isfile(path[:-4] + ".img"):
+            files.append(path[:-4] + ".img")
+    out = []
+    for path in files:
         real = os.path.realpath(path)
         try:
             st = os.stat(real)
