@@ -120,6 +120,12 @@ class InputSpec:
             raise ValueError(f"input spec: channel_names has {len(self.channel_names)} names for "
                              f"{self.channels} channels")
 
+    @property
+    def colour_channels(self) -> bool:
+        """The model's channels are the red, green and blue of a picture (an ImageNet-style net), not sequences
+        to be matched to files: three unnamed channels of a 2D or ImageNet-normalised model."""
+        return self.channels == 3 and not self.channel_names and (self.dims == 2 or self.normalization == "imagenet")
+
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel (mean, std) of a meanstd/imagenet spec, one value per channel."""
         if self.normalization == "imagenet":
