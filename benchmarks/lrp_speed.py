@@ -1,7 +1,7 @@
 """Cost of LRP relative to one input-gradient pass (forward + gradient w.r.t. the input, parameters frozen).
 
-    python benchmarks/lrp_speed.py [--device cpu|cuda] [--repeats 5] [--models cnn2d,cnn3d] [--threads N]
-                                   [--json OUT]
+    python benchmarks/lrp_speed.py [--device cpu|cuda] [--repeats 5] [--models cnn2d,cnn3d|all] [--threads N]
+                                   [--no-memory] [--json OUT]
 
 Times are the fastest of the repeats after a warm-up (the least disturbed by other load); the median and
 the process CPU time (which other processes on a shared machine disturb less) are reported too. The
@@ -53,7 +53,55 @@ def cnn(dims: int) -> nn.Module:
     return model.eval()
 
 
-MODELS = {"cnn2d": (lambda: cnn(2), (16, 1, 128, 128)), "cnn3d": (lambda: cnn(3), (4, 1, 64, 64, 64))}
+def randomised(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics and norm affine parameters, as after training (random weights)."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm3d)) and m.weight is not None:
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return model.eval()
+
+
+def monai(name: str) -> nn.Module:
+    """The MONAI classifiers users fine-tune for brain MRI, 3D, one input channel, 3 classes."""
+    from monai.networks import nets
+
+    make = {
+        "densenet121": lambda: nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=3),
+        "resnet18": lambda: nets.resnet18(spatial_dims=3, n_input_channels=1, num_classes=3),
+        "seresnet50": lambda: nets.SEResNet50(spatial_dims=3, in_channels=1, num_classes=3),
+        "efficientnet-b0": lambda: nets.EfficientNetBN("efficientnet-b0", spatial_dims=3, in_channels=1,
+                                                       num_classes=3, pretrained=False),
+        "classifier": lambda: nets.Classifier(in_shape=(1, 32, 32, 32), classes=3, channels=(8, 16, 32, 64),
+                                              strides=(2, 2, 2, 2)),
+        "resnet18-group": lambda: nets.ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=3,
+                                              n_input_channels=1, num_classes=3, norm=("group", {"num_groups": 4})),
+        "vit": lambda: nets.ViT(in_channels=1, img_size=32, patch_size=8, hidden_size=192, mlp_dim=768,
+                                num_layers=4, num_heads=4, classification=True, num_classes=3, post_activation=None),
+    }[name]
+    return randomised(make())
+
+
+class _Logits(nn.Module):
+    """MONAI's ViT returns (logits, hidden states): explain the logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
+
+SMALL_3D = (2, 1, 32, 32, 32)
+MODELS = {"cnn2d": (lambda: cnn(2), (16, 1, 128, 128)), "cnn3d": (lambda: cnn(3), (4, 1, 64, 64, 64)),
+          **{f"monai-{n}": (lambda n=n: monai(n), SMALL_3D) for n in
+             ("densenet121", "resnet18", "seresnet50", "efficientnet-b0", "classifier", "resnet18-group")},
+          "monai-vit": (lambda: _Logits(monai("vit")).eval(), SMALL_3D)}
 METHODS = ("gradient", "alphabeta", "epsilon")
 
 
@@ -154,7 +202,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--models", default="cnn2d,cnn3d")
+    parser.add_argument("--models", default="cnn2d,cnn3d", help=f"comma-separated, or 'all': {', '.join(MODELS)}")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (faster)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -174,12 +223,12 @@ def main() -> None:
           "peak mem (MiB) | mem / gradient | build (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
-    for name in args.models.split(","):
+    for name in (list(MODELS) if args.models == "all" else args.models.split(",")):
         base_t = base_c = base_m = None
         timed = time_methods(name, device, args.repeats)
         for method in METHODS:
             t = timed[method]
-            m = peak_memory(name, method, device)
+            m = float("nan") if args.no_memory else peak_memory(name, method, device)
             if method == "gradient":
                 base_t, base_c, base_m = t["seconds"], t["cpu_seconds"], m
             row = {"model": name, "shape": MODELS[name][1], "method": method, **t, "peak_mib": m,

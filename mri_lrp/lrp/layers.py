@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from mri_lrp.lrp.kinds import Build, RunContext, Step, name_of, register
@@ -159,15 +160,20 @@ class Norm:
         flat, dims = self._flat(x.detach())
         return torch.sqrt(flat.var(dims, unbiased=False, keepdim=True) + self.eps)
 
-    def linear(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """γ·(x − μ)/σ with σ given: linear in x."""
-        flat, dims = self._flat(x)
-        out = ((flat - flat.mean(dims, keepdim=True)) / sigma).reshape(x.shape)
-        return out if self.weight is None else out * self._view(self.weight, x)
+    def transpose(self, s: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Lᵀs for L = diag(γ)·diag(1/σ)·C (C the centring within each group, symmetric): C(γ ⊙ s / σ)."""
+        u = s if self.weight is None else s * self._view(self.weight, s)
+        flat, dims = self._flat(u)
+        flat = flat / sigma
+        return (flat - flat.mean(dims, keepdim=True)).reshape(s.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x, self.sigma(x))
-        return out if self.bias is None else out + self._view(self.bias, x)
+        """The layer itself (torch's fused kernels)."""
+        w = None if self.weight is None else self.weight.to(x)
+        b = None if self.bias is None else self.bias.to(x)
+        if self.groups is None:
+            return F.layer_norm(x, x.shape[x.dim() - self.dims:], w, b, self.eps)
+        return F.group_norm(x, self.groups or x.shape[1], w, b, self.eps)
 
 
 def _norm_step(b: Build, norm: Norm) -> Step:
@@ -451,7 +457,8 @@ def _scale(b: Build) -> Step:
             gate = gates.index(True)
             signal = 1 - gate
             b.row("gate: relevance to the signal, the gate held constant (signal-take-all)")
-            return lambda a, k, c: Gate.apply(a[signal], a[gate], where)
+            # the gate is detached: its branch then costs no backward at all (it would only carry zeros)
+            return lambda a, k, c: Gate.apply(a[signal], a[gate].detach(), where)
         why = "both operands are gates" if all(gates) else "neither operand is a sigmoid/hard-sigmoid gate"
         b.refuse(f"product of two input-dependent tensors ({why}): no LRP rule; gates are recognised when one "
                  f"factor is torch.sigmoid / nn.Sigmoid / hardsigmoid of a branch")

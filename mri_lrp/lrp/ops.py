@@ -192,10 +192,6 @@ class Normalise(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         x, y = ctx.saved_tensors
-        sigma = ctx.norm.sigma(x)
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            c = torch.autograd.grad(ctx.norm.linear(xr, sigma), xr, r / stabilise(y, ctx.epsilon))[0]
-        r_in = c.mul_(x)
+        r_in = ctx.norm.transpose(r / stabilise(y, ctx.epsilon), ctx.norm.sigma(x)).mul_(x)
         ctx.tracker.record(r, r_in)
         return r_in, None, None, None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -30,6 +31,8 @@ class Affine:
     padding: tuple[int, ...] | str = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
+    # modified weights per (rule, form, dtype, device), built on the first call and reused for every batch
+    cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's map with a (possibly modified) weight: the 'modified forward' of a rule."""
@@ -54,9 +57,16 @@ class Affine:
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias in x's dtype and device (a no-op when they already match)."""
-        w = self.weight.to(device=x.device, dtype=x.dtype)
-        b = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-        return w, b
+        return self.cached(("params", x.dtype, x.device), lambda: (
+            self.weight.to(device=x.device, dtype=x.dtype),
+            None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)))
+
+    def cached(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """make() once per key: a rule's modified weights are a function of the layer alone, not of the batch."""
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = make()
+        return hit
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -130,8 +140,9 @@ class Gamma(Rule):
 
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, b = layer.params(a)
-        wg = w + self.gamma * w.clamp(min=0)
-        bg = b + self.gamma * b.clamp(min=0) if (self.include_bias and b is not None) else None
+        wg, bg = layer.cached((self, a.dtype, a.device), lambda: (
+            w + self.gamma * w.clamp(min=0),
+            b + self.gamma * b.clamp(min=0) if (self.include_bias and b is not None) else None))
         zg = layer.forward(a, wg, bg)
         return a * layer.transpose(r / stabilise(zg, self.epsilon), wg, a)
 
@@ -160,12 +171,11 @@ class AlphaBeta(Rule):
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, b = layer.params(a)
         groups, dim = layer.groups, (1 if layer.kind == "conv" else a.dim() - 1)
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
         signed = bool(a.amin() < 0)
         x = a
         if signed:  # a⁺ and a⁻ become separate input channels: positive side (w⁺|w⁻), negative side (w⁻|w⁺)
             x = _interleave(a.clamp(min=0), a.clamp(max=0), dim, groups)
-            wp, wn = torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)
+        wp, stacked = layer.cached((self, signed, a.dtype, a.device), lambda: self._weights(w, signed, groups))
         zp = layer.forward(x, wp)
         zn = torch.sub(z, zp)
         if b is not None:
@@ -180,8 +190,15 @@ class AlphaBeta(Rule):
         # αW⁺ᵀ(r/z⁺) − βW⁻ᵀ(r/z⁻) as ONE transposed pass: both sides stacked as output channels
         shares = _interleaved_divide(r, zp, zn, dim, groups)
         del zp, zn  # lower the peak: the shares are all the transposed pass needs
-        c = layer.transpose(shares, _interleave(self.alpha * wp, -self.beta * wn, 0, groups), x).mul_(x)
+        c = layer.transpose(shares, stacked, x).mul_(x)
         return _fold_pairs(c, dim, groups) if signed else c
+
+    def _weights(self, w: torch.Tensor, signed: bool, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The z⁺ forward's weight and the stacked αW⁺ | −βW⁻ weight of the one transposed pass."""
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        if signed:
+            wp, wn = torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)
+        return wp, _interleave(self.alpha * wp, -self.beta * wn, 0, groups)
 
 
 def _interleave(u: torch.Tensor, v: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
@@ -238,7 +255,7 @@ class Box(Rule):
 
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, _ = layer.params(a)
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        wp, wn = layer.cached((self, a.dtype, a.device), lambda: (w.clamp(min=0), w.clamp(max=0)))
         lo, hi = self._bounds(a)
         zb = layer.forward(a, w) - layer.forward(lo, wp) - layer.forward(hi, wn)
         s = r / stabilise(zb, self.epsilon)
