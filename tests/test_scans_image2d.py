@@ -76,7 +76,7 @@ def test_grey_image_for_an_imagenet_model_is_repeated_with_a_note(tmp_path: Path
     for c in range(3):
         np.testing.assert_allclose(mi.tensor[0, c].numpy(), (grey / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c],
                                    atol=1e-5)
-    assert any(n.startswith("grey image repeated into the model's 3 channels") for n in mi.notes)
+    assert any(n.startswith("grey image repeated into the model's 3 colour channels") for n in mi.notes)
     back = to_scan(torch.ones_like(mi.tensor), mi)
     assert back.shape == (60, 50, 1) and back.sum(dtype=np.float64) == pytest.approx(3 * 60 * 50)
 

@@ -162,6 +162,12 @@ def test_single_image_into_a_multichannel_model_is_repeated_with_a_warning(anato
     assert to_scan_channels(torch.ones_like(mi.tensor), mi).shape == (4, *anatomical.shape)
 
 
+def test_grey_volume_into_an_rgb_slice_model_is_a_colour_repeat_not_a_sequence_warning(anatomical: Scan):
+    mi = to_model(anatomical, InputSpec(dims=2, channels=3, normalization="imagenet", shape=(32, 32), resize=True))
+    assert not [n for n in mi.notes if n.startswith("warning:")]
+    assert any("repeated into the model's 3 colour channels" in n for n in mi.notes)
+
+
 def test_case_with_the_wrong_channel_count_is_a_scan_error(two_channel: Scan):
     with pytest.raises(ScanError, match="the case has 2 channels, the model takes 4") as err:
         to_model(two_channel, InputSpec(channels=4))

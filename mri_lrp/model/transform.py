@@ -106,8 +106,8 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
         raise ScanError(scan.source, f"the {what} has {n_scan} channels, the model takes {spec.channels}",
                         stage="preprocess")
     repeat = n_scan == 1 and spec.channels > 1
-    if repeat and image:
-        notes.append(f"grey image repeated into the model's {spec.channels} channels (as ToTensor of "
+    if repeat and (image or spec.colour_channels):
+        notes.append(f"grey image repeated into the model's {spec.channels} colour channels (as ToTensor of "
                      "Image.convert('RGB') gives)")
     elif repeat:
         notes.append(f"warning: one image repeated into all {spec.channels} model channels (the model takes "
