@@ -300,3 +300,20 @@ def test_inspect_with_a_config_lists_cases_and_their_problems(tmp_path: Path) ->
     assert "missing channel(s) flair" in rows["BraTS2021_00001"]["problems"][0]
     assert sorted(Path(r["source"]).name for r in listed if r["kind"] == "skipped") == [
         "BraTS2021_00000_seg.nii.gz", "BraTS2021_00001_seg.nii.gz"]
+
+
+def test_an_empty_channel_is_named_in_the_warnings(tmp_path: Path) -> None:
+    brats2021(tmp_path)
+    save(np.zeros(SHAPE, np.float32), next(tmp_path.rglob("*_t2.nii.gz")))
+    (ref,), _ = cases(tmp_path)
+    assert "t2: every voxel is 0: this channel has no contrast" in read_scan(ref).warnings
+
+
+def test_a_4d_stack_whose_dataset_json_disagrees_with_the_model_warns(tmp_path: Path) -> None:
+    LAYOUTS["msd"](tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd",
+                                                                    "3": "T2w"}}))
+    (ref,), _ = cases(tmp_path)
+    assert any("dataset.json calls channel 0 'FLAIR' but the model's channel 0 is 't1'" in n for n in ref.notes)
+    (unnamed,), _ = cases(tmp_path, ChannelPlan(4))
+    assert unnamed.channels == ("FLAIR", "T1w", "t1gd", "T2w")

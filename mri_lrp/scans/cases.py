@@ -399,7 +399,7 @@ def _dataset_json_labels(folder: str, plan: ChannelPlan) -> tuple[dict[int, str]
         mine = plan.names[i] if plan.names else None
         if mine and sequence_of(mine) and sequence_of(name) and sequence_of(mine) != sequence_of(name):
             notes.append(f"warning: dataset.json calls channel {i} '{name}' but the model's channel {i} is "
-                         f"'{mine}': files _{i:04d} go to '{mine}' by their number")
+                         f"'{mine}': image {i} (_{i:04d}, or volume {i} of a 4D file) goes to '{mine}' by its number")
     return {i: n for i, n in enumerate(names[:plan.count])}, notes
 
 
@@ -496,7 +496,9 @@ def _stack_case(volumes: list[tuple[int, Item]], plan: ChannelPlan) -> tuple[int
     n, first = volumes[0]
     ref = first.ref
     folder, stem = _split_source(ref.source)
-    base = replace(ref, scan_id=case_id(folder, stem), volume=None, channels=_labels(plan, {}))
+    labels, notes = _dataset_json_labels(os.path.dirname(ref.paths[0]), plan)  # MSD's dataset.json 'modality'
+    base = replace(ref, scan_id=case_id(folder, stem), volume=None, channels=_labels(plan, labels),
+                   notes=(*ref.notes, *notes))
     if len(volumes) != plan.count:
         return n, replace(base, error=f"4D file has {len(volumes)} volumes but the model takes {plan.count} "
                                       f"channels ({plan.listing()}); one volume per channel is needed")

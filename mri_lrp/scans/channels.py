@@ -29,6 +29,8 @@ def read_case(ref: ScanRef, read_one: Callable[[ScanRef], Scan]) -> Scan:
     notes: list[str] = list(ref.notes)
     for c, (name, scan) in enumerate(zip(ref.channels, scans, strict=True)):
         notes.extend(f"{name}: {w}" for w in scan.warnings)
+        if scan.data.size and scan.data.min() == scan.data.max():
+            notes.append(f"{name}: every voxel is {float(scan.data.flat[0]):g}: this channel has no contrast")
         if same_grid(scan, first):
             data[c] = scan.data
             continue
