@@ -20,12 +20,14 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from mri_lrp.errors import UnsupportedLayerError
 from mri_lrp.lrp import layers  # noqa: F401 - the built-in kinds first: the softmax kind below replaces theirs
 from mri_lrp.lrp.kinds import Build, RunContext, Site, Step, register
-from mri_lrp.lrp.ops import LayerRule, Tracker
+from mri_lrp.lrp.ops import LayerRule, PassThrough, Routed, Tracker
 from mri_lrp.lrp.rules import Affine, stabilise
 
 Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -288,3 +290,86 @@ def _multihead(b: Build) -> Step:
             return LayerRule.apply(t, sites[indices[i]].layer, c.rules[indices[i]], c.tracker)
         return multihead_attention(module, project, eps, c.tracker, *a, **k)
     return step
+
+
+_SCALINGS = (torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.div,
+             torch.Tensor.div, torch.Tensor.__truediv__)
+
+
+class _WindowOps(TorchFunctionMode):
+    """Runs a window-attention function as written, with its linear maps, matrix products, softmax, padding and
+    constant scalings swapped for their relevance ops. Windows are stacked as (batch · windows, ...), batch
+    outermost: they are regrouped per sample around each op, so the tracker gives each sample what it absorbed."""
+
+    def __init__(self, batch: int, linear: dict[int, Callable[[torch.Tensor], torch.Tensor]], epsilon: float,
+                 tracker: Tracker) -> None:
+        super().__init__()
+        self.batch, self.linear, self.epsilon, self.tracker = batch, linear, epsilon, tracker
+
+    def _grouped(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(self.batch, -1, *t.shape[1:])
+
+    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear and id(args[1]) in self.linear:
+            x = args[0]
+            y = self.linear[id(args[1])](x.reshape(self.batch, -1, x.shape[-1]))
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+        if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__):
+            a, b = args
+            z = Bilinear.apply(self._grouped(a), self._grouped(b), torch.matmul, (True, True), self.epsilon,
+                               self.tracker)
+            return z.reshape(-1, *z.shape[2:])
+        if func in (F.softmax, torch.softmax, torch.Tensor.softmax):
+            dim = softmax_dim(args, kwargs)
+            if dim is None or dim < 0 and dim != -1 or dim == 0:
+                raise UnsupportedLayerError("softmax", "window attention", f"softmax over dim {dim}: no LRP rule")
+            return Softmax.apply(self._grouped(args[0]), -1 if dim == -1 else dim + 1, self.tracker) \
+                .reshape(args[0].shape)
+        if func in _SCALINGS and sum(isinstance(t, torch.Tensor) for t in args) == 1 and isinstance(args[0],
+                                                                                               torch.Tensor):
+            # q · scale: relevance passes unchanged (the plain gradient would scale it)
+            return PassThrough.apply(args[0], lambda t: func(t, *args[1:], **kwargs), "mul", "window attention")
+        if func in (F.pad, torch._C._nn.pad):
+            return Routed.apply(args[0], lambda t: func(t, *args[1:], **kwargs), self.tracker)
+        return func(*args, **kwargs)
+
+
+@register("shifted-window attention (Swin)",
+          functions=("torchvision.models.swin_transformer.shifted_window_attention",))
+def _shifted_window(b: Build) -> Step:
+    """torchvision's Swin attention, run as written with AttnLRP ops; its qkv and proj maps get rules."""
+    if b.tensor_deps != [0]:
+        b.refuse("window attention whose weights depend on the input: no LRP rule")
+    if b.arg(11, "logit_scale") is not None:
+        b.refuse("cosine attention (Swin V2: normalised q and k): no LRP rule")
+    state, path = b.state, b.where.split(" (")[0]
+    first = b.node not in state.after_layer
+    indices = []
+    for part, (w, bias) in (("qkv", (1, 9)), ("proj", (2, 10))):
+        layer = Affine("linear", b.const(w, f"{part}_weight"), b.const(bias, f"{part}_bias"))
+        indices.append(len(state.sites))
+        state.sites.append(Site(f"{path}.{part}", "Linear", layer, first=first and part == "qkv"))
+        state.rows.append((f"{path}.{part}", "Linear", indices[-1]))
+    state.site_of[b.node] = indices[-1]
+    eps = b.options.residual_epsilon
+    b.row(f"AttnLRP: uniform rule on q·kᵀ and A·v (epsilon={eps:g}), softmax linearised, windows routed")
+    fn, sites = b.fn, state.sites
+
+    def step(a: tuple, k: dict, c: RunContext) -> torch.Tensor:
+        def layer(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda t: LayerRule.apply(t, sites[i].layer, c.rules[i], c.tracker)
+        linear = {id(a[1]): layer(indices[0]), id(a[2]): layer(indices[1])}
+        with _WindowOps(a[0].shape[0], linear, eps, c.tracker):
+            return fn(*a, **k)
+    return step
+
+
+@register("patch merging (Swin)", functions=("torchvision.models.swin_transformer._patch_merging_pad",))
+def _patch_merging(b: Build) -> Step:
+    """Zero padding to even sizes, then the 2×2 neighbours stacked as channels: values only move (routing)."""
+    if b.tensor_deps != [0]:
+        b.refuse()
+    b.row("routing (padding absorbs its own)")
+    fn = b.fn
+    return lambda a, k, c: Routed.apply(a[0], fn, c.tracker)
