@@ -22,6 +22,7 @@ The steps reproduce, voxel for voxel, what the common libraries do:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -129,11 +130,17 @@ class AxisMap:
         return AxisMap(self.n_in, (*self.steps, step))
 
     def matrix(self) -> np.ndarray:
-        """The (n_out, n_in) float64 product of the steps."""
-        w = np.eye(self.n_in)
-        for step in self.steps:
-            w = step.matrix() @ w
-        return w
+        """The (n_out, n_in) float64 product of the steps; built once per process for each distinct map (scans
+        of one geometry share it: reading and writing each ask for it per scan). Callers must not modify it."""
+        return _axis_matrix(self)
+
+
+@lru_cache(maxsize=64)
+def _axis_matrix(axis_map: AxisMap) -> np.ndarray:
+    w = np.eye(axis_map.n_in)
+    for step in axis_map.steps:
+        w = step.matrix() @ w
+    return w
 
 
 def apply_axes(volume: torch.Tensor, maps: tuple[AxisMap, ...], first_axis: int, transpose: bool) -> torch.Tensor:
