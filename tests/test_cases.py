@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from case_factory import AFFINE, GLOBS, LAYOUTS, NAMES, SHAPE, brats2021, channel_volumes, label_map, save
+from case_factory import AFFINE, GLOBS, LAYOUTS, NAMES, SHAPE, box, brats2021, channel_volumes, label_map, save
 
 from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.model.spec import InputSpec
@@ -317,3 +317,22 @@ def test_a_4d_stack_whose_dataset_json_disagrees_with_the_model_warns(tmp_path: 
     assert any("dataset.json calls channel 0 'FLAIR' but the model's channel 0 is 't1'" in n for n in ref.notes)
     (unnamed,), _ = cases(tmp_path, ChannelPlan(4))
     assert unnamed.channels == ("FLAIR", "T1w", "t1gd", "T2w")
+
+
+def test_the_overlay_shows_each_sequence_with_its_own_relevance_side_by_side() -> None:
+    from mri_lrp.render import compose_channels
+
+    data = channel_volumes() + 10.0
+    rel = np.zeros_like(data)
+    rel[2][box(2)] = np.linspace(-1.0, 1.0, int(box(2).sum()))
+    overlay = compose_channels(data, rel.sum(axis=0), AFFINE, channels=NAMES, channel_relevance=rel, title="case")
+    assert len(overlay.panels) == 3 * len(NAMES)
+    lefts = sorted({p.left for p in overlay.panels if p.plane == "axial"})
+    assert len(lefts) == len(NAMES)
+    for panel in overlay.panels:
+        pixels = overlay.rgb[panel.top:panel.top + panel.height, panel.left:panel.left + panel.width].astype(int)
+        r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+        # bwr's reds and blues keep green at the smaller of red and blue; grey has r = b, yellow letters g > b
+        coloured = (np.abs(r - b) > 30) & (np.abs(g - np.minimum(r, b)) < 20)
+        column = lefts.index(min(lefts, key=lambda x: abs(x - panel.left)))
+        assert coloured.any() == (column == 2), (panel.plane, column)
