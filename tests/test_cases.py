@@ -171,7 +171,8 @@ def test_channel_names_map_to_sequences(name: str, sequence: str | None) -> None
 @pytest.mark.parametrize("description, sequence", [
     ("T1 AX POST GD", "t1ce"), ("t1_mprage_sag_p2_iso+C", "t1ce"), ("AX T1 SE", "t1"), ("Ax T2 FLAIR", "flair"),
     ("T2W_TSE_TRA", "t2"), ("T2* GRE", None), ("DWI b1000", None), ("3-plane localizer", None),
-    ("POST-CONTRAST 3D T1", "t1ce"), ("sag T1 posterior fossa", "t1")])
+    ("POST-CONTRAST 3D T1", "t1ce"), ("sag T1 posterior fossa", "t1"), ("AX T1 FLAIR", "t1"),
+    ("T1_FLAIR_POST GD", "t1ce")])
 def test_series_descriptions_map_to_sequences(description: str, sequence: str | None) -> None:
     assert description_sequence(description) == sequence
 
@@ -336,3 +337,11 @@ def test_the_overlay_shows_each_sequence_with_its_own_relevance_side_by_side() -
         coloured = (np.abs(r - b) > 30) & (np.abs(g - np.minimum(r, b)) < 20)
         column = lefts.index(min(lefts, key=lambda x: abs(x - panel.left)))
         assert coloured.any() == (column == 2), (panel.plane, column)
+
+
+def test_named_layouts_follow_the_models_channel_order_not_the_files(tmp_path: Path) -> None:
+    vols = brats2021(tmp_path)
+    order = ("flair", "T1Gd", "t2", "T1")  # another model's order and spelling
+    (ref,), _ = cases(tmp_path, ChannelPlan(4, order))
+    np.testing.assert_array_equal(read_scan(ref).data, vols[[3, 1, 2, 0]])
+    assert ref.channels == order
