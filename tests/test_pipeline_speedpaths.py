@@ -13,9 +13,9 @@ from mri_lrp.pipeline.stages import StagePlan, available_cores, plan_stages
 
 
 @pytest.mark.parametrize(("readers", "device", "cores", "want"), [
-    (2, "cpu", 2, StagePlan(2, 2, 1, 1)),       # this kind of laptop/VM: nothing oversubscribed beyond the readers
-    (1, "cpu", 2, StagePlan(2, 1, 1, 1)),
-    (2, "cpu", 16, StagePlan(16, 2, 7, 7)),     # writers and torch threads share what the readers leave
+    (2, "cpu", 2, StagePlan(2, 2, 2, 1)),       # this kind of VM: two writers to balance, one torch thread
+    (1, "cpu", 2, StagePlan(2, 1, 2, 1)),
+    (2, "cpu", 16, StagePlan(16, 2, 8, 6)),     # half the cores write, torch gets what is left
     (2, "cuda", 16, StagePlan(16, 2, 13, 1)),   # a GPU node: the loop keeps one core, the rest write
     (4, "cuda", 64, StagePlan(64, 4, 32, 2)),   # writers capped; the loop gets two threads back
     (0, "cpu", 2, StagePlan(2, 0, 0, 1)),       # --workers 0: everything in one process
@@ -24,12 +24,13 @@ def test_stage_sizes_follow_the_cores(readers: int, device: str, cores: int, wan
     assert plan_stages(readers, device, cores) == want
 
 
-def test_stages_never_ask_for_more_threads_than_cores_beyond_the_readers() -> None:
+def test_torch_threads_never_share_a_core_with_readers_or_writers() -> None:
     for cores in range(1, 65):
         for readers in (1, 2, 4):
-            plan = plan_stages(readers, "cpu", cores)
-            assert plan.writers >= 1 and plan.torch_threads >= 1
-            assert plan.writers + plan.torch_threads <= max(2, cores - readers)
+            for device in ("cpu", "cuda"):
+                plan = plan_stages(readers, device, cores)
+                assert plan.writers >= 1 and plan.torch_threads >= 1
+                assert plan.torch_threads <= max(1, cores - readers - plan.writers)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")

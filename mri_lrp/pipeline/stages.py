@@ -39,17 +39,19 @@ def plan_stages(readers: int, device_type: str, cores: int | None = None) -> Sta
     """Stage sizes for ``readers`` reader processes on ``cores`` cores (default: the affinity mask).
 
     On a GPU the LRP loop keeps one core (two threads for the host side of the batch) and every other core not
-    taken by a reader writes. On the CPU the cores besides the readers are split between writers and torch
-    threads, writers first, since they have the larger share of the work. ``readers == 0`` keeps everything in
-    one process (one writer thread), for debugging and for tests.
+    taken by a reader writes. On the CPU half the cores write (writing is the larger share of the work) and
+    torch gets the cores that neither readers nor writers take, at least one thread. ``readers == 0`` keeps
+    everything in one process (one writer thread), for debugging and for tests.
     """
     cores = available_cores() if cores is None else max(1, cores)
     if readers == 0:
         return StagePlan(cores, 0, 0, max(1, cores - 1) if device_type == "cpu" else min(2, cores))
     spare = max(0, cores - readers)
     if device_type == "cpu":
-        writers = min(MAX_WRITERS, max(1, (spare + 1) // 2))
-        threads = max(1, spare - writers)
+        # At least two writers wherever there are two cores: writer processes do not spin when they share a
+        # core, so the OS can balance them against the LRP loop; torch's threads get only cores left free.
+        writers = min(MAX_WRITERS, max(2 if cores >= 2 else 1, cores // 2))
+        threads = max(1, cores - readers - writers)
     else:
         writers = min(MAX_WRITERS, max(1, spare - 1))
         threads = min(2, max(1, cores - readers - writers))
