@@ -320,6 +320,8 @@ def _validate_input_spec(spec: Any) -> None:
     for key in ("orientation", "normalization", "slice_axis"):
         if key in spec and not (isinstance(spec[key], str) or (key == "orientation" and spec[key] is None)):
             raise SettingsError(f"input_spec: {key} must be a string, got {spec[key]!r}")
+    if "dims" not in spec:  # partial: completed key by key from the checkpoint's spec, and checked there
+        return
     try:
         InputSpec.from_dict(spec)
     except ValueError as e:

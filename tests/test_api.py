@@ -78,6 +78,13 @@ def test_regions_match_the_command_lines_table_and_add_up_to_the_map(
     assert len(regions) == len(res.region_rows)
 
 
+def test_regions_are_a_dataframe_when_pandas_is_installed(results: dict[str, ScanExplanation]) -> None:
+    pytest.importorskip("pandas")
+    frame = results["nifti"].regions
+    assert list(frame["region_name"]) == [r["region_name"] for r in results["nifti"].region_rows]
+    assert frame["relevance_sum"].dtype.kind == "f"
+
+
 def test_probabilities_are_named_by_class_and_sum_to_one(results: dict[str, ScanExplanation]) -> None:
     probs = results["nifti"].probs
     assert list(probs) == ["glioma", "meningioma", "pituitary", "no_tumour"]

@@ -110,6 +110,26 @@ def test_input_spec_options_update_the_checkpoints_spec_key_by_key(tmp_path: Pat
     spec_line = next(line for line in res.stdout.splitlines() if line.startswith("input spec:"))
     assert "shape=(48, 64, 48)" in spec_line and "normalization=minmax" in spec_line
     assert "spacing=(3.5, 3.5, 3.5)" in spec_line  # the demo model's own spacing is kept
+    res = run("explain", str(SAMPLES / "sub-02_T1w.nii.gz"), "--dry-run", "--input-spacing", "2,2,2.5",
+              "--out", str(tmp_path / "out"))
+    spec_line = next(line for line in res.stdout.splitlines() if line.startswith("input spec:"))
+    assert "spacing=(2.0, 2.0, 2.5)" in spec_line and "shape=(56, 64, 56)" in spec_line
+
+
+def test_a_partial_input_spec_takes_the_rest_from_a_2d_checkpoint(tmp_path: Path) -> None:
+    from mri_lrp.model.checkpoint import save_checkpoint
+    from mri_lrp.model.spec import InputSpec
+    from mri_lrp.model.zoo import build_model
+
+    checkpoint = tmp_path / "slices.pt"
+    kwargs = {"in_channels": 1, "num_classes": 2, "width": 4, "depth": 2}
+    save_checkpoint(checkpoint, build_model("cnn2d", **kwargs).eval(), architecture="cnn2d", kwargs=kwargs,
+                    class_names=["tumour", "none"], input_spec=InputSpec(dims=2, shape=(64, 64)))
+    res = run("explain", str(SAMPLES / "sub-02_T1w.nii.gz"), "--checkpoint", str(checkpoint), "--dry-run",
+              "--input-shape", "32,32", "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    spec_line = next(line for line in res.stdout.splitlines() if line.startswith("input spec:"))
+    assert "dims=2" in spec_line and "shape=(32, 32)" in spec_line
 
 
 @pytest.mark.parametrize("args, message", [

@@ -41,7 +41,7 @@ def _config(tmp_path: Path, text: str) -> Path:
     ("overrides = 3", "option 'overrides' must be a table"),
     ('input_spec = "x"', "option 'input_spec' must be a table"),
     ("[input_spec]\ndims = 4", "dims must be 2 or 3"),
-    ("[input_spec]\nshape = [10, 10]", "shape needs 3 values"),
+    ("[input_spec]\ndims = 3\nshape = [10, 10]", "shape needs 3 values"),
     ('[input_spec]\nchannels = "1"', "channels must be a whole number"),
     ("[input_spec]\nshape = [0, 64, 64]", "shape values must be > 0"),
     ("[input_spec]\nfoo = 1", "unknown key(s) ['foo']"),
