@@ -29,6 +29,9 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not slow" -k "cuda or devic
 # 2. LRP against one input-gradient pass, on the device.
 timeout 90 $PY benchmarks/lrp_speed.py --device cuda --models cnn3d --no-memory --json "$OUT/lrp_speed.json" 2>&1 \
   | tee "$OUT/lrp_speed.txt"
+# 2b. evaluate's batched region perturbation against one forward per step, on the device.
+timeout 60 $PY benchmarks/evaluate_speed.py --device cuda --scans 1 --steps 20 --batch 32 \
+  --json "$OUT/evaluate_speed.json" 2>&1 | tee "$OUT/evaluate_speed.txt"
 # 3. The pipeline against the naive script, both on the device (16 scans, best of 2).
 timeout 240 $PY benchmarks/pipeline_speed.py --device cuda --n 16 --repeats 2 --batch-size auto --workers "$READERS" \
   --data "$OUT/bench_data" --json "$OUT/pipeline_speed.json" 2>&1 | tee "$OUT/pipeline_speed.txt"
