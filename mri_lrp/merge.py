@@ -27,7 +27,7 @@ from pathlib import Path
 
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
-from mri_lrp.outputs import FAILURE_COLUMNS, SKIPPED_COLUMNS, atomic_write_json, write_csv
+from mri_lrp.outputs import FAILURE_COLUMNS, SKIPPED_COLUMNS, atomic_write_json, read_csv, write_csv
 from mri_lrp.pipeline.layout import BIDSIGNORE, DESCRIPTION, README, files_outside
 from mri_lrp.regions import by_class_table
 from mri_lrp.report import write_report
@@ -424,8 +424,8 @@ def merge_outputs(out_dirs: list[Path], out: Path, allow_mixed: bool = False) ->
         write_csv(out / f"{table}.csv", merged[table], _ordered_columns(sets, table))
     if any((s.folder / BY_CLASS_TABLE).is_file() for s in sets):  # means over all scans, not per shard
         write_csv(out / BY_CLASS_TABLE, by_class_table(merged["summary"], merged["regions"]), [])
-    skipped = {row["path"]: row for s in sets if (s.folder / "skipped.csv").is_file()
-               for row in _read_csv(s.folder / "skipped.csv")[1]}
+    skipped = {row.get("path", ""): row for s in sets if (s.folder / "skipped.csv").is_file()
+               for row in read_csv(s.folder / "skipped.csv")}
     write_csv(out / "skipped.csv", [skipped[p] for p in sorted(skipped)], SKIPPED_COLUMNS)
     for name in (DESCRIPTION, BIDSIGNORE, README):  # a BIDS-layout run's dataset files
         given = next((s.root / name for s in sets if (s.root / name).is_file()), None)
