@@ -40,8 +40,10 @@ from mri_lrp.scans.scan import Scan
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "mri_lrp" / "data"
 CLASS_NAMES: list[str] = list(LABELS)  # fixed order: the model's output index i is CLASS_NAMES[i]
+# The demo's grid: one resampling step centred on the scan, anti-aliased, edge-padded (what the shipped
+# checkpoint, written before these keys existed, means).
 DEMO_SPEC = InputSpec(dims=3, channels=1, shape=(56, 64, 56), spacing=(3.5, 3.5, 3.5), orientation="RAS",
-                      normalization="zscore")
+                      normalization="zscore", align="centre", padding="edge", antialias=True)
 ARCHITECTURE = "cnn3d"
 MODEL_KWARGS: dict[str, int] = {"in_channels": 1, "num_classes": len(CLASS_NAMES), "width": 8, "depth": 4}
 TRAIN_SEED_BASE = 0          # training heads: seeds 0 .. heads-1
