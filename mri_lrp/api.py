@@ -13,6 +13,7 @@ import io
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,19 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     cannot be read or explained.
     """
     from mri_lrp.lrp import Explainer
-    from mri_lrp.model.checkpoint import DEMO_NOTICE
     from mri_lrp.pipeline.batch import Job
     from mri_lrp.pipeline.manifest import RunStats
     from mri_lrp.pipeline.read import prepare
-    from mri_lrp.pipeline.run import find_scans, load_model, resolve_device, resolve_target, rule_params
-    from mri_lrp.pipeline.write import ScanWriter, WriteJob
+    from mri_lrp.pipeline.run import (
+        find_scans,
+        load_model,
+        model_notices,
+        resolve_device,
+        resolve_target,
+        rule_params,
+        scan_writer,
+    )
+    from mri_lrp.pipeline.write import WriteJob
     from mri_lrp.progress import Reporter
 
     run_only = sorted(set(options) & set(RUN_OPTIONS))
@@ -113,6 +121,8 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     settings = build_settings(cli, None if config is None else str(config), input_spec=spec)
 
     loaded = load_model(settings)
+    for note in model_notices(loaded):  # the demo model, an assumed input spec: as the run's log says
+        warnings.warn(note.removeprefix("warning: "), UserWarning, stacklevel=2)
     refs, _ = find_scans(settings, loaded)
     if len(refs) != 1:
         found = f"{len(refs)} scans ({', '.join(r.scan_id for r in refs[:5])}{', ...' if len(refs) > 5 else ''})"
@@ -122,8 +132,7 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     device = resolve_device(settings.device)
     explainer = Explainer(loaded.model.to(device), **rule_params(settings))
     fingerprint = settings.fingerprint(loaded.sha256)
-    writer = ScanWriter(Path(tmp.name), settings, loaded.class_names, loaded.input_spec.dims, fingerprint,
-                        model_sha256=loaded.sha256, stamp=DEMO_NOTICE if loaded.is_demo else "")
+    writer = scan_writer(Path(tmp.name), settings, loaded, fingerprint)
     failures: list[dict[str, Any]] = []
     job = Job(settings, loaded, explainer, target, device, Reporter(quiet=True, stream=io.StringIO()),
               RunStats(), writer, failures)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mri_lrp.model.checkpoint import describe_model
-from mri_lrp.pipeline.run import find_scans, load_model, resolve_target, rule_params, select_shard
+from mri_lrp.pipeline.run import find_scans, load_model, model_notices, resolve_target, rule_params, select_shard
 from mri_lrp.scans import ScanRef, Skipped
 from mri_lrp.settings import Settings
 from mri_lrp.shard import Shard
@@ -50,11 +50,11 @@ class Plan:
         out += [f"model: {m['path']} ({m['architecture']}, {m['parameters']:,} parameters, sha256 "
                 f"{m['sha256'][:12]})",
                 f"classes: {', '.join(m['classes'])}",
+                *(f"warning: {w}" for w in self.warnings),
                 f"input spec: {spec}",
                 f"target: {s.target} · init: {s.init} · resume: {'on' if s.resume else 'off'}",
                 "rule per layer:"]
         out += [f"  {layer['name']}\t{layer['type']}\t{layer['rule']}" for layer in m["layers"]]
-        out += [f"warning: {w}" for w in self.warnings]
         return out
 
 
@@ -69,4 +69,5 @@ def make_plan(settings: Settings) -> Plan:
     refs, skipped = find_scans(settings, loaded)
     found = len(refs)
     shard, refs = select_shard(refs, settings)
-    return Plan(settings, found, refs, skipped, shard, model, [str(w.message) for w in caught])
+    notices = [note.removeprefix("warning: ") for note in model_notices(loaded)]
+    return Plan(settings, found, refs, skipped, shard, model, [*notices, *(str(w.message) for w in caught)])

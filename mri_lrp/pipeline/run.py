@@ -79,6 +79,13 @@ def model_notices(loaded: LoadedModel) -> list[str]:
     return notes
 
 
+def scan_writer(out: Path, settings: Settings, loaded: LoadedModel, fingerprint: str,
+                layout: Layout | None = None) -> ScanWriter:
+    """The writer of every scan's files (the run's and explain_scan's)."""
+    return ScanWriter(out, settings, loaded.class_names, loaded.input_spec.dims, fingerprint,
+                      layout=layout, model_sha256=loaded.sha256, stamp=DEMO_NOTICE if loaded.is_demo else "")
+
+
 def _run_locked(settings: Settings, reporter: Reporter) -> int:
     t_start = time.time()
     stats = RunStats()
@@ -130,8 +137,7 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
         reporter.note(f"resume: {stats.resumed} scans already done with these settings")
 
     failures: list[dict[str, Any]] = []
-    writer = ScanWriter(out, settings, loaded.class_names, loaded.input_spec.dims, fingerprint,
-                        layout=layout, model_sha256=loaded.sha256, stamp=DEMO_NOTICE if loaded.is_demo else "")
+    writer = scan_writer(out, settings, loaded, fingerprint, layout)
     job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
     with StopOnSignal() as stop:
         job.stop = stop
