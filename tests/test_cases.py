@@ -345,3 +345,20 @@ def test_named_layouts_follow_the_models_channel_order_not_the_files(tmp_path: P
     (ref,), _ = cases(tmp_path, ChannelPlan(4, order))
     np.testing.assert_array_equal(read_scan(ref).data, vols[[3, 1, 2, 0]])
     assert ref.channels == order
+
+
+def test_images_beside_a_case_that_fit_none_of_its_channels_are_skipped_not_explained(tmp_path: Path) -> None:
+    from dicom_factory import AXIAL, write_series
+
+    LAYOUTS["dicom"](tmp_path / "dicom")
+    write_series(tmp_path / "dicom" / "study" / "dwi", AXIAL, n_slices=6, rows=16, cols=16, series_number=40,
+                 description="DWI b1000")
+    vols = brats2021(tmp_path / "nifti")
+    save(vols[0], tmp_path / "nifti" / "BraTS2021_00007" / "bias_field.nii.gz")
+    save(vols[0], tmp_path / "elsewhere" / "lonely.nii.gz")
+    refs, skipped = cases(tmp_path)
+    assert sorted(len(r.parts) for r in refs) == [0, 4, 4]
+    assert [r.source for r in refs if not r.parts] == ["elsewhere/lonely.nii.gz"]
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert reasons["dwi"].startswith("beside case dicom__study but none of its channels")
+    assert reasons["bias_field.nii.gz"].startswith("beside case nifti__BraTS2021_00007")

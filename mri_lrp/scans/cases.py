@@ -172,7 +172,7 @@ def build_cases(items: Sequence[Item], plan: ChannelPlan,
     reported in ``skipped``.
     """
     cases: dict[tuple, _Case] = {}
-    singles: list[tuple[int, ScanRef]] = []
+    singles: list[tuple[int, Item]] = []
     order: dict[tuple, int] = {}
     by_file: dict[str, list[tuple[int, Item]]] = {}
     for n, item in enumerate(items):
@@ -181,19 +181,46 @@ def build_cases(items: Sequence[Item], plan: ChannelPlan,
             continue
         placed = _place(item, plan, cases, skipped)
         if placed is None:
-            singles.append((n, item.ref))
+            singles.append((n, item))
         elif placed:
             order.setdefault(placed, n)
     out = [(n, case_ref(cases[key], plan)) for key, n in order.items()]
     for volumes in by_file.values():
         if len(volumes) == 1:  # one volume chosen with --volume: a single image
-            singles.append((volumes[0][0], volumes[0][1].ref))
+            singles.append(volumes[0])
         else:
             out.append(_stack_case(volumes, plan))
-    for n, ref in singles:
-        out.append((n, replace(ref, notes=(*ref.notes, single_image_warning(plan)))))
+    beside = _case_places(cases)
+    for n, item in singles:
+        near = beside.get(_place_of(item))
+        if near:  # a DWI series of the study, a bias-field map in the case folder: not a scan of its own
+            skipped.append(Skipped(item.ref.location, f"beside case {near} but none of its channels "
+                                                      f"({plan.listing()})"))
+        else:
+            out.append((n, replace(item.ref, notes=(*item.ref.notes, single_image_warning(plan)))))
     out.sort(key=lambda pair: pair[0])
     return out
+
+
+def _place_of(item: Item) -> tuple:
+    """Where an image sits, as cases are keyed: its DICOM study, or its folder."""
+    ref = item.ref
+    if ref.kind == "dicom":
+        study = (getattr(ref, "dicom", None) or {}).get("study_uid", "")
+        return (item.root_index, "study", study or _parent(ref.source.replace(os.sep, "/").strip("/")))
+    return (item.root_index, "folder", _split_source(ref.source)[0])
+
+
+def _case_places(cases: dict[tuple, _Case]) -> dict[tuple, str]:
+    """The studies and folders that hold a case, with that case's id."""
+    places: dict[tuple, str] = {}
+    for key, case in cases.items():
+        name = case_id(_id_folder(case), case.prefix, case.study)
+        if key[1] == "study":
+            places[key[:3]] = name
+        for item in case.items:
+            places.setdefault(_place_of(item), name)
+    return places
 
 
 def single_image_warning(plan: ChannelPlan) -> str:
