@@ -11,6 +11,10 @@
   let shown = rows;
 
   function numeric(v) { const x = parseFloat(v); return Number.isFinite(x) ? x : null; }
+  function formatNumber(x) {  // three significant digits; tiny errors as 1.23e-7, never rounded to 0.000
+    const a = Math.abs(x);
+    return x === 0 ? "0" : a >= 0.01 && a < 1e5 ? String(Number(x.toPrecision(3))) : x.toExponential(2);
+  }
 
   function buildHead() {
     const tr = table.tHead.rows[0];
@@ -86,7 +90,7 @@
         } else {
           const v = r[col.key];
           const x = col.type === "num" ? numeric(v) : null;
-          td.textContent = x === null ? v : (Math.abs(x) >= 0.001 || x === 0 ? x.toFixed(3) : x.toExponential(2));
+          td.textContent = x === null ? v : formatNumber(x);
           if (col.type === "num") td.className = "num";
           if (col.key === "warnings" && v) td.className = "warn";
         }
