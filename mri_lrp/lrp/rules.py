@@ -34,14 +34,16 @@ class Affine:
     # modified weights per (rule, form, dtype, device), built on the first call and reused for every batch
     cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                groups: int | None = None) -> torch.Tensor:
         """The layer's map with a (possibly modified) weight: the 'modified forward' of a rule."""
         if self.kind == "linear":
             return F.linear(x, weight, bias)
         conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 3]
-        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, groups or self.groups)
 
-    def transpose(self, grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def transpose(self, grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
+                  groups: int | None = None) -> torch.Tensor:
         """Wᵀ·grad: the gradient of forward(x, weight) with respect to x, without autograd."""
         if self.kind == "linear":
             return grad @ weight
@@ -49,10 +51,10 @@ class Affine:
         if isinstance(padding, str):  # "same"/"valid": ask autograd once, it knows the implicit padding
             with torch.enable_grad():
                 xr = x.detach().requires_grad_(True)
-                return torch.autograd.grad(self.forward(xr, weight), xr, grad)[0]
+                return torch.autograd.grad(self.forward(xr, weight, groups=groups), xr, grad)[0]
         return torch.ops.aten.convolution_backward(
             grad, x, weight, None, list(self.stride), list(padding), list(self.dilation), False,
-            [0] * len(self.stride), self.groups, [True, False, False],
+            [0] * len(self.stride), groups or self.groups, [True, False, False],
         )[0]
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,19 +172,13 @@ class AlphaBeta(Rule):
 
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, b = layer.params(a)
+        if bool(a.amin() < 0):
+            return self._signed(layer, a, z, r, w, b)
         groups, dim = layer.groups, (1 if layer.kind == "conv" else a.dim() - 1)
-        signed = bool(a.amin() < 0)
-        x = a
-        if signed:  # a⁺ and a⁻ become separate input channels: positive side (w⁺|w⁻), negative side (w⁻|w⁺)
-            x = _interleave(a.clamp(min=0), a.clamp(max=0), dim, groups)
-        wp, stacked = layer.cached((self, signed, a.dtype, a.device), lambda: self._weights(w, signed, groups))
-        zp = layer.forward(x, wp)
+        wp, stacked = layer.cached((self, False, a.dtype, a.device), lambda: self._weights(w, groups))
+        zp = layer.forward(a, wp)
         zn = torch.sub(z, zp)
-        if b is not None:
-            zn.sub_(_channel_view(b, z, layer.kind))
-            if self.include_bias:
-                zp.add_(_channel_view(b.clamp(min=0), z, layer.kind))
-                zn.add_(_channel_view(b.clamp(max=0), z, layer.kind))
+        self._sides(zp, zn, z, b, layer.kind)
         # A sum of same-signed contributions is 0 only if each one is 0, so any finite denominator there
         # gives those outputs' relevance to nobody: the side is lost, as in the formula.
         zp.add_(zp == 0)  # in place: a fresh buffer costs more (page faults) than the add
@@ -190,15 +186,75 @@ class AlphaBeta(Rule):
         # αW⁺ᵀ(r/z⁺) − βW⁻ᵀ(r/z⁻) as ONE transposed pass: both sides stacked as output channels
         shares = _interleaved_divide(r, zp, zn, dim, groups)
         del zp, zn  # lower the peak: the shares are all the transposed pass needs
-        c = layer.transpose(shares, stacked, x).mul_(x)
-        return _fold_pairs(c, dim, groups) if signed else c
+        return layer.transpose(shares, stacked, a).mul_(a)
 
-    def _weights(self, w: torch.Tensor, signed: bool, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sides(self, zp: torch.Tensor, zn: torch.Tensor, z: torch.Tensor, b: torch.Tensor | None,
+               kind: str) -> None:
+        """z⁻ = z − b − z⁺ in place, and the bias halves on their sides when it is included."""
+        if b is not None:
+            zn.sub_(_channel_view(b, z, kind))
+            if self.include_bias:
+                zp.add_(_channel_view(b.clamp(min=0), z, kind))
+                zn.add_(_channel_view(b.clamp(max=0), z, kind))
+
+    def _signed(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
+                b: torch.Tensor | None) -> torch.Tensor:
+        """Signed inputs at the cost of non-negative ones. Per contribution, (a w)⁺ = (a w + |a||w|)/2 and
+        (a w)⁻ = (a w − |a||w|)/2, so with m = Σ|a||w| (one forward with |W|): z⁺ = (z − b + m)/2,
+        z⁻ = (z − b − m)/2, and
+            R = α Σ (aw)⁺ s⁺ − β Σ (aw)⁻ s⁻ = (a ⊙ Wᵀ(αs⁺ − βs⁻) + |a| ⊙ |W|ᵀ(αs⁺ + βs⁻)) / 2,
+        two transposed passes fused into one grouped pass. A side below 1e-3 of m anywhere in the batch makes
+        the layer take the exact form instead (the fused pass's rounding error is then at most ~eps/1e-3)."""
+        groups, dim = layer.groups, (1 if layer.kind == "conv" else a.dim() - 1)
+        wabs, stacked = layer.cached((self, True, a.dtype, a.device), lambda: (
+            w.abs(), _interleave(w, w.abs(), 0, groups) if layer.kind == "conv" else None))
+        aabs = a.abs()
+        m = layer.forward(aabs, wabs)
+        zb = z if b is None else z - _channel_view(b, z, layer.kind)
+        zp = torch.add(zb, m).mul_(0.5)
+        zn = torch.sub(zb, m).mul_(0.5)
+        # A side that is small against m makes its share R/z large, and the fused pass would scale the rounding
+        # of the other contributions by it: such layers take the exact split (a⁺, a⁻ as separate channels).
+        if bool(((torch.minimum(zp, -zn) < _NEAR_EMPTY * m) & (m > 0)).any()):
+            return self._signed_exact(layer, a, z, r, w, b)
+        if b is not None and self.include_bias:
+            zp.add_(_channel_view(b.clamp(min=0), z, layer.kind))
+            zn.add_(_channel_view(b.clamp(max=0), z, layer.kind))
+        sp, sn = safe_divide(r, zp), safe_divide(r, zn)
+        del zp, zn, m
+        u = torch.mul(sp, self.alpha).sub_(sn, alpha=self.beta)
+        v = sp.mul_(self.alpha).add_(sn, alpha=self.beta)
+        if layer.kind == "linear":
+            return (u @ w).mul_(a).add_((v @ wabs).mul_(aabs)).mul_(0.5)
+        x2 = _interleave(a, aabs, dim, groups)
+        c = layer.transpose(_interleave(u, v, dim, groups), stacked, x2, groups=2 * groups).mul_(x2)
+        return _fold_pairs(c, dim, groups).mul_(0.5)
+
+    def _signed_exact(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
+                      b: torch.Tensor | None) -> torch.Tensor:
+        """a⁺ and a⁻ as separate input channels: positive side (w⁺|w⁻), negative side (w⁻|w⁺); every
+        contribution is split exactly (twice the cost of the fused form)."""
+        groups, dim = layer.groups, (1 if layer.kind == "conv" else a.dim() - 1)
+        x = _interleave(a.clamp(min=0), a.clamp(max=0), dim, groups)
+        wp, stacked = layer.cached((self, "exact", a.dtype, a.device), lambda: self._weights(w, groups, True))
+        zp = layer.forward(x, wp)
+        zn = torch.sub(z, zp)
+        self._sides(zp, zn, z, b, layer.kind)
+        zp.add_(zp == 0)
+        zn.add_(zn == 0)
+        shares = _interleaved_divide(r, zp, zn, dim, groups)
+        del zp, zn
+        return _fold_pairs(layer.transpose(shares, stacked, x).mul_(x), dim, groups)
+
+    def _weights(self, w: torch.Tensor, groups: int, signed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The z⁺ forward's weight and the stacked αW⁺ | −βW⁻ weight of the one transposed pass."""
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         if signed:
             wp, wn = torch.cat([wp, wn], 1), torch.cat([wn, wp], 1)
         return wp, _interleave(self.alpha * wp, -self.beta * wn, 0, groups)
+
+
+_NEAR_EMPTY = 1e-3  # a signed layer's αβ side this small against Σ|a||w| takes the exact form
 
 
 def _interleave(u: torch.Tensor, v: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
