@@ -77,9 +77,9 @@ def _bn_stats(model: nn.Module) -> nn.Module:
 def test_monai_resnet_with_shortcut_a_explains(rules: dict) -> None:
     """Its shortcut builds a pooling layer inside forward and unpacks `*out.shape[2:]`."""
     torch.manual_seed(1)
-    net = monai_nets.ResNet("basic", [1, 1, 1, 1], [8, 16, 32, 64], spatial_dims=3, n_input_channels=1,
-                            num_classes=2, shortcut_type="A")
-    _check(_bn_stats(net).eval(), torch.randn(2, 1, 32, 32, 32), **rules)
+    net = monai_nets.ResNet("basic", [1, 1, 1, 1], [4, 8, 16, 32], spatial_dims=3, n_input_channels=1,
+                            num_classes=2, shortcut_type="A", conv1_t_size=3)
+    _check(_bn_stats(net).eval(), torch.randn(2, 1, 16, 16, 16), **rules)
 
 
 class EinopsNet(nn.Module):
