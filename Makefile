@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint bench clean browser-deps
+.PHONY: venv demo test test-slow test-vision lint bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# torchvision/timm networks: their own venv (torch 2.14.1 + torchvision + timm, from the local wheels).
+test-vision:
+	bash scripts/make_vision_venv.sh
+	.venv-vision/bin/pytest -q -m slow tests/test_zoo_torchvision.py
 
 # The slow set's report-in-a-browser and BIDS-validator tests: Debian's chromium (needs root) and npm packages.
 browser-deps:
