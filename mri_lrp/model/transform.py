@@ -145,14 +145,15 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
     else:
         maps = _spacing_maps(oriented_shape, oriented_spacing, spec, spacing, model_axes)
         _check_size(scan, maps, spec)
-        volume = apply_axes(volume, maps, 1, transpose=False)
         rest = [AxisMap(m.n_out) for m in maps]
-        if spec.crop_foreground is not None:
+        if spec.crop_foreground is not None:  # the box is found on the resampled grid
+            volume = apply_axes(volume, maps, 1, transpose=False)
             rest = _crop_foreground(volume, spec, model_axes, rest, notes)
         rest = _fit_shape(spec, model_axes, rest)
         _check_size(scan, tuple(rest), spec)
-        volume = apply_axes(volume, tuple(rest), 1, transpose=False)
-        maps = tuple(AxisMap(m.n_in, (*m.steps, *r.steps)) for m, r in zip(maps, rest, strict=True))
+        chain = tuple(AxisMap(m.n_in, (*m.steps, *r.steps)) for m, r in zip(maps, rest, strict=True))
+        volume = apply_axes(volume, tuple(rest) if spec.crop_foreground is not None else chain, 1, transpose=False)
+        maps = chain
 
     if spec.normalization_order == "last":
         volume = normalise(volume, spec)
