@@ -362,3 +362,12 @@ def test_images_beside_a_case_that_fit_none_of_its_channels_are_skipped_not_expl
     reasons = {Path(s.path).name: s.reason for s in skipped}
     assert reasons["dwi"].startswith("beside case dicom__study but none of its channels")
     assert reasons["bias_field.nii.gz"].startswith("beside case nifti__BraTS2021_00007")
+
+
+def test_numbered_files_outside_nnunet_folders_are_single_images_not_channels(tmp_path: Path) -> None:
+    vols = channel_volumes()
+    for n in range(4):
+        save(vols[n], tmp_path / "export" / f"scan_{n:04d}.nii.gz")
+    refs, _ = cases(tmp_path)
+    assert len(refs) == 4 and not any(r.parts for r in refs)
+    assert all(any("fits no case" in n for n in r.notes) for r in refs)

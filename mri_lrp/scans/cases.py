@@ -288,13 +288,15 @@ def _name_match(ref: ScanRef, plan: ChannelPlan) -> _Match | str | None:
         prefix = m.group("case")
         return ("name", folder, prefix), folder, prefix, layout, channel, {}
     m = _NNUNET.match(stem)
-    if m is None:
+    # `scan_0001` is a common name for one image among many: numbered files are channels only in nnU-Net's
+    # own folders (imagesTr, imagesTs...) or beside its dataset.json.
+    if m is None or not ref.paths or not _nnunet_folder(os.path.dirname(ref.paths[0])):
         return None
     index = int(m.group("index"))
     if index >= plan.count:
         return f"nnU-Net channel {index:04d}, beyond the model's {plan.count} channels ({plan.listing()})"
     prefix = m.group("case")
-    labels, notes = _dataset_json_labels(os.path.dirname(ref.paths[0]), plan) if ref.paths else ({}, [])
+    labels, notes = _dataset_json_labels(os.path.dirname(ref.paths[0]), plan)
     return ("nnunet", folder, prefix), folder, prefix, "nnU-Net", index, {"labels": labels, "notes": notes}
 
 
@@ -393,6 +395,10 @@ def _dicom_match(ref: ScanRef, plan: ChannelPlan) -> _Match | str | None:
 def _parent(folder: str) -> str:
     """Without a study UID, series are grouped by the folder above their own (``study/series_3/``)."""
     return "" if folder in ("", ".") else folder.rpartition("/")[0]
+
+
+def _nnunet_folder(folder: str) -> bool:
+    return os.path.basename(folder).startswith("images") or _dataset_json(folder) is not None
 
 
 @lru_cache(maxsize=64)
