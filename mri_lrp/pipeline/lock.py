@@ -10,7 +10,6 @@ copy of one shard or an unsharded run over the same --out is refused.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -18,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mri_lrp.errors import SettingsError
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs are not locked (and the run says so)
+    fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".mri-lrp.lock"
 
@@ -67,6 +71,9 @@ def _read_info(fd: int) -> dict:
 def _take(path: Path, exclusive: bool, started: str, what: str, lock: RunLock) -> bool:
     """Lock ``path``; False when the filesystem has no locks. Raises SettingsError when another run holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        lock.notes.append("no file locks on this system: concurrent runs on this --out are not prevented")
+        return False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
