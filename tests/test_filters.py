@@ -154,3 +154,11 @@ def test_bids_derivatives_are_not_walked_unless_asked(tmp_path: Path) -> None:
     assert any(s.path == str(tmp_path / "derivatives") and "--derivatives" in s.reason for s in skipped)
     refs, _ = discover([tmp_path], derivatives=True)
     assert len(refs) == 2
+
+
+def test_inspect_shows_each_series_modality(tmp_path: Path) -> None:
+    from mri_lrp.scans import inspect_rows
+
+    root = pacs_export(tmp_path / "export")
+    by_source = {Path(r["source"]).name: r["modality"] for r in inspect_rows([root]) if r["kind"] != "skipped"}
+    assert by_source["mr"] == "MR" and by_source["ct"] == "CT" and by_source["cr"] == "CR"

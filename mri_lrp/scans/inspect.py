@@ -18,7 +18,7 @@ def inspect_rows(paths: Sequence[str | Path], volume: int | None = None,
                  channels: ChannelPlan | None = None) -> list[dict[str, Any]]:
     """One JSON-ready row per scan (kind "error" when it cannot be read) and per skipped path (kind "skipped").
 
-    Keys: scan_id, source, kind, shape, spacing, orientation, series_description, problems, status
+    Keys: scan_id, source, kind, shape, spacing, orientation, series_description, modality, problems, status
     (ok / warning / error / skipped). With ``channels`` (a multi-channel model's), rows are cases and
     ``channels`` names their channels.
     """
@@ -27,7 +27,8 @@ def inspect_rows(paths: Sequence[str | Path], volume: int | None = None,
     for ref in refs:
         row: dict[str, Any] = {"scan_id": ref.scan_id, "source": ref.location, "kind": ref.kind, "shape": None,
                                "spacing": None, "orientation": None,
-                               "series_description": ref.series_description, "problems": [],
+                               "series_description": ref.series_description,
+                               "modality": ref.dicom.get("modality", ""), "problems": [],
                                **({"channels": list(ref.channels)} if channels is not None else {})}
         try:
             scan = read_scan(ref)
@@ -41,6 +42,6 @@ def inspect_rows(paths: Sequence[str | Path], volume: int | None = None,
         rows.append(row)
     for item in skipped:
         rows.append({"scan_id": "", "source": item.path, "kind": "skipped", "shape": None, "spacing": None,
-                     "orientation": None, "series_description": "", "problems": [item.reason],
+                     "orientation": None, "series_description": "", "modality": "", "problems": [item.reason],
                      "status": "skipped"})
     return rows
