@@ -216,7 +216,7 @@ def test_2d_spec_feeds_every_axial_slice_in_plane_resampled(anatomical: Scan):
     mi = to_model(anatomical, spec)
     assert mi.tensor.shape == (25, 3, 48, 56)
     assert mi.space.slice_axis == 2
-    assert len(mi.notes) == 1 and mi.notes[0].startswith("warning: one image repeated into all 3")
+    assert len(mi.notes) == 1 and mi.notes[0].startswith("grey image repeated into the model's 3 colour channels")
     torch.testing.assert_close(mi.tensor[:, 0], mi.tensor[:, 2])
     _assert_point_lands_at_world(anatomical, mi, (11, 1, 20, 30), (20, 30, 11))
     relevance = torch.randn(mi.tensor.shape, generator=torch.Generator().manual_seed(6))

@@ -287,3 +287,25 @@ def test_imagenet_slice_config_is_a_valid_spec_matching_torchvision_resize():
     spec = InputSpec.from_dict(config["input_spec"])
     assert (spec.dims, spec.channels, spec.shape, spec.resize, spec.antialias) == (2, 3, (224, 224), True, True)
     assert spec.mean_std() == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.mark.parametrize("padding", ["edge", "zeros"])
+def test_slice_model_chain_maps_back_per_channel(two_channel: Scan, padding: str):
+    """A box past the image, then a resize: with edge padding the way back is the exact transpose; with zero
+    padding, model voxels that read the image in part send all their relevance to what they read."""
+    spec = InputSpec(dims=2, channels=2, spacing=(1.5, 1.7), crop_foreground=CropForeground(0.0, (2,)),
+                     resize=True, shape=(28, 30), normalization="none", slice_axis="A", padding=padding)
+    mi = to_model(two_channel, spec)
+    assert mi.tensor.shape == (41, 2, 28, 30)
+    r = torch.rand(mi.tensor.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    per_channel = to_scan_channels(r, mi)
+    if padding == "edge":
+        for c in range(2):
+            lhs = float((mi.tensor[:, c].double() * r[:, c]).sum())
+            rhs = float((two_channel.data[c].astype(np.float64) * per_channel[c].astype(np.float64)).sum())
+            assert lhs == pytest.approx(rhs, rel=1e-6)
+        assert outside_relevance(r, mi) == 0.0
+    else:
+        assert outside_relevance(r, mi) > 0.0
+    total = per_channel.sum(dtype=np.float64)
+    assert total == pytest.approx(float(r.sum()) - outside_relevance(r, mi), rel=1e-6)

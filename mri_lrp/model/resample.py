@@ -134,6 +134,24 @@ class AxisMap:
         of one geometry share it: reading and writing each ask for it per scan). Callers must not modify it."""
         return _axis_matrix(self)
 
+    def back_matrix(self) -> np.ndarray:
+        """The (n_in, n_out) way back for relevance: the transpose of the matrix with each row that reads the
+        input scaled to sum to 1. Rows already summing to 1 are the plain transpose; a row that reads the input
+        only in part (a resize across the edge of zero padding) sends all its relevance to the voxels it read
+        (the padding's zeros contributed nothing); a row of pure padding reads nothing and sends nothing."""
+        return _back_matrix(self)
+
+
+@lru_cache(maxsize=64)
+def _back_matrix(axis_map: AxisMap) -> np.ndarray:
+    w = axis_map.matrix()
+    s = w.sum(axis=1)
+    partial = (s > 0) & (np.abs(s - 1.0) > 1e-12)
+    if partial.any():
+        w = w.copy()
+        w[partial] /= s[partial, None]
+    return np.ascontiguousarray(w.T)
+
 
 @lru_cache(maxsize=64)
 def _axis_matrix(axis_map: AxisMap) -> np.ndarray:
@@ -144,14 +162,13 @@ def _axis_matrix(axis_map: AxisMap) -> np.ndarray:
 
 
 def apply_axes(volume: torch.Tensor, maps: tuple[AxisMap, ...], first_axis: int, transpose: bool) -> torch.Tensor:
-    """Apply one map per axis (axes ``first_axis``, ``first_axis + 1``, ...) or its transpose, in the
-    volume's dtype, skipping identity axes."""
+    """Apply one map per axis (axes ``first_axis``, ``first_axis + 1``, ...) or, for relevance, its way back,
+    in the volume's dtype, skipping identity axes."""
     for k, axis_map in enumerate(maps):
         if axis_map.is_identity:
             continue
-        w = torch.as_tensor(axis_map.matrix(), device=volume.device).to(volume.dtype)
-        if transpose:
-            w = w.T
+        w = torch.as_tensor(axis_map.back_matrix() if transpose else axis_map.matrix(),
+                            device=volume.device).to(volume.dtype)
         d = first_axis + k
         volume = torch.movedim(torch.tensordot(w, volume, dims=([1], [d])), 0, d)
     return volume

@@ -13,9 +13,11 @@ The forward map, in this fixed order (the README's "Input spec" section):
 
 Steps 2-4 act on each axis separately, so each axis is one chain of linear maps (mri_lrp.model.resample):
 ``model = W_x . W_y . W_z . scan`` with W = W_resize . W_crop . W_spacing. Relevance goes back through the
-exact transpose, ``R_scan = W_x^T . W_y^T . W_z^T . R_model``: every row of W that reads the scan sums to 1,
-so the total is preserved and no scan voxel receives relevance it did not contribute to. Normalisation is an
-affine map per voxel, so relevance passes it 1:1; repeated channels add up on the way back.
+transpose, ``R_scan = W_x^T . W_y^T . W_z^T . R_model``: every row of W that reads only the scan sums to 1,
+so the total is preserved and no scan voxel receives relevance it did not contribute to. A row that reads the
+scan only in part (a resize across zero padding) is scaled to sum to 1 first, so its relevance goes wholly to
+the voxels it read; a model voxel of pure zero padding keeps its relevance (``outside_relevance``).
+Normalisation is an affine map per voxel, so relevance passes it 1:1; repeated channels add up on the way back.
 
 ``align = "centre"`` (the meaning of checkpoints written before these keys) is one step instead of 2-4: the
 model grid centred on the scan, at the model spacing and shape, with the anti-aliased tent kernel.
