@@ -176,3 +176,11 @@ def test_a_night_of_bad_inputs_gives_one_row_each_and_reruns_cleanly(tmp_path: P
         log = res.stdout.decode("utf-8")
         assert "scan__xff ok" in log or attempt == 2
     assert "done 0 · resumed 2 · failed 2" in log
+
+
+def test_mixed_spacing_lists_the_steps_found(tmp_path: Path) -> None:
+    z = [0.0, 1.5, 3.0, 4.5, 6.0, 9.0, 12.0, 15.0, 18.0]  # 1.5 mm, then 3 mm: neither a gap nor a stray
+    write_series(tmp_path / "s", n_slices=len(z), positions=[(-20.0, -15.0, v) for v in z])
+    with pytest.raises(ScanError) as err:
+        read_scan(one_ref(tmp_path / "s"))
+    assert err.value.reason == "irregular slice spacing: steps of 1.500 to 3.000 mm (4 of 1.50 mm, 4 of 3.00 mm)"

@@ -13,6 +13,7 @@ import operator
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -454,8 +455,10 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray, thickness: float | No
         raise ScanError(location, f"{missing} missing slice(s): a {s:.2f} mm gap after slice {n + 1} of {k} where "
                                   f"slices are {base:.2f} mm apart; the volume's geometry would be wrong")
     if irregular:
+        counts = Counter(f"{v:.2f}" for v in steps)
+        listed = ", ".join(f"{n} of {v} mm" for v, n in counts.most_common(4))
         raise ScanError(location, f"irregular slice spacing: steps of {min(steps):.3f} to {max(steps):.3f} mm "
-                                  f"(typical {base:.3f} mm)")
+                                  f"({listed}{', ...' if len(counts) > 4 else ''})")
     step = (positions[-1] - positions[0]) / (k - 1)
     offsets = positions - (positions[0] + np.arange(k)[:, None] * step)
     worst = float(np.linalg.norm(offsets, axis=1).max())
