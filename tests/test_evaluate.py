@@ -242,3 +242,15 @@ def test_evaluate_refuses_an_unknown_rule_in_one_line(tmp_path: Path) -> None:
     res = _cli(str(tmp_path), "--rules", "alphabeta,nonsense", "--out", str(tmp_path / "ev"))
     assert res.returncode == 2
     assert "nonsense" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_evaluating_into_an_explain_run_adds_a_section_to_its_report(lesion_setup: dict) -> None:
+    from mri_lrp.pipeline import run_explain
+
+    settings = _settings(lesion_setup, lesion_setup["out"])
+    assert run_explain(settings, Reporter(quiet=True)) == 0
+    assert 'id="evaluation"' not in (lesion_setup["out"] / "report.html").read_text()
+    options = EvaluateOptions(rules=("alphabeta", "zplus"), steps=4, random_repeats=1, sanity_scans=0)
+    assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
+    page = (lesion_setup["out"] / "report.html").read_text()
+    assert 'id="evaluation"' in page and "zplus" in page and "curves.png" in page

@@ -164,6 +164,10 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
         plot_sanity(out / "sanity.png", sanity, options.rules)
     atomic_write_json(out / "evaluation.json", _manifest(settings, options, loaded, refs, failures, ranking,
                                                           time.time() - t_start))
+    if (out / "report.html").is_file():  # evaluated into an explain run's folder: its report gains a section
+        from mri_lrp.report import write_report
+
+        write_report(out)
     reporter.note(ranking_text(ranking), always=True)
     if not refs or len(failures) == len(refs):
         return EXIT_NO_SCANS

@@ -215,6 +215,25 @@ def _group_section(summary: Sequence[Mapping[str, str]], regions: Sequence[Mappi
     return "\n".join(parts)
 
 
+def _evaluation_section(out: Path) -> str:
+    """`mri-lrp evaluate` run into this folder: its ranking of the rules and its curve plots."""
+    ranking = _table(out / "ranking.csv")
+    if not ranking or not (out / "faithfulness.csv").is_file():
+        return ""
+    columns = ["rule", "scans", "abpc", "aopc_morf", "aopc_lerf", "morf_minus_random", "relevance_mass_accuracy",
+               "sanity_spearman_abs", "survives_randomisation"]
+    plots = "".join(f"<figure><img src=\"{_href(name)}\" alt=\"{escape(caption)}\" loading=\"lazy\">"
+                    f"<figcaption>{escape(caption)}</figcaption></figure>"
+                    for name, caption in (("curves.png", "mean perturbation curves per rule"),
+                                          ("sanity.png", "similarity to the trained model's maps as layers are "
+                                                         "randomised"))
+                    if (out / name).is_file())
+    return ("<section id=\"evaluation\"><h2>Rule evaluation</h2><p class=\"hint\">From <code>mri-lrp evaluate"
+            "</code>: rules best first by ABPC (area between the LeRF and MoRF curves); a rule whose maps survive "
+            "randomisation is ranked last. Per-scan numbers in faithfulness.csv, curves.csv and sanity.csv.</p>"
+            f"{_rows_table(ranking, columns, 'data ranking', 'No rule evaluated.')}{plots}</section>")
+
+
 def _page(title: str, body: str, assets: str, scripts: Sequence[str] = ()) -> str:
     tags = "".join(f"<script src=\"{_href(s)}\"></script>" for s in scripts)
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -230,13 +249,15 @@ def main_page(out: Path, run: Mapping[str, Any], summary: Sequence[Mapping[str, 
     name = out.resolve().name
     classes = sorted({r.get("predicted_class", "") for r in summary if r.get("predicted_class")})
     options = "".join(f"<option value=\"{escape(c)}\">{escape(c)}</option>" for c in classes)
+    evaluation = _evaluation_section(out)
+    evaluation_link = ' <a href="#evaluation">Rule evaluation</a>' if evaluation else ""
     body = f"""
 <header><h1>mri-lrp report: {escape(name)}</h1>
 <p class="counts"><span id="count-ok">{len(summary)} scans explained</span> ·
 <span id="count-failed">{len(failures)} failed</span> · <span id="count-skipped">{len(skipped)} inputs skipped</span>
 </p>
 <nav><a href="#summary">Summary</a> <a href="#gallery">Gallery</a> <a href="#failures">Failures</a>
-<a href="#skipped">Skipped</a> <a href="#groups">Group plots</a> <a href="#run">Run</a></nav></header>
+<a href="#skipped">Skipped</a> <a href="#groups">Group plots</a>{evaluation_link} <a href="#run">Run</a></nav></header>
 <main>
 <section id="summary"><h2>Summary</h2>
 <div class="controls"><label>Filter <input id="filter" type="search" placeholder="any text"></label>
@@ -257,7 +278,7 @@ scan's page.</p><div id="gallery-grid" class="gallery"></div>
 <section id="skipped"><h2>Skipped inputs</h2>
 {_rows_table(skipped, ["path", "reason"], "data skipped", "No input was skipped.")}</section>
 <section id="groups"><h2>Group plots</h2>{_group_section(summary, regions)}</section>
-<section id="run"><h2>Run</h2>{_run_section(run)}</section>
+{evaluation}<section id="run"><h2>Run</h2>{_run_section(run)}</section>
 </main>
 <footer>Written by mri-lrp {escape(__version__)}. Slice viewer: NiiVue (BSD-2-Clause,
 <a href="{REPORT_DIR}/assets/LICENSE-niivue.txt">licence</a>).</footer>
