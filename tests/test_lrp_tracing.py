@@ -207,3 +207,19 @@ def test_multihead_attention_projections_get_their_own_rules() -> None:
     for part in ("q_proj", "k_proj", "v_proj", "out_proj"):
         assert layers[f"mha.{part}"].startswith("epsilon")
     assert layers["patch"].startswith("zplus")
+
+
+class UsesWeights(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(4, 1, batch_first=True)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, weights = self.mha(x, x, x)
+        return self.head(weights.mean(1))
+
+
+def test_multihead_attention_weights_used_downstream_are_refused() -> None:
+    with pytest.raises(UnsupportedLayerError, match="attention weights are used downstream.*need_weights=False"):
+        Explainer(UsesWeights().eval())

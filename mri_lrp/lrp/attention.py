@@ -15,6 +15,7 @@ half and half.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -274,6 +275,10 @@ def _multihead(b: Build) -> Step:
     for name, value in b.node.kwargs.items():
         if name.endswith("mask") and _depends(b, value):
             b.refuse(f"{name} computed from the input: no LRP rule")
+    for user in b.node.users:
+        if user.target is operator.getitem and user.args[1] == 1 and user.users:
+            b.refuse("its attention weights are used downstream: relevance has a rule through the output only; "
+                     "call it with need_weights=False or drop the weights")
     first = b.node not in state.after_layer
     indices = []
     for name, layer in multihead_projections(module, where):
