@@ -93,31 +93,35 @@ def resample_linear(data: np.ndarray, affine: np.ndarray, shape: tuple[int, int,
     """``data`` sampled trilinearly at the world positions of a target grid's voxels (0 outside it).
 
     Returns the float32 (I, J, K) values and the fraction of target voxels whose centre lies within the
-    source's voxel grid (its centres' hull, half a voxel added on every side).
+    source's voxel grid (its centres' hull, half a voxel added on every side). The source gets a border of
+    zeros, so a sample between the last voxel and the outside blends towards 0 as trilinear interpolation
+    with zero padding does; torch's ``grid_sample`` does the arithmetic, a slab of target voxels at a time.
     """
-    src = np.asarray(data, dtype=np.float32)
+    import torch
+    import torch.nn.functional as F
+
+    src = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    padded = F.pad(src[None, None], (1, 1, 1, 1, 1, 1))  # (1, 1, I + 2, J + 2, K + 2)
+    n_src = np.asarray(src.shape, dtype=np.float64)
     to_src = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(target_affine, dtype=np.float64)
-    n_src = np.asarray(src.shape)
-    out = np.zeros(int(np.prod(shape)), dtype=np.float32)
+    out = np.empty(shape, dtype=np.float32)
     inside_count = 0
-    flat_src = src.ravel()
-    strides = np.array([src.shape[1] * src.shape[2], src.shape[2], 1])
-    total = out.size
-    for start in range(0, total, _SLAB_VOXELS):
-        index = np.arange(start, min(total, start + _SLAB_VOXELS))
-        ijk = np.stack(np.unravel_index(index, shape)).astype(np.float64)      # (3, N)
-        coords = to_src[:3, :3] @ ijk + to_src[:3, 3:4]
-        inside = np.all((coords >= -0.5) & (coords <= n_src[:, None] - 0.5), axis=0)
+    rows = max(1, _SLAB_VOXELS // max(1, shape[1] * shape[2]))
+    j = torch.arange(shape[1], dtype=torch.float64)[None, :, None]
+    k = torch.arange(shape[2], dtype=torch.float64)[None, None, :]
+    for start in range(0, shape[0], rows):
+        i = torch.arange(start, min(shape[0], start + rows), dtype=torch.float64)[:, None, None]
+        inside = torch.ones((len(i), shape[1], shape[2]), dtype=torch.bool)
+        normalised = []
+        for d in range(3):  # source voxel position along axis d of every target voxel in the slab
+            m = to_src[d]
+            coord = m[0] * i + m[1] * j + m[2] * k + m[3]
+            inside &= (coord >= -0.5) & (coord <= n_src[d] - 0.5)
+            normalised.append(2.0 * (coord + 1.0) / (n_src[d] + 1.0) - 1.0)  # over the padded size
         inside_count += int(inside.sum())
-        base = np.floor(coords).astype(np.int64)
-        frac = coords - base
-        acc = np.zeros(index.size, dtype=np.float64)
-        for corner in range(8):
-            offset = np.array([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])[:, None]
-            idx = base + offset
-            weight = np.prod(np.where(offset == 1, frac, 1.0 - frac), axis=0)
-            valid = np.all((idx >= 0) & (idx < n_src[:, None]), axis=0)
-            flat = (np.clip(idx, 0, (n_src - 1)[:, None]) * strides[:, None]).sum(axis=0)
-            acc += np.where(valid, weight * flat_src[flat], 0.0)
-        out[index] = acc
-    return out.reshape(shape), inside_count / total if total else 0.0
+        # grid_sample wants (x, y, z) = (last, middle, first) axis
+        grid = torch.stack(normalised[::-1], dim=-1).to(torch.float32)[None]
+        sampled = F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out[start:start + len(i)] = sampled[0, 0].numpy()
+    total = int(np.prod(shape))
+    return out, inside_count / total if total else 0.0
