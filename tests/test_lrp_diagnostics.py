@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import pytest
@@ -78,3 +79,25 @@ def test_monai_densenet121_with_default_epsilon_warns_that_relevance_is_created(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert explain(model, torch.randn(1, 1, 32, 32)).notes() == [""]
+
+
+def test_explain_reuses_its_explainer_until_the_model_or_options_change() -> None:
+    explain_module = importlib.import_module("mri_lrp.lrp.explain")  # the module, not the function
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    net.eval()
+    x = torch.randn(1, 1, 8, 8)
+    explain(net, x)
+    first = explain_module._BUILT[net][2]
+    explain(net, x)
+    assert explain_module._BUILT[net][2] is first  # same model, same options: nothing re-traced or re-merged
+    explain(net, x, rule="epsilon")
+    assert explain_module._BUILT[net][2] is not first
+    eps = explain_module._BUILT[net][2]
+    with torch.no_grad():
+        net[1].running_mean.add_(1.0)  # an in-place change (as an optimiser or load_state_dict makes)
+    after = explain(net, x, rule="epsilon")
+    assert explain_module._BUILT[net][2] is not eps
+    with torch.no_grad():
+        torch.testing.assert_close(after.logits, net(x))  # the new BatchNorm statistics are merged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,15 +212,41 @@ def explain(model: nn.Module, x: torch.Tensor, rule: str = "alphabeta", alpha: f
 
     Warns (UserWarning) when a sample lost or created more than CONSERVATION_TOLERANCE of its output relevance.
     """
-    explainer = Explainer(model, rule=rule, composite=composite, overrides=overrides, alpha=alpha, beta=beta,
-                          epsilon=epsilon, gamma=gamma, **rule_kwargs)
-    result = explainer(x, target=target, init=init, class_names=class_names)
+    options = {"rule": rule, "composite": composite, "overrides": overrides, "alpha": alpha, "beta": beta,
+               "epsilon": epsilon, "gamma": gamma, **rule_kwargs}
+    result = _explainer_for(model, options)(x, target=target, init=init, class_names=class_names)
     notes = result.notes()
     bad = [i for i, n in enumerate(notes) if n]
     if bad:
         warnings.warn(f"sample {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") +
                       f": {notes[bad[0]]}", stacklevel=2)
     return result
+
+
+_BUILT: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[torch.Tensor], Explainer]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _explainer_for(model: nn.Module, options: dict[str, Any]) -> Explainer:
+    """The explainer of the last call on this model, while neither the options nor the model changed.
+
+    "Changed" is judged by every parameter and buffer being the same tensor object with the same in-place
+    version counter (an optimiser step, load_state_dict or .to() change one of them) and every module's
+    training flag. One explainer per model; the cache lets the model be collected (the tensors it keeps are
+    the ones the explainer's merged weights already reference).
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    key = (repr(sorted(options.items(), key=lambda kv: kv[0])), tuple(t._version for t in tensors),
+           tuple(m.training for m in model.modules()))
+    hit = _BUILT.get(model)
+    if hit is not None and hit[0] == key and len(hit[1]) == len(tensors) and \
+            all(a is b for a, b in zip(hit[1], tensors, strict=True)):
+        return hit[2]
+    options = dict(options)
+    explainer = Explainer(model, rule=options.pop("rule"), composite=options.pop("composite"),
+                          overrides=options.pop("overrides"), **options)
+    _BUILT[model] = (key, tensors, explainer)
+    return explainer
 
 
 def describe_rules(model: nn.Module, rule: str = "alphabeta", composite: str | None = None,

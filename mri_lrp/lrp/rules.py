@@ -173,6 +173,8 @@ class AlphaBeta(Rule):
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, b = layer.params(a)
         if bool(a.amin() < 0):
+            if layer.cache.get(("exact", self)):  # this layer needed the exact split before: skip the probe
+                return self._signed_exact(layer, a, z, r, w, b)
             return self._signed(layer, a, z, r, w, b)
         groups, dim = layer.groups, (1 if layer.kind == "conv" else a.dim() - 1)
         wp, stacked = layer.cached((self, False, a.dtype, a.device), lambda: self._weights(w, groups))
@@ -216,6 +218,7 @@ class AlphaBeta(Rule):
         # A side that is small against m makes its share R/z large, and the fused pass would scale the rounding
         # of the other contributions by it: such layers take the exact split (a⁺, a⁻ as separate channels).
         if bool(((torch.minimum(zp, -zn) < _NEAR_EMPTY * m) & (m > 0)).any()):
+            layer.cache[("exact", self)] = True  # small fan-ins (first layers, depthwise) stay exact
             return self._signed_exact(layer, a, z, r, w, b)
         if b is not None and self.include_bias:
             zp.add_(_channel_view(b.clamp(min=0), z, layer.kind))
