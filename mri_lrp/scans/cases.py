@@ -12,16 +12,18 @@ image to a channel, by the first rule that applies:
    one study.
 2. The usual layouts, recognised from the names: BIDS (``sub-X[_ses-Y][_ce-Z]_T1w`` / ``_T2w`` / ``_FLAIR``),
    BraTS 2023 (``-t1n``, ``-t1c``, ``-t2w``, ``-t2f``), BraTS 2021 (``_t1``, ``_t1ce``, ``_t2``,
-   ``_flair``), nnU-Net (``CASE_0000`` ... ``CASE_000N``: the N-th channel, with ``dataset.json``
-   ``channel_names`` read when present), a 4D NIfTI holding exactly one volume per channel (Medical
-   Segmentation Decathlon: the N-th volume is the N-th channel), and the DICOM series of one study, matched
-   by what their SeriesDescription says (``FLAIR``, ``T1 ... +C/GD/POST``, ``T1``, ``T2``).
+   ``_flair``), nnU-Net (``CASE_0000`` ... ``CASE_000N`` in an ``images*`` folder or beside a ``dataset.json``:
+   the N-th channel, with ``dataset.json`` ``channel_names`` read when present), a 4D NIfTI holding exactly
+   one volume per channel (Medical Segmentation Decathlon: the N-th volume is the N-th channel), and the
+   DICOM series of one study, matched by what their SeriesDescription says (``FLAIR``, ``T1 ... +C/GD/POST``,
+   ``T1``, ``T2``).
 
 Named layouts need the model's ``channel_names`` (``t1ce``, ``T1Gd``, ``t1c`` ... are one sequence); index
 layouts (nnU-Net, 4D) follow the channel order itself. A case that lacks a channel, or has two files for one,
-becomes one failure row that names what was found. An image that fits no case is kept as a single image
-with a loud warning: a model then sees one contrast in every channel, and its relevance per sequence means
-nothing. Segmentations and masks are never scans (:func:`label_file_reason`), for every model.
+becomes one failure row that names what was found. Other images beside a case (a study's DWI, a bias field
+in the case folder) are skipped. An image that fits no case is kept as a single image with a loud warning: a
+model then sees one contrast in every channel, and its relevance per sequence means nothing. Segmentations
+and masks are never scans (:func:`label_file_reason`, :func:`label_map_reason`), for every model.
 """
 
 from __future__ import annotations
