@@ -64,9 +64,10 @@ def conservation_note(output_relevance: float, relevance_sum: float, output_abs:
         return "" if error == error else "relevance is not finite"
     sums = f"relevance sum {relevance_sum:.3g} for an output relevance of {output_relevance:.3g}"
     if abs(relevance_sum) > abs(output_relevance):
-        return (f"the explanation creates relevance ({error:.3g}x the output's, {sums}): a stabiliser too small "
-                f"for this network (e.g. epsilon on DenseNet-style nets); use a larger --epsilon or a composite "
-                f"such as epsilon-plus")
+        return (f"the explanation creates relevance: its sum exceeds the output's by {error:.3g}x ({sums}); "
+                f"positive and negative relevance amplified by small denominators (epsilon on DenseNet-style "
+                f"nets, where BatchNorm cannot be merged, does this); use alpha-beta or a composite such as "
+                f"epsilon-plus, or a larger --epsilon")
     return (f"the explanation loses {min(error, 1.0):.0%} of the output relevance ({sums}): biases, epsilon and "
             f"one-signed alpha-beta sides absorbed it (depthwise convolutions under bias-free alpha-beta lose "
             f"most); compare --rule epsilon-plus or include_bias")
