@@ -186,3 +186,21 @@ def test_filters_pick_a_cases_files_before_grouping(tmp_path: Path) -> None:
     (case,), _ = find_scans(Settings(scans=(str(scans),), out=str(tmp_path / "out"), series="^(?!AX T2 FLAIR)"),
                             loaded)
     assert "missing channel(s) flair" in case.error
+
+
+def test_two_series_for_one_channel_are_refused_and_series_picks_one(tmp_path: Path) -> None:
+    from dicom_factory import AXIAL, write_series
+
+    from mri_lrp.model.checkpoint import load_checkpoint
+    from mri_lrp.pipeline.run import find_scans
+
+    scans = tmp_path / "scans"
+    LAYOUTS["dicom"](scans)
+    write_series(scans / "study" / "sag", AXIAL, n_slices=6, rows=16, cols=16, series_number=77,
+                 description="T1 SAG SE")
+    loaded = load_checkpoint(one_channel_model(tmp_path / "m.pt", 0))
+    (case,), _ = find_scans(Settings(scans=(str(scans),), out=str(tmp_path / "out")), loaded)
+    assert "several files for one channel (t1: " in case.error
+    assert "'T1 AX SE'" in case.error and "'T1 SAG SE'" in case.error and "--series" in case.error
+    (case,), _ = find_scans(Settings(scans=(str(scans),), out=str(tmp_path / "out"), series="^(?!T1 SAG)"), loaded)
+    assert case.error == "" and case.parts[0].series_description == "T1 AX SE"

@@ -516,8 +516,8 @@ def _case_error(case: _Case, plan: ChannelPlan, labels: tuple[str, ...]) -> str:
     doubled = {i: items for i, items in case.members.items() if len(items) > 1}
     if doubled:
         listed = "; ".join(f"{labels[i]}: {', '.join(name(it) for it in items)}" for i, items in doubled.items())
-        return (f"several files for one channel ({listed}): keep one, or pick with --include/--exclude or "
-                "[input_spec.channel_files] globs")
+        return (f"several files for one channel ({listed}): keep one, or pick with --include/--exclude, "
+                "--series (a SeriesDescription or file-name regex) or [input_spec.channel_files] globs")
     missing = [labels[i] for i in range(plan.count) if i not in case.members]
     if missing:
         have = ", ".join(f"{labels[i]} = {name(items[0])}" for i, items in sorted(case.members.items()))
