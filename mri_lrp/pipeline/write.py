@@ -13,7 +13,7 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.lrp.explain import conservation_note
-from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan
+from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.layout import Layout
 from mri_lrp.regions import (
@@ -240,8 +240,6 @@ class ScanWriter:
 
 def channel_maps(relevance: np.ndarray, space: ModelSpace) -> np.ndarray:
     """A case's model-space relevance as one (C, I, J, K) map per channel on the case's grid."""
-    from mri_lrp.model.transform import to_scan_channels
-
     return np.asarray(to_scan_channels(torch.from_numpy(relevance), space), dtype=np.float32)
 
 
