@@ -37,6 +37,9 @@ NETWORKS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "densenet121": (lambda: tvm.densenet121(num_classes=4), 32),
     "timm_convnext_atto": (lambda: timm.create_model("convnext_atto", num_classes=4), 32),
     "timm_vit_tiny": (lambda: timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32), 32),
+    "timm_swin_tiny": (lambda: timm.create_model("swin_tiny_patch4_window7_224", num_classes=4, img_size=32,
+                                                 window_size=4), 32),
+    "timm_efficientnet_b0": (lambda: timm.create_model("efficientnet_b0", num_classes=4), 32),
 }
 RULES = {"alphabeta": {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0}, "epsilon": {"rule": "epsilon"},
          "composite": {"composite": "epsilon-plus"}}
@@ -46,6 +49,9 @@ UNACCOUNTED = {
     ("densenet121", "epsilon"): "epsilon=1e-6 on DenseNet (BatchNorm before each conv, not mergeable) creates "
                                 "relevance 1e14-1e20x the output's, beyond what floating point (float64 too) can "
                                 "account for to 1e-3; the engine warns",
+    ("timm_efficientnet_b0", "epsilon"): "timm's BatchNormAct2d (functional batch_norm) is not merged into the conv "
+                                         "before it, so epsilon=1e-6 creates relevance (1e45x in float64, inf/NaN "
+                                         "in float32); the engine warns",
 }
 
 
@@ -78,11 +84,13 @@ def test_network_explains_with_finite_accounted_relevance(name: str, rule: str) 
         e = explainer(x)
     with torch.no_grad():
         torch.testing.assert_close(e.logits, model(x), rtol=1e-4, atol=1e-5)
-    assert torch.isfinite(e.relevance).all()
-    assert e.relevance.abs().sum() > 0
     # |ΣR_in + absorbed − R_out| / |R_out|: whatever a rule does not pass on, the engine says where it went
     unexplained = (e.output_relevance - e.relevance_sum - e.absorbed).abs() / e.output_relevance_abs
-    if (name, rule) in UNACCOUNTED and unexplained.max() > 1e-3:
-        assert "creates relevance" in e.notes()[0]  # the user is told
+    finite = bool(torch.isfinite(e.relevance).all())
+    if (name, rule) in UNACCOUNTED and not (finite and unexplained.max() <= 1e-3):
+        note = e.notes()[0]
+        assert "creates relevance" in note or "not finite" in note  # the user is told
         pytest.xfail(UNACCOUNTED[name, rule])
+    assert finite
+    assert e.relevance.abs().sum() > 0
     assert unexplained.max() <= 1e-3, unexplained
