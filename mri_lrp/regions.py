@@ -320,9 +320,11 @@ def builtin_partition(scan: Scan) -> Partition:
     """
     shape = scan.shape
     head = head_mask(scan.volume)  # a multi-channel case: its first channel
-    world = _world_coords(shape, scan.affine)
     if not head.any():
         head = np.ones(shape, dtype=bool)
+    if scan.kind == "image":
+        return _image_partition(head)
+    world = _world_coords(shape, scan.affine)
     # The affine is linear, so the mean world position is the affine applied to the mean voxel index.
     count = float(head.sum())
     mean_index = [float((np.arange(n) * head.sum(axis=tuple(a for a in range(3) if a != axis))).sum() / count)
@@ -346,6 +348,19 @@ def builtin_partition(scan: Scan) -> Partition:
         names.append("_".join(reversed(parts)))
     index = np.where(head, side + 1, 0)  # intp already: what bincount takes, no copy per map
     return Partition(index=index, ids=tuple(range(len(names))), names=tuple(names), kind="builtin")
+
+
+IMAGE_REGIONS = ("image_top_left", "image_top_right", "image_bottom_left", "image_bottom_right")
+
+
+def _image_partition(head: np.ndarray) -> Partition:
+    """An image file's stand-in geometry names no anatomy: quarters of the picture as displayed (axis 0 = rows
+    top to bottom, axis 1 = columns left to right) around the centre of the head mask, plus outside."""
+    rows, cols = np.nonzero(head.any(axis=2))
+    side = ((np.arange(head.shape[0]) >= rows.mean())[:, None, None].astype(np.intp) << 1) \
+        + (np.arange(head.shape[1]) >= cols.mean())[None, :, None].astype(np.intp)
+    index = np.where(head, side + 1, 0)
+    return Partition(index=index, ids=tuple(range(5)), names=(OUTSIDE_HEAD, *IMAGE_REGIONS), kind="builtin")
 
 
 # ----------------------------------------------------------------------------------------------- masks

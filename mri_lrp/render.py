@@ -32,6 +32,8 @@ CONTOUR = np.array([0, 255, 0], dtype=np.uint8)  # the mask's outline: green, ap
 _STATS_SAMPLES = 1 << 18  # voxels sampled for the grey window and the clipping percentile
 _LABEL_PX = 12  # side letters (9 pt at 100 dpi)
 _VIEW_NOTE = "neurological view: patient's left on the image's left"
+# An image file (PNG/JPEG/TIFF) has no anatomy: drawn as stored, without side letters.
+_IMAGE_NOTE = "an image file: shown as stored (rows top to bottom), no anatomical sides known"
 STAMP_COLOUR = np.array([255, 140, 0], dtype=np.uint8)  # the frame and text of a stamp (demo model)
 STAMP_FRAME_PX = 4
 
@@ -69,7 +71,7 @@ class Overlay:
 
 def render_overlay(path: str | Path, scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *,
                    title: str, subtitle: str = "", clip_percentile: float = 99.5, stamp: str = "",
-                   mask: np.ndarray | None = None) -> float:
+                   mask: np.ndarray | None = None, image: bool = False) -> float:
     """Write the overlay PNG for one scan (atomically); returns the colour limit |R| it used (``Overlay.vmax``),
     which the relevance volume's display window reuses.
 
@@ -77,7 +79,7 @@ def render_overlay(path: str | Path, scan_data: np.ndarray, relevance: np.ndarra
     and kept in the PNG's text metadata ("Warning"), so a copied picture still says it.
     """
     overlay = compose_overlay(scan_data, relevance, affine, title=title, subtitle=subtitle,
-                              clip_percentile=clip_percentile, stamp=stamp, mask=mask)
+                              clip_percentile=clip_percentile, stamp=stamp, mask=mask, image=image)
     write_png(path, overlay.rgb, {"Warning": stamp} if stamp else None)
     return overlay.vmax
 
@@ -120,12 +122,13 @@ def png_bytes(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:
 
 def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *, title: str,
                     subtitle: str = "", clip_percentile: float = 99.5, stamp: str = "",
-                    mask: np.ndarray | None = None) -> Overlay:
+                    mask: np.ndarray | None = None, image: bool = False) -> Overlay:
     """Build the overlay picture in memory: header strip, then the panels on a dark grey backdrop.
 
     3D: a top row of axial, coronal and sagittal planes through the relevance peak, then a mosaic of axial
     slices spread over the part of the volume that holds the relevance. A single slice (K == 1): one panel.
-    With ``mask`` (on the scan's grid), the mask's outline is drawn on each panel.
+    With ``mask`` (on the scan's grid), the mask's outline is drawn on each panel. An ``image`` file (stand-in
+    geometry) gets no side letters: it has no anatomy to name.
     """
     data, rel = _as_3d(scan_data), _as_3d(relevance)
     if data.shape != rel.shape:
@@ -149,7 +152,7 @@ def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nda
         flat = [a for a in range(3) if vol.shape[a] == 1]
         plane = {0: "sagittal", 1: "coronal"}.get(flat[-1], "axial") if len(flat) == 1 else "axial"
         rows.append([(plane, 0)])
-        notes = ("a single slice", _VIEW_NOTE)
+        notes = ("a single slice", _IMAGE_NOTE if image else _VIEW_NOTE)
     else:
         peak = _peak(rvol)
         rows.append([("axial", peak[2]), ("coronal", peak[1]), ("sagittal", peak[0])])
@@ -193,7 +196,7 @@ def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nda
             if mvol is not None:
                 outline[box] = _edge(_panel(mvol, h_axis, v_axis, fixed, index, maps) > 0.5)
             panels.append(Panel(plane, int(index), _slice_world(ras_affine, fixed, index), HEADER_PX + top,
-                                left, h, w, sides))
+                                left, h, w, ("", "", "", "") if image else sides))
             left += w + GAP_PX
         top += row_h + GAP_PX
 
@@ -437,6 +440,8 @@ def _stamp_sides(rgb: np.ndarray, panel: Panel) -> None:
     """Write the side letters just inside the panel: left/right at mid-height, top/bottom at mid-width."""
     margin = 2
     for side, letter in zip(("left", "right", "top", "bottom"), panel.sides, strict=True):
+        if not letter:
+            continue
         glyph = _glyph(letter)
         gh, gw = glyph.shape
         if gh + 2 * margin > panel.height or gw + 2 * margin > panel.width:
@@ -461,20 +466,22 @@ CHANNEL_LABEL_PX = 18
 
 def render_channels(path: str | Path, scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *,
                     channels: tuple[str, ...], channel_relevance: np.ndarray, title: str, subtitle: str = "",
-                    clip_percentile: float = 99.5, stamp: str = "", mask: np.ndarray | None = None) -> float:
+                    clip_percentile: float = 99.5, stamp: str = "", mask: np.ndarray | None = None,
+                    image: bool = False) -> float:
     """The overlay of a multi-channel case: its sequences side by side, each with its own relevance, one colour
     scale for all (so the channels compare at a glance). ``relevance`` is their sum; it places the planes.
     Returns the colour limit, as :func:`render_overlay` does."""
     overlay = compose_channels(scan_data, relevance, affine, channels=channels,
                                channel_relevance=channel_relevance, title=title, subtitle=subtitle,
-                               clip_percentile=clip_percentile, stamp=stamp, mask=mask)
+                               clip_percentile=clip_percentile, stamp=stamp, mask=mask, image=image)
     write_png(path, overlay.rgb, {"Warning": stamp} if stamp else None)
     return overlay.vmax
 
 
 def compose_channels(scan_data: np.ndarray, relevance: np.ndarray, affine: np.ndarray, *,
                      channels: tuple[str, ...], channel_relevance: np.ndarray, title: str, subtitle: str = "",
-                     clip_percentile: float = 99.5, stamp: str = "", mask: np.ndarray | None = None) -> Overlay:
+                     clip_percentile: float = 99.5, stamp: str = "", mask: np.ndarray | None = None,
+                     image: bool = False) -> Overlay:
     """One column per channel (named above it), one row per plane (axial, coronal, sagittal) through the
     peak of the summed relevance; a single-slice case has one row. Each sequence keeps its own grey window."""
     data, rels = np.asarray(scan_data), np.asarray(channel_relevance)
@@ -502,7 +509,8 @@ def compose_channels(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nd
         world = [_slice_world(ras_affine, axis, peak[axis]) for axis in range(3)]
         where = (f"rows: axial, coronal, sagittal through the peak of the summed relevance at world "
                  f"({world[0]:.0f}, {world[1]:.0f}, {world[2]:.0f}) mm")
-    notes = (f"columns: {', '.join(channels)}, each with its own relevance on one colour scale; {_VIEW_NOTE}",
+    notes = (f"columns: {', '.join(channels)}, each with its own relevance on one colour scale; "
+             f"{_IMAGE_NOTE if image else _VIEW_NOTE}",
              where + ("; green line: the mask's outline" if mvol is not None else ""))
     heights = [sizes[_PLANES[p][0][1]] for p, _ in planes]
     col_w = max(sizes[_PLANES[p][0][0]] for p, _ in planes)
@@ -526,7 +534,8 @@ def compose_channels(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nd
             box[:] = _colour(grey, signed, np.ones(grey.shape, dtype=bool), lo, hi, vmax)
             if mvol is not None:
                 box[_edge(_panel(mvol, h_axis, v_axis, fixed, index, maps) > 0.5)] = CONTOUR
-            panels.append(Panel(plane, int(index), _slice_world(ras_affine, fixed, index), top, x, h, w, sides))
+            panels.append(Panel(plane, int(index), _slice_world(ras_affine, fixed, index), top, x, h, w,
+                                ("", "", "", "") if image else sides))
             top += h + GAP_PX
     rgb[:HEADER_PX] = _header(width, title, subtitle, notes, vmax, clip_percentile, stamp)
     rgb[HEADER_PX:HEADER_PX + CHANNEL_LABEL_PX] = _channel_labels(width, channels, lefts, col_w)

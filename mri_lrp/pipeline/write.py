@@ -125,7 +125,7 @@ class ScanWriter:
                 where.overlay(suffix.lstrip("_")), scan.data, rel, scan.affine,
                 title=f"{scan.scan_id}: predicted {names[pred]} (p={res.probs[pred]:.2f})", stamp=self.stamp,
                 subtitle=f"relevance for {names[t]} (p={res.probs[t]:.2f}) · {self._rule_text()}",
-                mask=mask,
+                mask=mask, image=scan.kind == "image",
             ))
             files.append(where.listed(where.overlay(suffix.lstrip("_"))))
             if t == pred or not multi:  # with --target all, the predicted class's map speaks for the scan
