@@ -213,13 +213,14 @@ class AlphaBeta(Rule):
         aabs = a.abs()
         m = layer.forward(aabs, wabs)
         zb = z if b is None else z - _channel_view(b, z, layer.kind)
-        zp = torch.add(zb, m).mul_(0.5)
-        zn = torch.sub(zb, m).mul_(0.5)
         # A side that is small against m makes its share R/z large, and the fused pass would scale the rounding
         # of the other contributions by it: such layers take the exact split (a⁺, a⁻ as separate channels).
-        if bool(((torch.minimum(zp, -zn) < _NEAR_EMPTY * m) & (m > 0)).any()):
+        # z⁺ < δm or −z⁻ < δm  ⟺  |z − b| > (1 − 2δ)·m (and m = 0 means z − b = 0: both sides exactly empty).
+        if bool(torch.gt(zb.abs(), m * (1.0 - 2.0 * _NEAR_EMPTY)).any()):
             layer.cache[("exact", self)] = True  # small fan-ins (first layers, depthwise) stay exact
             return self._signed_exact(layer, a, z, r, w, b)
+        zp = torch.add(zb, m).mul_(0.5)
+        zn = torch.sub(zb, m).mul_(0.5)
         if b is not None and self.include_bias:
             zp.add_(_channel_view(b.clamp(min=0), z, layer.kind))
             zn.add_(_channel_view(b.clamp(max=0), z, layer.kind))
