@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
+import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +108,23 @@ def test_explain_reuses_its_explainer_until_the_model_or_options_change() -> Non
     assert explain_module._BUILT[net][2] is not eps
     with torch.no_grad():
         torch.testing.assert_close(after.logits, net(x))  # the new BatchNorm statistics are merged
+
+
+def test_pipeline_puts_the_note_in_summary_warnings_and_names_the_first_scan_in_the_log(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for p in sorted((Path(__file__).parent.parent / "sample_scans").glob("*.nii.gz"))[:2]:
+        shutil.copy(p, scans / p.name)
+    out = tmp_path / "out"
+    # alpha - beta = 2: every layer doubles the relevance, so every scan's explanation creates relevance
+    res = subprocess.run([sys.executable, "-m", "mri_lrp.cli", "explain", str(scans), "--out", str(out),
+                          "--alpha", "3", "--beta", "1", "--workers", "0"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    with (out / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    assert all("the explanation creates relevance" in r["warnings"] for r in rows)
+    log = res.stdout + res.stderr
+    assert log.count("the explanation creates relevance") == 1  # once per run, naming the first scan
+    assert any(f"{r['scan_id']}: the explanation creates relevance" in log for r in rows)
