@@ -274,7 +274,7 @@ def inspect(
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:
         _print_table(rows, ["scan_id", "source", "kind", "shape", "spacing", "orientation", "series_description",
-                            "problems"])
+                            *(["channel_files"] if plan is not None else []), "problems"])
     if not any(r.get("kind") not in ("skipped", "error") for r in rows):
         raise typer.Exit(4)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from case_factory import bids
+from case_factory import bids, brats2021, msd
 from PIL import Image
 
 from mri_lrp.model.spec import InputSpec
@@ -59,3 +59,47 @@ def test_an_image_file_gets_picture_quarters_not_hemispheres_and_no_side_letters
     assert grey[h * 14 // 60, w * 12 // 40] > grey[h * 45 // 60, w * 28 // 40] + 50
     letters = compose_overlay(scan.data, np.zeros(scan.shape, np.float32), scan.affine, title="t")
     assert letters.panels[0].sides != ("", "", "", "")
+
+
+def _four_channel_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A small 4-channel cnn3d state_dict and a config naming the BraTS channels."""
+    import torch
+
+    from mri_lrp.model.zoo import build_model
+
+    torch.manual_seed(0)
+    torch.save(build_model("cnn3d", in_channels=4, num_classes=2, width=2, depth=1).state_dict(), tmp_path / "m.pth")
+    config = tmp_path / "c.toml"
+    config.write_text('model = "mri_lrp.model.zoo:cnn3d"\n'
+                      'model_kwargs = { in_channels = 4, num_classes = 2, width = 2, depth = 1 }\n'
+                      'class_names = ["LGG", "HGG"]\n[input_spec]\ndims = 3\nchannels = 4\n'
+                      'channel_names = ["t1", "t1ce", "t2", "flair"]\nshape = [8, 8, 8]\nresize = true\n')
+    return tmp_path / "m.pth", config
+
+
+def test_dry_run_and_inspect_name_each_channels_file_and_the_case_that_will_fail(tmp_path: Path) -> None:
+    """The plan must not list an incomplete case as if it had every channel; both listings show the matching."""
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+
+    data = tmp_path / "data"
+    brats2021(data, "BraTS2021_00000")
+    brats2021(data, "BraTS2021_00001")
+    (data / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz").unlink()
+    msd(data / "msd")
+    checkpoint, config = _four_channel_run(tmp_path)
+    res = CliRunner().invoke(app, ["explain", str(data), "--checkpoint", str(checkpoint), "--config", str(config),
+                                   "--out", str(tmp_path / "out"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    lines = {line.split("\t")[0].strip(): line for line in res.output.splitlines() if "\t" in line}
+    assert "t2 = BraTS2021_00000_t2.nii.gz, flair = BraTS2021_00000_flair.nii.gz" in lines["BraTS2021_00000"]
+    assert "will fail: BraTS 2021 case is missing channel(s) t2" in lines["BraTS2021_00001"]
+    assert "will fail" not in lines["BraTS2021_00000"]
+    assert "t1 = BRATS_007.nii.gz[0]" in lines["msd__imagesTr__BRATS_007"] and "flair = BRATS_007.nii.gz[3]" \
+        in lines["msd__imagesTr__BRATS_007"]
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(app, ["inspect", str(data), "--config", str(config)])
+    assert "channel_files" in res.output.splitlines()[0]
+    row = next(line for line in res.output.splitlines() if line.startswith("BraTS2021_00000\t"))
+    assert "t1ce = BraTS2021_00000_t1ce.nii.gz" in row

@@ -13,6 +13,7 @@ from typing import Any
 from mri_lrp.model.checkpoint import describe_model
 from mri_lrp.pipeline.run import find_scans, load_model, model_notices, resolve_target, rule_params, select_shard
 from mri_lrp.scans import ScanRef, Skipped
+from mri_lrp.scans.cases import channel_files_text
 from mri_lrp.settings import Settings
 from mri_lrp.shard import Shard
 
@@ -38,8 +39,10 @@ class Plan:
         if self.shard is not None:
             out.append(f"shard: {self.shard.index}/{self.shard.count}: {len(self.refs)} of {self.found} scans")
         for ref in self.refs[:_LISTED]:
-            channels = f"  channels {', '.join(ref.channels)}" if getattr(ref, "channels", ()) else ""
-            out.append(f"  {ref.scan_id}\t{ref.kind}\t{ref.location}{channels}")
+            channels = f"  channels {channel_files_text(ref) or ', '.join(ref.channels)}" \
+                if getattr(ref, "channels", ()) else ""
+            fails = f"  will fail: {ref.error}" if getattr(ref, "error", "") else ""
+            out.append(f"  {ref.scan_id}\t{ref.kind}\t{ref.location}{channels}{fails}")
         if len(self.refs) > _LISTED:
             out.append(f"  ... and {len(self.refs) - _LISTED} more")
         for item in self.skipped[:_LISTED]:

@@ -233,6 +233,18 @@ def single_image_warning(plan: ChannelPlan) -> str:
             "so it is read as one image and the relevance per sequence means nothing")
 
 
+def channel_files_text(ref: ScanRef) -> str:
+    """Which file fills each channel of a case ('t1 = a_t1.nii.gz, ...'; a 4D stack's volume as '[N]', a DICOM
+    series by its description), so a listing shows the matching itself; "" for an incomplete case."""
+    def part_name(part: ScanRef) -> str:
+        name = part.series_description if part.kind == "dicom" and part.series_description \
+            else os.path.basename(part.location.rstrip("/"))
+        return f"{name}[{part.volume}]" if part.volume is not None else name
+    if len(ref.parts) != len(ref.channels):
+        return ""
+    return ", ".join(f"{c} = {part_name(p)}" for c, p in zip(ref.channels, ref.parts, strict=True))
+
+
 def _place(item: Item, plan: ChannelPlan, cases: dict[tuple, _Case], skipped: list[Skipped]) -> tuple | None:
     """Put an item into its case; returns the case key, () when it was skipped, None when it fits no case."""
     ref = item.ref

@@ -9,7 +9,7 @@ from typing import Any
 import nibabel as nib
 
 from mri_lrp.errors import ScanError
-from mri_lrp.scans.cases import ChannelPlan
+from mri_lrp.scans.cases import ChannelPlan, channel_files_text
 from mri_lrp.scans.discover import discover
 from mri_lrp.scans.read import content_notes, read_scan
 
@@ -20,7 +20,7 @@ def inspect_rows(paths: Sequence[str | Path], volume: int | None = None,
 
     Keys: scan_id, source, kind, shape, spacing, orientation, series_description, modality, problems, status
     (ok / warning / error / skipped). With ``channels`` (a multi-channel model's), rows are cases and
-    ``channels`` names their channels.
+    ``channels`` names their channels and ``channel_files`` the file each takes.
     """
     refs, skipped = discover(paths, volume=volume, channels=channels)
     rows: list[dict[str, Any]] = []
@@ -29,7 +29,8 @@ def inspect_rows(paths: Sequence[str | Path], volume: int | None = None,
                                "spacing": None, "orientation": None,
                                "series_description": ref.series_description,
                                "modality": ref.dicom.get("modality", ""), "problems": [],
-                               **({"channels": list(ref.channels)} if channels is not None else {})}
+                               **({"channels": list(ref.channels), "channel_files": channel_files_text(ref)}
+                                  if channels is not None else {})}
         try:
             scan = read_scan(ref)
         except ScanError as e:
