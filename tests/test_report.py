@@ -91,6 +91,19 @@ def test_the_heat_table_is_the_mean_fraction_per_partition_region_and_predicted_
     assert checked == 4 * 4 + 2 * 3  # builtin regions x classes, mask regions x classes that have masks
 
 
+def test_each_heat_table_heads_a_class_with_the_scans_that_have_its_partition(tmp_path: Path) -> None:
+    made = make_run(tmp_path / "out", scans=11)  # no_tumour scans get no mask
+    page = parse_page(write_report(tmp_path / "out"))
+    for table in (t for t in page.tables if t["attrs"].get("class") == "heat"):
+        part = table["attrs"]["data-partition"]
+        have = {r["scan_id"] for r in made["regions"] if r["partition"] == part}
+        for cell in table["rows"][0][1:]:
+            cls, count = cell.split(" ")[0], int(cell.split(" ")[1])
+            assert count == sum(1 for r in made["summary"] if r["predicted_class"] == cls and r["scan_id"] in have)
+    mask_head = next(t for t in page.tables if t["attrs"].get("data-partition") == "mask")["rows"][0]
+    assert "no_tumour 0 scans" in mask_head
+
+
 def _resolves(page_path: Path, link: str, out: Path) -> bool:
     target = (page_path.parent / unquote(urlsplit(link).path)).resolve()
     return target.is_file() and (target == out.resolve() or out.resolve() in target.parents)
@@ -129,6 +142,22 @@ def test_a_scan_page_shows_its_overlay_region_rows_and_loads_the_viewer_data_by_
     assert len(regions) == 1 + len(own)
     assert [r[regions[0].index("region_name")] for r in regions[1:]] == [r["region_name"] for r in own]
     assert 'rel="prev"' in text and 'rel="next"' in text and 'id="viewer"' in text
+
+
+def test_the_viewer_names_the_class_its_map_explains_also_with_target_all(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    made = make_run(out, scans=2)
+    summary = out / "summary.csv"
+    lines = summary.read_text().splitlines()
+    col = lines[0].split(",").index("target_class")
+    # second scan as if run with --target all: the preview holds the predicted class's map
+    cells = lines[2].split(",")
+    cells[col] = "all"
+    summary.write_text("\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n")
+    write_report(out)
+    for row in made["summary"]:
+        text = (out / "report" / "scans" / f"{row['scan_id']}.html").read_text()
+        assert f"red is relevance for {row['predicted_class']}, blue against" in text
 
 
 def test_text_from_the_run_is_shown_as_text_never_as_markup(tmp_path: Path) -> None:

@@ -68,6 +68,8 @@ def test_the_sample_report_works_in_a_browser_opened_from_disk(sample_run: Path,
     seen = drive(sample_run / "report.html", tmp_path / "viewer.png")
     assert seen["errors"] == [] and seen["network"] == []
     assert seen["rows_on_page"] == 4 and seen["shown"] == "4 of 4 scans"
+    # the demo model's notice is on every row: clipped to two lines (full text on hover), not a screen per row
+    assert max(seen["row_heights"]) < 80 and all("DEMO MODEL" in t for t in seen["warning_titles"])
     assert seen["failures"] == ["broken"] and seen["skipped"] >= 1
     up = as_numbers(seen["sorted_ascending"])
     assert up == sorted(up) and as_numbers(seen["sorted_descending"]) == sorted(up, reverse=True)

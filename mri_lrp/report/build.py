@@ -307,14 +307,16 @@ def scan_page(out: Path, row: Mapping[str, str], files: Sequence[str], regions: 
     columns = [c for c in _REGION_COLUMNS if any(c in r for r in regions)]
     preview = f"scans/{scan_id}/{PREVIEW_NAME}"
     has_preview = preview in files or (out / preview).is_file()
+    target = row.get("target_class") or ""  # with --target all the viewer shows the predicted class's map
+    shown = escape(row.get("predicted_class", "") if target in ("", "all") else target) or "the class"
     viewer = ("""<div class="viewer-controls" role="toolbar" aria-label="slice viewer">
 <button type="button" data-plane="axial">axial</button><button type="button" data-plane="coronal">coronal</button>
 <button type="button" data-plane="sagittal">sagittal</button><button type="button" data-plane="multi">all three</button>
 <label>slice <input id="slice" type="range" min="0" max="1000" value="500"></label>
 <label>relevance opacity <input id="opacity" type="range" min="0" max="100" value="80"></label></div>
 <div class="viewer-box"><canvas id="viewer"></canvas></div><p id="viewer-status" class="hint">loading…</p>
-<p class="hint">Scroll or drag the slider to move through slices; red is relevance for the class, blue against it.
-The viewer shows a downsampled copy; the full map is the relevance volume below.</p>"""
+<p class="hint">Scroll or drag the slider to move through slices; red is relevance for """ + shown + """, blue against
+it. The viewer shows a downsampled copy; the full map is the relevance volume below.</p>"""
               if has_preview else "<p class=\"empty\">No viewer data for this scan (made by an older version).</p>")
     body = f"""
 <header><h1>{escape(scan_id)}</h1><nav>{' · '.join(nav)}</nav></header>

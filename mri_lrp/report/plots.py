@@ -58,11 +58,13 @@ def heat_table(summary: Sequence[Mapping[str, str]], regions: Iterable[Mapping[s
     if not means:
         return "<p class=\"empty\">No region rows to average.</p>"
     classes = sorted({cls for by_region in means.values() for cells in by_region.values() for cls in cells})
-    counts = {cls: sum(1 for r in summary if r.get("predicted_class") == cls) for cls in classes}
     parts = []
     for part in sorted(means):
         by_region = means[part]
         peak = max((abs(m) for cells in by_region.values() for m, _ in cells.values()), default=0.0) or 1.0
+        # scans that have this partition: a class without masks heads the mask table with 0, not its class size
+        counts = {cls: max((cells[cls][1] for cells in by_region.values() if cls in cells), default=0)
+                  for cls in classes}
         head = "".join(f"<th scope=\"col\">{escape(c)}<br><small>{counts[c]} scans</small></th>" for c in classes)
         rows = []
         for region, cells in by_region.items():

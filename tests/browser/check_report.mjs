@@ -27,6 +27,8 @@ try {
       return trs.map((tr) => tr.cells[idx].textContent);
     }, key);
   result.rows_on_page = await page.$$eval("#summary-table tbody tr", (trs) => trs.length);
+  result.row_heights = await page.$$eval("#summary-table tbody tr", (trs) => trs.map((tr) => tr.offsetHeight));
+  result.warning_titles = await page.$$eval("#summary-table td.warn", (tds) => tds.map((td) => td.title));
   result.shown = await page.textContent("#shown");
   result.failures = await page.$$eval("#failures tbody tr", (trs) => trs.map((tr) => tr.cells[0].textContent));
   result.skipped = await page.$$eval("#skipped tbody tr", (trs) => trs.length);

@@ -90,9 +90,16 @@
         } else {
           const v = r[col.key];
           const x = col.type === "num" ? numeric(v) : null;
+          if (col.key === "warnings" && v) {  // a note repeated on every row (the demo model's) must not
+            const note = document.createElement("div");  // make each row a screen tall: two lines, all on hover
+            note.textContent = v;
+            td.title = v;
+            td.className = "warn";
+            td.appendChild(note);
+            continue;
+          }
           td.textContent = x === null ? v : formatNumber(x);
           if (col.type === "num") td.className = "num";
-          if (col.key === "warnings" && v) td.className = "warn";
         }
       }
     }
