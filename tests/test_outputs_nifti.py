@@ -125,3 +125,20 @@ def test_region_sums_per_scan_and_partition_equal_the_scan_total(explained: Path
     assert {s for s, _, _ in groups} == set(summary)
     for (scan_id, _, _), value in groups.items():
         assert value == pytest.approx(summary[scan_id], rel=1e-4, abs=1e-6)
+
+
+def test_target_all_sidecar_names_the_class_of_every_volume(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "mri_lrp.cli", "explain", str(SAMPLES / "sub-04_T1w.nii.gz"),
+                          "--out", str(out), "--target", "all", "--quiet"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((out / "run.json").read_text())
+    scan_dir = out / "scans" / "sub-04_T1w"
+    sidecar = json.loads((scan_dir / "relevance.json").read_text())
+    rel = nib.load(scan_dir / "relevance.nii.gz")
+    assert sidecar["target"] == "all"
+    assert sidecar["class_names"] == manifest["checkpoint"]["classes"] == list(sidecar["class_names"])
+    assert rel.shape[-1] == len(sidecar["class_names"])
+    cal_max = float(rel.header["cal_max"])
+    assert cal_max > 0 and float(rel.header["cal_min"]) == -cal_max
