@@ -33,7 +33,7 @@ _STATS_SAMPLES = 1 << 18  # voxels sampled for the grey window and the clipping 
 _LABEL_PX = 12  # side letters (9 pt at 100 dpi)
 _VIEW_NOTE = "neurological view: patient's left on the image's left"
 # An image file (PNG/JPEG/TIFF) has no anatomy: drawn as stored, without side letters.
-_IMAGE_NOTE = "an image file: shown as stored (rows top to bottom), no anatomical sides known"
+_IMAGE_NOTE = "image file shown as stored: no anatomical sides"
 STAMP_COLOUR = np.array([255, 140, 0], dtype=np.uint8)  # the frame and text of a stamp (demo model)
 STAMP_FRAME_PX = 4
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from case_factory import bids, brats2021, msd
 from PIL import Image
@@ -103,3 +104,19 @@ def test_dry_run_and_inspect_name_each_channels_file_and_the_case_that_will_fail
     assert "channel_files" in res.output.splitlines()[0]
     row = next(line for line in res.output.splitlines() if line.startswith("BraTS2021_00000\t"))
     assert "t1ce = BraTS2021_00000_t1ce.nii.gz" in row
+
+
+def test_the_resampling_warning_says_whose_grid_lies_outside_the_channel(tmp_path: Path) -> None:
+    """'that grid' was ambiguous (the channel's own grid was just named): the share is of the first channel's grid."""
+    from case_factory import AFFINE, save
+
+    from mri_lrp.scans import read_scan
+
+    brats2021(tmp_path, "BraTS2021_00000")
+    t2 = tmp_path / "BraTS2021_00000" / "BraTS2021_00000_t2.nii.gz"
+    half = AFFINE.copy()
+    half[:3, :3] *= 0.5
+    save(np.asarray(nib.load(t2).dataobj), t2, half)
+    (ref,), _ = discover([tmp_path], channels=ChannelPlan(4, ("t1", "t1ce", "t2", "flair")))
+    (note,) = [w for w in read_scan(ref).warnings if "resampled" in w]
+    assert "% of the t1 grid lies outside t2 and is 0 there" in note

@@ -42,7 +42,8 @@ def read_case(ref: ScanRef, read_one: Callable[[ScanRef], Scan]) -> Scan:
                                           f"({first.source}) share no point in world space: not one subject "
                                           "in one scanner frame")
         data[c] = values
-        outside = f"; {100 * (1 - inside):.1f}% of that grid lies outside {name} and is 0" if inside < 1 else ""
+        outside = f"; {100 * (1 - inside):.1f}% of the {ref.channels[0]} grid lies outside {name} and is 0 there" \
+            if inside < 1 else ""
         notes.append(f"{name} resampled (trilinear, world space) onto the {ref.channels[0]} grid: its own grid "
                      f"is {'x'.join(map(str, scan.shape))} at {'x'.join(f'{v:.3g}' for v in scan.spacing)} mm"
                      f"{outside}")
