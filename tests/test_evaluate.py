@@ -254,3 +254,20 @@ def test_evaluating_into_an_explain_run_adds_a_section_to_its_report(lesion_setu
     assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
     page = (lesion_setup["out"] / "report.html").read_text()
     assert 'id="evaluation"' in page and "zplus" in page and "curves.png" in page
+
+
+def test_evaluate_loads_the_model_as_explain_does_and_says_when_it_is_the_demo_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "sub-04_T1w.nii.gz").write_bytes((Path(__file__).parents[1] / "sample_scans/sub-04_T1w.nii.gz")
+                                              .read_bytes())
+    # a partial [input_spec] replaces one key of the demo model's spec; its 3.5 mm spacing and centring stay
+    settings = build_settings({"scans": [str(scans)], "out": str(tmp_path / "ev"), "workers": 0,
+                               "input_spec": {"shape": [56, 64, 56]}})
+    options = EvaluateOptions(rules=("zplus",), steps=1, random_repeats=1, sanity_scans=0)
+    assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
+    spec = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["checkpoint"]["input_spec"]
+    assert spec["spacing"] == [3.5, 3.5, 3.5] and spec["align"] == "centre" and spec["shape"] == [56, 64, 56]
+    captured = capsys.readouterr()
+    assert "DEMO MODEL" in captured.out + captured.err

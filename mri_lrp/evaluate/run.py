@@ -29,12 +29,11 @@ from mri_lrp.evaluate.sanity import (
     ssim,
 )
 from mri_lrp.lrp import COMPOSITES, RULES, Explainer
-from mri_lrp.model.checkpoint import LoadedModel, load_checkpoint
-from mri_lrp.model.spec import InputSpec
+from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.model.transform import to_scan
 from mri_lrp.outputs import FAILURE_COLUMNS, atomic_write_json, write_csv
 from mri_lrp.pipeline.read import Prepared, prepare
-from mri_lrp.pipeline.run import exclude_own_files, resolve_device, resolve_target
+from mri_lrp.pipeline.run import exclude_own_files, load_model, model_notices, resolve_device, resolve_target
 from mri_lrp.progress import Reporter
 from mri_lrp.regions import find_mask, load_mask, mask_metrics, voxel_volume_ml
 from mri_lrp.scans import discover
@@ -93,12 +92,9 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     """Evaluate every rule on every scan found; returns the exit code. Setup errors raise."""
     options.validate()
     t_start = time.time()
-    loaded = load_checkpoint(
-        settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
-        class_names=list(settings.class_names) if settings.class_names else None,
-        input_spec=InputSpec.from_dict(settings.input_spec) if settings.input_spec else None,
-        trust_checkpoint=settings.trust_checkpoint,
-    )
+    loaded = load_model(settings)  # as explain loads it: a partial [input_spec] updates the checkpoint's key by key
+    for note in model_notices(loaded):  # the demo model, an assumed spec: the ranking is about this model
+        reporter.note(note, always=True)
     device = resolve_device(settings.device)
     model = loaded.model.to(device)
     target = resolve_target(settings.target, loaded.class_names)
@@ -279,7 +275,8 @@ def _manifest(settings: Settings, options: EvaluateOptions, loaded: LoadedModel,
     return {
         "tool": "mri-lrp evaluate", "version": __version__, "settings": settings.to_json(),
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()},
-        "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "classes": loaded.class_names},
+        "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "classes": loaded.class_names,
+                       "demo": loaded.is_demo, "input_spec": loaded.input_spec.to_dict()},
         "counts": {"found": len(refs), "failed": len(failures)}, "ranking": ranking,
         "survives_threshold": SURVIVES_THRESHOLD, "seconds": round(wall, 3),
     }
