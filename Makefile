@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mri-lrp explain sample_scans/ --rule alphabeta --alpha 2 --beta 1 --masks sample_scans/masks --out demo_out
-	@echo "open demo_out/summary.csv and demo_out/scans/*/overlay.png"
+	@echo "open demo_out/report.html (or demo_out/summary.csv and demo_out/scans/*/overlay.png)"
 
 test: $(STAMP)
 	$(BIN)/ruff check mri_lrp tests benchmarks scripts
