@@ -120,3 +120,18 @@ def test_the_resampling_warning_says_whose_grid_lies_outside_the_channel(tmp_pat
     (ref,), _ = discover([tmp_path], channels=ChannelPlan(4, ("t1", "t1ce", "t2", "flair")))
     (note,) = [w for w in read_scan(ref).warnings if "resampled" in w]
     assert "% of the t1 grid lies outside t2 and is 0 there" in note
+
+
+def test_a_nifti_file_without_an_extension_is_named_as_nifti_with_the_fix(tmp_path: Path) -> None:
+    """PACS/web exports drop extensions; 'not a DICOM or NIfTI file' was false for a NIfTI-1 or NIfTI-2 file."""
+    image = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
+    nib.save(image, tmp_path / "a.nii")
+    nib.save(nib.Nifti2Image(image.get_fdata(), np.eye(4)), tmp_path / "b.nii")
+    (tmp_path / "a.nii").rename(tmp_path / "brain")
+    (tmp_path / "b.nii").rename(tmp_path / "brain2")
+    (tmp_path / "notes").write_text("x" * 400)
+    _, skipped = discover([tmp_path])
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert reasons["brain"] == reasons["brain2"] == \
+        "a NIfTI file without a .nii name: rename it (add .nii) to have it read"
+    assert reasons["notes"] == "not a DICOM or NIfTI file"

@@ -89,11 +89,13 @@ def _probe_dicom(f: _Found) -> DicomHeader | str | Exception:
     claimed = f.rel.lower().endswith(DICOM_SUFFIXES)
     try:
         with open(f.abs_path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(352)
     except OSError as e:
         return e if claimed else f"cannot open: {e.strerror}"
     if not head:
         return ValueError("empty file") if claimed else "empty file"
+    if head[344:348] in (b"n+1\0", b"ni1\0") or head[4:8] == b"n+2\0":  # NIfTI-1 / NIfTI-2 magic
+        return "a NIfTI file without a .nii name: rename it (add .nii) to have it read"
     marked = head[128:132] == b"DICM"
     # Without the 'DICM' marker, only try a forced parse when the bytes start like a DICOM element (group
     # 0x0002 or 0x0008, little endian): a forced parse of arbitrary data is slow and can misread it.
