@@ -193,3 +193,22 @@ def test_refusals_name_the_module_path_type_and_what_to_do() -> None:
     assert info.value.layer == "lstm" and info.value.op == "GRU"
     assert "torch.nn.modules.rnn.GRU has no LRP rule" in info.value.reason and "register a layer kind" in \
         info.value.reason
+
+
+def test_fused_batchnorm_act_that_checks_the_input_rank_is_still_merged() -> None:
+    class BatchNormAct(nn.BatchNorm2d):
+        """As timm's BatchNormAct2d: the module's forward asserts the rank, then F.batch_norm and an activation."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            torch._assert(x.ndim == 4, "expected 4D input")
+            x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.silu(x)
+
+    torch.manual_seed(6)
+    net = _randomise_affine(nn.Sequential(nn.Conv2d(1, 4, 3), BatchNormAct(4), nn.Flatten(),
+                                          nn.Linear(4 * 6 * 6, 2)).double())
+    rows = {name: text for name, _, text in describe_rules(net)}
+    assert rows["1 (batch_norm)"] == "merged into '0'"
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(Explainer(net).logits(x), net(x))

@@ -82,6 +82,16 @@ def _merge(layer: Affine, scale: torch.Tensor, shift: torch.Tensor) -> Affine:
                   layer.groups)
 
 
+def _value_users(node: fx.Node) -> list[fx.Node]:
+    """The nodes that read a value, not just its shape (timm asserts `x.ndim` before its fused BatchNorm)."""
+    return [u for u in node.users if not (u.op in ("call_function", "call_method") and name_of(u) in SHAPE_ONLY
+                                          and (name_of(u) != "getattr" or u.args[1] in SHAPE_ATTRS))]
+
+
+SHAPE_ONLY = {"size", "dim", "numel", "getattr", "len"}
+SHAPE_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda"}
+
+
 def _channel_affine(scale: torch.Tensor, shift: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(t: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (t.dim() - 2)
@@ -93,7 +103,7 @@ def _batchnorm_step(b: Build, scale: torch.Tensor, shift: torch.Tensor, like: to
     """Merge into the producing conv/linear when it has no other user, else the chosen unmerged rule."""
     producer = b.node.args[0]
     state = b.state
-    if (isinstance(producer, fx.Node) and producer in state.site_of and len(producer.users) == 1
+    if (isinstance(producer, fx.Node) and producer in state.site_of and len(_value_users(producer)) == 1
             and state.sites[state.site_of[producer]].merged is None):
         site = state.sites[state.site_of[producer]]
         site.layer, site.merged = _merge(site.layer, scale, shift), b.where
