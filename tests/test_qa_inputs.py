@@ -135,3 +135,22 @@ def test_a_nifti_file_without_an_extension_is_named_as_nifti_with_the_fix(tmp_pa
     assert reasons["brain"] == reasons["brain2"] == \
         "a NIfTI file without a .nii name: rename it (add .nii) to have it read"
     assert reasons["notes"] == "not a DICOM or NIfTI file"
+
+
+def test_dry_run_shows_that_an_msd_dataset_json_orders_the_channels_otherwise(tmp_path: Path) -> None:
+    """MSD's Task01 stores FLAIR, T1w, t1gd, T2w: a model named t1, t1ce, t2, flair gets them by number, which the
+    plan must say before a night is spent on swapped sequences."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+
+    task = tmp_path / "Task01_BrainTumour"
+    msd(task)
+    (task / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}))
+    checkpoint, config = _four_channel_run(tmp_path)
+    res = CliRunner().invoke(app, ["explain", str(task), "--checkpoint", str(checkpoint), "--config", str(config),
+                                   "--out", str(tmp_path / "out"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "    warning: dataset.json calls channel 0 'FLAIR' but the model's channel 0 is 't1'" in res.output

@@ -43,6 +43,7 @@ class Plan:
                 if getattr(ref, "channels", ()) else ""
             fails = f"  will fail: {ref.error}" if getattr(ref, "error", "") else ""
             out.append(f"  {ref.scan_id}\t{ref.kind}\t{ref.location}{channels}{fails}")
+            out += [f"    {note}" for note in getattr(ref, "notes", ())]  # e.g. dataset.json contradicts the model
         if len(self.refs) > _LISTED:
             out.append(f"  ... and {len(self.refs) - _LISTED} more")
         for item in self.skipped[:_LISTED]:
