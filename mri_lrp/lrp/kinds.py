@@ -109,7 +109,10 @@ class Build:
         if self.node.op == "call_module":
             return str(self.node.target)
         stack = self.node.meta.get("nn_module_stack") or {}
-        path = next(reversed(stack.values()))[0] if stack else ""
+        path = ""
+        if stack:  # {key: (path, type)}; older torch versions key by the path itself
+            key, value = next(reversed(stack.items()))
+            path = value[0] if isinstance(value, tuple) else str(key)
         return f"{path} ({self.node.name})" if path else self.node.name
 
     @property
