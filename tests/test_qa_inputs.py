@@ -154,3 +154,21 @@ def test_dry_run_shows_that_an_msd_dataset_json_orders_the_channels_otherwise(tm
                                    "--out", str(tmp_path / "out"), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "    warning: dataset.json calls channel 0 'FLAIR' but the model's channel 0 is 't1'" in res.output
+
+
+def test_a_16_bit_or_float_grey_image_for_a_colour_model_is_not_claimed_as_convert_rgb_values(tmp_path: Path) -> None:
+    """Image.convert('RGB') clips 16-bit values to 255 and turns float [0, 1] into 0, so the stored values the
+    product keeps are not 'what ToTensor of Image.convert("RGB") gives': a warning says so; 8-bit keeps the note."""
+    from mri_lrp.model.transform import to_model
+    from mri_lrp.scans import read_scan
+
+    ramp = np.add.outer(np.arange(30), np.arange(20))
+    Image.fromarray((ramp * 100).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray((ramp / 50).astype(np.float32), mode="F").save(tmp_path / "float.tif")
+    Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "eight.png")
+    notes = {r.scan_id: to_model(read_scan(r), COLOUR_2D).notes for r in discover([tmp_path])[0]}
+    for name in ("sixteen", "float"):
+        (note,) = [n for n in notes[name] if "colour channels" in n]
+        assert note.startswith("warning:") and "clipped to 8 bits" in note
+    assert any("as ToTensor of Image.convert('RGB') gives" in n for n in notes["eight"])
+    assert not any(n.startswith("warning:") for n in notes["eight"])

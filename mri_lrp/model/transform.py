@@ -108,7 +108,13 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
         raise ScanError(scan.source, f"the {what} has {n_scan} channels, the model takes {spec.channels}",
                         stage="preprocess")
     repeat = n_scan == 1 and spec.channels > 1
-    if repeat and (image or spec.colour_channels):
+    deep = image and scan.metadata.get("dtype", "uint8") != "uint8"
+    if repeat and deep:  # Image.convert('RGB') clips 16-bit values to 255 and turns float [0, 1] into 0
+        notes.append(f"warning: {scan.metadata['dtype']} grey image repeated into the model's {spec.channels} "
+                     f"colour channels with its stored values (up to {float(data.max()):g}), not as "
+                     "ToTensor(Image.convert('RGB')) would give them (clipped to 8 bits): check what the model "
+                     "was trained on")
+    elif repeat and (image or spec.colour_channels):
         notes.append(f"grey image repeated into the model's {spec.channels} colour channels (as ToTensor of "
                      "Image.convert('RGB') gives)")
     elif repeat:
