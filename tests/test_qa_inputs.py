@@ -6,12 +6,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from case_factory import bids, brats2021, msd
 from PIL import Image
 
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.scans import discover
-from mri_lrp.scans.cases import ChannelPlan
+from mri_lrp.scans.cases import ChannelPlan, description_sequence
 
 COLOUR_2D = InputSpec(dims=2, channels=3, shape=(64, 64), resize=True, normalization="imagenet")
 
@@ -172,3 +173,15 @@ def test_a_16_bit_or_float_grey_image_for_a_colour_model_is_not_claimed_as_conve
         assert note.startswith("warning:") and "clipped to 8 bits" in note
     assert any("as ToTensor of Image.convert('RGB') gives" in n for n in notes["eight"])
     assert not any(n.startswith("warning:") for n in notes["eight"])
+
+
+@pytest.mark.parametrize(("description", "sequence"), [
+    ("t2_tirm_tra_dark-fluid", "flair"),     # Siemens FLAIR: was matched as a T2 (two series for t2, no flair)
+    ("T1 MPRAGE PRE contrast", "t1"),        # was t1ce: a pre-contrast T1 silently in the contrast channel
+    ("T1 SE ax pre Gd", "t1"),
+    ("t1_mprage_tra_nativ", "t1"),
+    ("AX T1 POST GD", "t1ce"),
+    ("t2_tse_tra", "t2"),
+])
+def test_vendor_series_descriptions_map_to_the_right_sequence(description: str, sequence: str) -> None:
+    assert description_sequence(description) == sequence

@@ -366,7 +366,10 @@ def _glob_match(source: str, plan: ChannelPlan) -> _Match | str | None:
 
 _DESCRIPTION_RULES = (  # (sequence, pattern over the lower-case SeriesDescription); first match wins
     (None, re.compile(r"t2\s*\*|t2star|swi|(?<![a-z])(dwi|adc|perf|dti|trace|localizer|scout)(?![a-z])")),
-    ("flair", re.compile(r"(?<!t1)(?<!t1[ _-])flair|(?<![a-z0-9])t2f(?![a-z0-9])")),  # a "T1 FLAIR" is a T1
+    ("flair", re.compile(r"(?<!t1)(?<!t1[ _-])flair|(?<![a-z0-9])t2f(?![a-z0-9])|dark[ _-]?fluid")),  # a "T1
+    # FLAIR" is a T1; Siemens names its FLAIR "t2_tirm_tra_dark-fluid". "Pre(-)contrast" is a plain T1:
+    ("t1", re.compile(r"(t1|mprage|spgr|bravo).*(?<![a-z])(pre|precontrast|non[ _-]?contrast|nativ|native|without|w/o)"
+                      r"(?![a-z])")),
     ("t1ce", re.compile(r"(t1|mprage|spgr|bravo).*(\+\s*c|(?<![a-z])(gd|gad|post|contrast|ce|km|c\+)(?![a-z]))"
                         r"|(\+\s*c|(?<![a-z])(gd|gad|post|ce)(?![a-z])).*t1")),
     ("t1", re.compile(r"t1|mprage|spgr|bravo")),
