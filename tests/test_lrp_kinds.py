@@ -212,3 +212,22 @@ def test_fused_batchnorm_act_that_checks_the_input_rank_is_still_merged() -> Non
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(Explainer(net).logits(x), net(x))
+
+
+def test_clamp_and_amax_route_relevance_unchanged() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(1, 4, 3, bias=False)
+            self.fc = nn.Linear(4, 2, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).clamp(min=0.0).amax(2))  # a ReLU and a global max pool in other words
+
+    torch.manual_seed(7)
+    net = Net().double()
+    x = torch.randn(2, 1, 12, dtype=torch.float64)
+    e = explain(net, x, rule="zero")  # bias-free LRP-0 through pass-through ops conserves exactly
+    assert torch.all(e.conservation_error < 1e-12)
+    relu_net = nn.Sequential(net.conv, nn.ReLU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), net.fc)
+    assert torch.allclose(e.relevance, explain(relu_net, x, rule="zero").relevance, atol=1e-14)

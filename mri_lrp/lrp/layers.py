@@ -258,7 +258,7 @@ def _rmsnorm(b: Build) -> Step:
 
 ACTIVATIONS = ("relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "celu", "gelu", "silu", "mish", "softplus",
                "hardswish", "sigmoid", "hardsigmoid", "tanh", "hardtanh", "softsign", "tanhshrink", "logsigmoid",
-               "hardshrink", "softshrink", "threshold", "rrelu")
+               "hardshrink", "softshrink", "threshold", "rrelu", "clamp", "clip", "clamp_min", "clamp_max")
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                       nn.Mish, nn.Softplus, nn.Hardswish, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Hardtanh,
                       nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.RReLU,
@@ -282,7 +282,7 @@ ROUTE = ("view", "reshape", "flatten", "unflatten", "permute", "transpose", "t",
          "swapaxes", "narrow", "clone", "view_as", "reshape_as", "expand", "expand_as", "repeat", "tile", "flip",
          "roll", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "to", "float",
          "type_as", "detach_copy")
-MAX_POOLS = ("max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+MAX_POOLS = ("amax", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
              "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d")
 
 
