@@ -260,16 +260,19 @@ def inspect(
     from mri_lrp.model.spec import InputSpec
     from mri_lrp.scans import inspect_rows
     from mri_lrp.scans.cases import ChannelPlan
+    from mri_lrp.scans.filters import ScanFilter
     from mri_lrp.settings import load_config
 
     for path in scans:
         if not Path(path).exists():
             _fail(f"{path}: no such file or folder")
     try:
-        plan = ChannelPlan.of(InputSpec.from_dict(load_config(config).get("input_spec") or {})) if config else None
+        spec = InputSpec.from_dict(load_config(config).get("input_spec") or {}) if config else InputSpec()
+        plan = ChannelPlan.of(spec) if config else None
     except (MriLrpError, ValueError) as e:
         _fail(str(e))
-    rows = inspect_rows(scans, volume=volume, channels=plan)
+    # explain's default filters (MR only, no derived images, no pilots for a 3D model), so the rows match its own
+    rows = inspect_rows(scans, volume=volume, channels=plan, scan_filter=ScanFilter(volume_model=spec.dims == 3))
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     else:

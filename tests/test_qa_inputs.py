@@ -185,3 +185,32 @@ def test_a_16_bit_or_float_grey_image_for_a_colour_model_is_not_claimed_as_conve
 ])
 def test_vendor_series_descriptions_map_to_the_right_sequence(description: str, sequence: str) -> None:
     assert description_sequence(description) == sequence
+
+
+def test_inspect_forms_cases_from_the_files_explain_uses_and_says_what_explain_skips(tmp_path: Path) -> None:
+    """A derived MPR of the contrast T1 doubled the t1ce channel in inspect (a case 'error') while explain left the
+    MPR out and explained the case; single-scan rows now say when explain would skip them."""
+    import json
+
+    from dicom_factory import CORONAL, write_series
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+
+    study = tmp_path / "PAT 1"
+    for n, description in enumerate(("t1_mprage_tra_nativ", "t1_mprage_tra_KM", "t2_tse_tra", "AX T2 FLAIR")):
+        write_series(study / f"S{n}", n_slices=6, rows=16, cols=16, series_number=n + 1, description=description,
+                     seed=n)
+    write_series(study / "MPR", CORONAL, n_slices=6, rows=16, cols=16, series_number=20,
+                 description="t1_mprage_KM MPR cor", image_type=("DERIVED", "SECONDARY", "MPR"))
+    _, config = _four_channel_run(tmp_path)
+    res = CliRunner().invoke(app, ["inspect", str(study), "--config", str(config), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    (case,) = [r for r in rows if r["scan_id"]]
+    assert case["status"] == "ok"
+    assert case["channel_files"].startswith("t1 = t1_mprage_tra_nativ, t1ce = t1_mprage_tra_KM")
+    assert [r["source"] for r in rows if r["kind"] == "skipped"] == [str(study / "MPR")]
+    res = CliRunner().invoke(app, ["inspect", str(study), "--json"])
+    mpr = next(r for r in json.loads(res.output) if r["source"] == str(study / "MPR"))
+    assert mpr["status"] == "skipped" and mpr["problems"][-1].startswith("explain skips it: derived image")
