@@ -271,3 +271,17 @@ def test_evaluate_loads_the_model_as_explain_does_and_says_when_it_is_the_demo_m
     assert spec["spacing"] == [3.5, 3.5, 3.5] and spec["align"] == "centre" and spec["shape"] == [56, 64, 56]
     captured = capsys.readouterr()
     assert "DEMO MODEL" in captured.out + captured.err
+
+
+def test_evaluating_into_an_explain_run_keeps_that_runs_failures(lesion_setup: dict) -> None:
+    from mri_lrp.pipeline import run_explain
+
+    (lesion_setup["scans"] / "broken.nii.gz").write_bytes(b"\x1f\x8b not gzip")
+    settings = _settings(lesion_setup, lesion_setup["out"])
+    assert run_explain(settings, Reporter(quiet=True)) == 3
+    explain_failures = (lesion_setup["out"] / "failures.csv").read_text()
+    assert "broken" in explain_failures
+    options = EvaluateOptions(rules=("zplus",), steps=2, random_repeats=1, sanity_scans=0)
+    assert run_evaluate(settings, options, Reporter(quiet=True)) == 3
+    assert (lesion_setup["out"] / "failures.csv").read_text() == explain_failures
+    assert [r["scan_id"] for r in _read(lesion_setup["out"] / "evaluation_failures.csv")] == ["broken"]

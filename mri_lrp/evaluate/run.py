@@ -44,6 +44,8 @@ CURVE_COLUMNS = ["scan_id", "rule", "order", "step", "fraction", "score"]
 SANITY_COLUMNS = ["rule", "scan_id", "step", "layers_randomised", "layer", "spearman_abs", "spearman", "ssim"]
 RANKING_COLUMNS = ["rule", "scans", "aopc_morf", "aopc_lerf", "abpc", "morf_minus_random",
                    "relevance_mass_accuracy", "sanity_spearman_abs", "survives_randomisation"]
+# scans evaluate could not read; its own name, so evaluating into an explain run keeps that run's failures.csv
+FAILURES_NAME = "evaluation_failures.csv"
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_SCANS = 0, 3, 4
 
 
@@ -153,7 +155,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
     write_csv(out / "sanity.csv", sanity, SANITY_COLUMNS)
     write_csv(out / "ranking.csv", ranking, RANKING_COLUMNS)
-    write_csv(out / "failures.csv", failures, FAILURE_COLUMNS)
+    write_csv(out / FAILURES_NAME, failures, FAILURE_COLUMNS)
     if curves:
         plot_curves(out / "curves.png", curves, options.rules)
     if sanity:
