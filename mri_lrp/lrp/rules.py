@@ -224,7 +224,9 @@ class AlphaBeta(Rule):
         if b is not None and self.include_bias:
             zp.add_(_channel_view(b.clamp(min=0), z, layer.kind))
             zn.add_(_channel_view(b.clamp(max=0), z, layer.kind))
-        sp, sn = safe_divide(r, zp), safe_divide(r, zn)
+        # Past the probe, z⁺ > 0 > z⁻ wherever m > 0; where m = 0 every contribution is exactly zero, so any
+        # finite share passes nothing on (the guard only keeps the division finite).
+        sp, sn = r / zp.add_(zp == 0), r / zn.add_(zn == 0)
         del zp, zn, m
         u = torch.mul(sp, self.alpha).sub_(sn, alpha=self.beta)
         v = sp.mul_(self.alpha).add_(sn, alpha=self.beta)
