@@ -281,7 +281,7 @@ ROUTE = ("view", "reshape", "flatten", "unflatten", "permute", "transpose", "t",
          "contiguous", "split", "chunk", "unbind", "getitem", "movedim",
          "swapaxes", "narrow", "clone", "view_as", "reshape_as", "expand", "expand_as", "repeat", "tile", "flip",
          "roll", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "to", "float",
-         "type_as", "detach_copy")
+         "type_as")
 MAX_POOLS = ("amax", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
              "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d")
 
