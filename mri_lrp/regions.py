@@ -35,7 +35,7 @@ from mri_lrp.scans.scan import Scan
 
 REGION_COLUMNS = ["scan_id", "partition", "channel", "region_id", "region_name", "voxels", "volume_ml", "relevance_sum",
                   "relevance_pos", "relevance_neg", "relevance_fraction", "relevance_density", "rank"]
-BY_CLASS_COLUMNS = ["predicted_class", "target_class", "region_name", "scans", "mean_relevance_sum",
+BY_CLASS_COLUMNS = ["predicted_class", "target_class", "partition", "region_name", "scans", "mean_relevance_sum",
                     "mean_relevance_fraction", "mean_relevance_density"]
 BACKGROUND = "background"
 OUTSIDE_HEAD = "outside_head"
@@ -602,12 +602,14 @@ def by_class_table(summary_rows: Iterable[Mapping], region_rows: Iterable[Mappin
                  if row.get("predicted_class") not in (None, "")}
     groups: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
     region_order: dict[str, int] = {}
+    partition_of: dict[str, str] = {}  # names are unique in a scan; the column says which set a mean sums within
     for row in region_rows:
         cls = predicted.get(str(row["scan_id"]))
         if cls is None or row.get("channel", "all") not in ("all", "", None):  # a case's summed rows only
             continue
         name = str(row["region_name"])
         region_order.setdefault(name, len(region_order))
+        partition_of.setdefault(name, str(row.get("partition") or ""))
         key = (cls, str(row.get("target_class") or ""), name)
         groups.setdefault(key, []).append((float(row["relevance_sum"]), float(row["relevance_fraction"]),
                                            float(row["relevance_density"])))
@@ -615,7 +617,8 @@ def by_class_table(summary_rows: Iterable[Mapping], region_rows: Iterable[Mappin
     for (cls, target, name) in sorted(groups, key=lambda key: (key[0], key[1], region_order[key[2]])):
         values = np.asarray(groups[(cls, target, name)], dtype=np.float64)
         means = values.mean(axis=0)
-        table.append({"predicted_class": cls, "target_class": target, "region_name": name,
+        table.append({"predicted_class": cls, "target_class": target, "partition": partition_of[name],
+                      "region_name": name,
                       "scans": len(values),
                       "mean_relevance_sum": float(means[0]), "mean_relevance_fraction": float(means[1]),
                       "mean_relevance_density": float(means[2])})

@@ -403,6 +403,20 @@ def test_by_class_table_averages_per_predicted_class_and_region(tmp_path: Path) 
     assert glioma_right["mean_relevance_density"] == pytest.approx(8.0)
 
 
+def test_by_class_table_says_which_partition_each_mean_belongs_to() -> None:
+    summary = [{"scan_id": s, "predicted_class": "glioma"} for s in ("a", "b")]
+    regions = [{"scan_id": s, "partition": part, "region_name": name, "relevance_sum": f,
+                "relevance_fraction": f, "relevance_density": 0.0}
+               for s, (left, inside) in (("a", (0.3, 0.9)), ("b", (0.5, 0.6)))
+               for part, name, f in (("builtin", "left", left), ("builtin", "right", 1 - left),
+                                     ("mask", "inside_mask", inside), ("mask", "outside_mask", 1 - inside))]
+    table = by_class_table(summary, regions)
+    assert [(r["partition"], r["region_name"]) for r in table] == [
+        ("builtin", "left"), ("builtin", "right"), ("mask", "inside_mask"), ("mask", "outside_mask")]
+    for part in ("builtin", "mask"):  # each partition's means add up to 1; both together would give 2
+        assert sum(r["mean_relevance_fraction"] for r in table if r["partition"] == part) == pytest.approx(1.0)
+
+
 def test_by_class_table_keeps_target_classes_apart() -> None:
     summary = [{"scan_id": "a", "predicted_class": "glioma"}]
     regions = [{"scan_id": "a", "target_class": t, "region_name": "left", "relevance_sum": v,
