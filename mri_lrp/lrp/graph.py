@@ -1,10 +1,10 @@
 """Trace a model with torch.fx and rewrite every node into an op whose backward carries relevance.
 
-The user's model is only read: its forward is traced once, leaf layers are re-implemented here with their
-eval-mode semantics (BatchNorm with running statistics, Dropout as identity), and parameters are used as
-detached tensors. (Python branches on `self.training` inside the user's own modules are traced as the model's
-current mode takes them.) BatchNorm directly after a conv/linear whose output has no other user is merged into it
-(new tensors). Anything without a rule raises `UnsupportedLayerError` while building, before any heatmap.
+The user's model is only read: its forward is traced once, and every input-dependent node becomes the op of
+its registered layer kind (kinds.py; the built-in kinds are in layers.py), with eval-mode semantics (BatchNorm
+with running statistics, Dropout as identity) and parameters used as detached tensors. (Python branches on
+`self.training` inside the user's own modules are traced as the model's current mode takes them.) Anything
+without a kind raises `UnsupportedLayerError` while building, before any heatmap.
 """
 
 from __future__ import annotations
