@@ -7,7 +7,9 @@ figure of the same content (subplots with imshow and a colour bar), the way a si
 Measured on the 2-core development machine (CPU only, load average ~3.5 from other jobs), 128³ at 1 mm,
 noisy head with a speckled relevance blob, 788x892 px picture, median of 10-20 repeats over three runs:
 overlay 89-162 ms (compose 55-98 ms, PNG 32-64 ms); the plain matplotlib figure took 186-473 ms in the same
-runs (1.9-5.3x slower). Composing is about 11 ms colour mapping, 25 ms header text, 5 ms percentiles.
+runs (1.9-5.3x slower). Composing was about 11 ms colour mapping, 25 ms header text, 5 ms percentiles.
+Since then (header text by Pillow, colours by a blend table, PNG by ISA-L; see benchmarks/PIPELINE.md), one
+thread's CPU per overlay of a 128³ scan: compose ~37 ms, PNG ~4 ms (load 5-10, `pipeline_speed.py --costs`).
 """
 
 from __future__ import annotations
