@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mri_lrp.configs import example_configs
 from mri_lrp.outputs import FAILURE_COLUMNS, SKIPPED_COLUMNS, SUMMARY_COLUMNS
-from mri_lrp.regions import REGION_COLUMNS
+from mri_lrp.regions import BY_CLASS_COLUMNS, REGION_COLUMNS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -36,7 +36,9 @@ def test_every_summary_and_regions_column_is_documented_and_nothing_else() -> No
     assert sorted(regions) == sorted([*REGION_COLUMNS, "target_class"])
 
 
-def test_failures_and_skipped_columns_are_listed_in_the_outputs_tree() -> None:
+def test_failures_skipped_and_by_class_columns_are_listed() -> None:
+    by_class = _section("Regions and masks").split("regions_by_class.csv", 1)[1].split("\n- ", 1)[0]
+    assert re.findall(r"`([a-z_]+)`", by_class) == BY_CLASS_COLUMNS
     assert f"failures.csv        one row per scan that failed: {', '.join(FAILURE_COLUMNS)}" in README
     assert f"skipped.csv         inputs that hold no scan (notes, localizers, ...): {', '.join(SKIPPED_COLUMNS)}" \
         in README
