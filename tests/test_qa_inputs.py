@@ -214,3 +214,30 @@ def test_inspect_forms_cases_from_the_files_explain_uses_and_says_what_explain_s
     res = CliRunner().invoke(app, ["inspect", str(study), "--json"])
     mpr = next(r for r in json.loads(res.output) if r["source"] == str(study / "MPR"))
     assert mpr["status"] == "skipped" and mpr["problems"][-1].startswith("explain skips it: derived image")
+
+
+def test_an_earlier_runs_output_in_the_input_folder_is_one_skipped_folder_and_its_model_input_no_case(
+        tmp_path: Path) -> None:
+    """`--save-model-input` writes a 4D (X, Y, Z, C) stack: for a 4-channel model it passed for an MSD case and
+    was explained; the whole earlier output folder is now one skipped line (its run.json names the tool)."""
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+
+    data = tmp_path / "data"
+    brats2021(data, "BraTS2021_00000")
+    checkpoint, config = _four_channel_run(tmp_path)
+    common = ["--checkpoint", str(checkpoint), "--config", str(config), "--workers", "0", "--quiet"]
+    res = CliRunner().invoke(app, ["explain", str(data), "--out", str(data / "lrp"), "--save-model-input", *common])
+    assert res.exit_code == 0, res.output
+    model_input = data / "lrp" / "scans" / "BraTS2021_00000" / "model_input.nii.gz"
+    assert nib.load(model_input).shape[-1] == 4
+    refs, skipped = discover([data], channels=ChannelPlan(4, ("t1", "t1ce", "t2", "flair")))
+    assert [r.scan_id for r in refs] == ["BraTS2021_00000"]
+    assert {s.path: s.reason for s in skipped}[str(data / "lrp")] == \
+        "output folder of an explain run (its run.json), not scans"
+    (data / "lrp" / "run.json").unlink()  # a shard's or a killed run's folder: its files are still told apart
+    refs, skipped = discover([data], channels=ChannelPlan(4, ("t1", "t1ce", "t2", "flair")))
+    assert [r.scan_id for r in refs] == ["BraTS2021_00000"]
+    assert {s.path: s.reason for s in skipped}[str(model_input)] == \
+        "model input written by an earlier explain run, not a scan"

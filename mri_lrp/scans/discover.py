@@ -7,6 +7,7 @@ among the failures; anything else that is not a scan is reported as Skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -60,6 +61,11 @@ def _walk(paths: Sequence[str | Path], skipped: list[Skipped], derivatives: bool
 
             for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
                 dirnames.sort()
+                if dirpath != root and _is_run_output(dirpath, filenames):  # the root may be this run's --out
+                    dirnames.clear()
+                    where = os.path.normpath(os.path.join(given, os.path.relpath(dirpath, root)))
+                    skipped.append(Skipped(where, "output folder of an explain run (its run.json), not scans"))
+                    continue
                 if not derivatives and "derivatives" in dirnames \
                         and os.path.isfile(os.path.join(dirpath, "dataset_description.json")):
                     dirnames.remove("derivatives")  # a BIDS dataset's pipeline outputs, not its raw scans
@@ -110,10 +116,23 @@ def _probe_dicom(f: _Found) -> DicomHeader | str | Exception:
         return e if (marked or claimed) else "not a DICOM or NIfTI file"
 
 
+def _is_run_output(folder: str, filenames: list[str]) -> bool:
+    """A folder an earlier `explain` wrote (its run.json names the tool): its maps, model inputs and tables would
+    otherwise be walked file by file, and a model input or relevance map could pass for a scan."""
+    if "run.json" not in filenames:
+        return False
+    try:
+        with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
+            return json.load(f).get("tool") == "mri-lrp"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _is_relevance_output(path: str) -> bool:
-    """A relevance volume in a scan folder of an earlier run's output (its --out may differ from this run's)."""
+    """A relevance volume (or the --save-model-input volume, a 4D stack that would pass for an MSD case) in a
+    scan folder of an earlier run's output (its --out may differ from this run's)."""
     folder, name = os.path.split(path)
-    if not name.lstrip(".").startswith("relevance"):  # also a temporary left by a killed run
+    if not name.lstrip(".").startswith(("relevance", "model_input")):  # also a temporary left by a killed run
         return False
     try:
         siblings = os.listdir(folder)
@@ -206,7 +225,8 @@ def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives
         name = os.path.basename(f.rel)
         if name.lower().endswith(NIFTI_SUFFIXES):
             if _is_relevance_output(f.abs_path):
-                skipped.append(Skipped(f.display, "relevance map written by an earlier explain run, not a scan"))
+                what = "model input" if "model_input" in name else "relevance map"
+                skipped.append(Skipped(f.display, f"{what} written by an earlier explain run, not a scan"))
                 continue
             volumes, is_label = probe_nifti(f.abs_path)
             named_label = label_file_reason(f.rel)
