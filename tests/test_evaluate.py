@@ -285,3 +285,15 @@ def test_evaluating_into_an_explain_run_keeps_that_runs_failures(lesion_setup: d
     assert run_evaluate(settings, options, Reporter(quiet=True)) == 3
     assert (lesion_setup["out"] / "failures.csv").read_text() == explain_failures
     assert [r["scan_id"] for r in _read(lesion_setup["out"] / "evaluation_failures.csv")] == ["broken"]
+
+
+def test_a_multi_sequence_case_is_evaluated_as_one_input_not_one_per_file(tmp_path: Path) -> None:
+    from case_factory import brats2021
+    from test_cases_pipeline import one_channel_model
+
+    brats2021(tmp_path / "scans")
+    settings = build_settings({"scans": [str(tmp_path / "scans")], "out": str(tmp_path / "ev"), "workers": 0,
+                               "checkpoint": str(one_channel_model(tmp_path / "m.pt", 2))})
+    options = EvaluateOptions(rules=("alphabeta",), steps=3, random_repeats=1, sanity_scans=0)
+    assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
+    assert {r["scan_id"] for r in _read(tmp_path / "ev" / "faithfulness.csv")} == {"BraTS2021_00007"}

@@ -33,10 +33,10 @@ from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.model.transform import to_scan
 from mri_lrp.outputs import FAILURE_COLUMNS, atomic_write_json, write_csv
 from mri_lrp.pipeline.read import Prepared, prepare
-from mri_lrp.pipeline.run import exclude_own_files, load_model, model_notices, resolve_device, resolve_target
+from mri_lrp.pipeline.run import find_scans, load_model, model_notices, resolve_device, resolve_target
 from mri_lrp.progress import Reporter
 from mri_lrp.regions import find_mask, load_mask, mask_metrics, voxel_volume_ml
-from mri_lrp.scans import discover
+from mri_lrp.scans.read import content_notes
 from mri_lrp.settings import Settings
 
 FAITHFULNESS_COLUMNS = ["scan_id", "rule", "metric", "value"]
@@ -103,8 +103,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     if target == "all":
         raise SettingsError("--target all: evaluate one class per scan (predicted, a name or an index)")
     explainers = {name: _explainer(model, name, settings) for name in options.rules}
-    refs, skipped = discover(list(settings.scans), volume=settings.volume)
-    refs, skipped = exclude_own_files(refs, skipped, settings)
+    refs, skipped = find_scans(settings, loaded)  # explain's filters and multi-channel cases
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}")
     out = Path(settings.out)
@@ -116,6 +115,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     curves: list[dict[str, Any]] = []
     sanity: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    scan_warnings: dict[str, list[str]] = {}
     sanity_done = 0
     reporter.start(len(refs), verb="evaluate")
     for ref in refs:
@@ -125,6 +125,16 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
             failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": e.stage, "error": e.reason})
             reporter.scan_failed(ref.scan_id, f"{ref.location}: {e.reason}")
             continue
+        except Exception as e:  # noqa: BLE001 - a reader bug costs one scan, as in explain
+            failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": "read",
+                             "error": f"unexpected {type(e).__name__}: {e}"})
+            reporter.scan_failed(ref.scan_id, f"{ref.location}: unexpected {type(e).__name__}: {e}")
+            continue
+        notes = [*content_notes(prepared.scan), *prepared.model_input.notes]
+        if notes:  # what explain puts in the summary's warnings: the numbers below inherit it
+            scan_warnings[ref.scan_id] = notes
+            for note in notes:
+                reporter.note(f"warning: {ref.scan_id}: {note}", always=True)
         x = prepared.model_input.tensor.to(device)
         batch = x if spec.dims == 2 else x.unsqueeze(0)
         t = _scan_target(explainers[options.rules[0]], batch, target, spec.dims)
@@ -160,8 +170,9 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
         plot_curves(out / "curves.png", curves, options.rules)
     if sanity:
         plot_sanity(out / "sanity.png", sanity, options.rules)
-    atomic_write_json(out / "evaluation.json", _manifest(settings, options, loaded, refs, failures, ranking,
-                                                          time.time() - t_start))
+    manifest = _manifest(settings, options, loaded, refs, failures, ranking, time.time() - t_start)
+    atomic_write_json(out / "evaluation.json", {**manifest, "skipped": [[k.path, k.reason] for k in skipped],
+                                                "warnings": scan_warnings})
     if (out / "report.html").is_file():  # evaluated into an explain run's folder: its report gains a section
         from mri_lrp.report import write_report
 
