@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from case_factory import bids, brats2021, msd
+from case_factory import bids, brats2021, msd, save
 from PIL import Image
 
 from mri_lrp.model.spec import InputSpec
@@ -109,7 +109,7 @@ def test_dry_run_and_inspect_name_each_channels_file_and_the_case_that_will_fail
 
 def test_the_resampling_warning_says_whose_grid_lies_outside_the_channel(tmp_path: Path) -> None:
     """'that grid' was ambiguous (the channel's own grid was just named): the share is of the first channel's grid."""
-    from case_factory import AFFINE, save
+    from case_factory import AFFINE
 
     from mri_lrp.scans import read_scan
 
@@ -241,3 +241,29 @@ def test_an_earlier_runs_output_in_the_input_folder_is_one_skipped_folder_and_it
     assert [r.scan_id for r in refs] == ["BraTS2021_00000"]
     assert {s.path: s.reason for s in skipped}[str(model_input)] == \
         "model input written by an earlier explain run, not a scan"
+
+
+def test_bids_functional_diffusion_and_field_map_images_are_skipped_once_per_file_not_explained(
+        tmp_path: Path) -> None:
+    """Each volume of a BOLD run was a 'scan' for a structural classifier (hundreds per subject); now one
+    skipped line per file with the reason, for single- and multi-channel models; --include reads them."""
+    from mri_lrp.scans.filters import ScanFilter, apply_filter, why_skipped
+
+    root = tmp_path / "bids"
+    save(np.ones((6, 6, 6), np.float32), root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    save(np.ones((6, 6, 6, 5), np.float32), root / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz")
+    save(np.ones((6, 6, 6, 3), np.float32), root / "sub-01" / "dwi" / "sub-01_dwi.nii.gz")
+    save(np.ones((6, 6, 6), np.float32), root / "sub-01" / "fmap" / "sub-01_phasediff.nii.gz")
+    refs, _ = discover([root])
+    kept, skipped = apply_filter(refs, ScanFilter())
+    assert [r.scan_id for r in kept] == ["sub-01__anat__sub-01_T1w"]
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert len(skipped) == 3
+    assert reasons["sub-01_task-rest_bold.nii.gz"].startswith("BIDS _bold image (functional), not a structural")
+    assert reasons["sub-01_dwi.nii.gz"].startswith("BIDS _dwi image (diffusion)")
+    assert reasons["sub-01_phasediff.nii.gz"].startswith("BIDS _phasediff image (field map)")
+    f = ScanFilter()
+    _, skipped = discover([root], channels=ChannelPlan(2, ("t1", "t2")), pre_filter=lambda r: why_skipped(r, f))
+    assert sum("BIDS _bold" in s.reason for s in skipped) == 1
+    kept, _ = apply_filter(refs, ScanFilter(include=("sub-*/func/*",)))
+    assert len(kept) == 5

@@ -259,7 +259,8 @@ def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives
     if channels is not None:
         if pre_filter is not None:
             reasons = [pre_filter(ref) for _, ref in refs]
-            skipped.extend(Skipped(ref.location, why) for (_, ref), why in zip(refs, reasons, strict=True) if why)
+            skipped.extend(dict.fromkeys(Skipped(ref.location, why) for (_, ref), why  # a 4D file's volumes: once
+                                         in zip(refs, reasons, strict=True) if why))
             refs = [item for item, why in zip(refs, reasons, strict=True) if not why]
         cases = build_cases([Item(f.root_index, f.display_root, ref) for f, ref in refs], channels, skipped)
         refs = [(refs[n][0], ref) for n, ref in cases]

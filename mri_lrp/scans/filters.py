@@ -17,6 +17,10 @@ from mri_lrp.scans.refs import ScanRef, Skipped
 
 ANY_MODALITY = ("any", "all", "*")
 MIN_VOLUME_SLICES = 3  # fewer DICOM slices than this are a pilot or a single image, not a volume (as dcm2niix -i y)
+# BIDS suffixes of images that are no structural scan: functional, diffusion, field maps, perfusion. Each volume
+# of a BOLD run would otherwise be "explained" by a structural classifier, hundreds per subject.
+_BIDS_NOT_STRUCTURAL = re.compile(r"_(bold|cbv|sbref|dwi|phasediff|phase[12]|magnitude[12]?|fieldmap|epi|asl|"
+                                  r"m0scan)\.nii(\.gz)?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,12 @@ def why_skipped(ref: ScanRef, f: ScanFilter) -> str | None:
         glob = _matches(ref.source, f.exclude)
         if glob is not None:
             return f"matched by --exclude {glob}"
+    bids = _BIDS_NOT_STRUCTURAL.search(ref.source) if ref.kind == "nifti" and not f.include else None
+    if bids:
+        suffix = bids.group(1).lower()
+        kind = {"bold": "functional", "cbv": "functional", "sbref": "functional", "dwi": "diffusion", "asl":
+                "perfusion", "m0scan": "perfusion"}.get(suffix, "field map")
+        return f"BIDS _{suffix} image ({kind}), not a structural scan; --include it to read it"
     pattern = f.pattern()
     if pattern is not None:
         name = ref.series_description if ref.kind == "dicom" else _posix(ref.source).rsplit("/", 1)[-1]
@@ -99,6 +109,6 @@ def apply_filter(refs: list[ScanRef], f: ScanFilter) -> tuple[list[ScanRef], lis
         why = why_skipped(ref, f)
         if why is None:
             kept.append(ref)
-        else:
+        elif ref.volume is None or Skipped(ref.location, why) not in skipped:  # a 4D file's volumes: one line
             skipped.append(Skipped(ref.location, why))
     return kept, skipped
