@@ -267,3 +267,11 @@ def test_bids_functional_diffusion_and_field_map_images_are_skipped_once_per_fil
     assert sum("BIDS _bold" in s.reason for s in skipped) == 1
     kept, _ = apply_filter(refs, ScanFilter(include=("sub-*/func/*",)))
     assert len(kept) == 5
+
+
+def test_inspect_gives_an_image_file_no_anatomical_orientation(tmp_path: Path) -> None:
+    from mri_lrp.scans import inspect_rows
+
+    _picture_with_a_bright_top_left(tmp_path / "slice.png")
+    (row,) = inspect_rows([tmp_path])
+    assert row["orientation"] == "none (image file)" and row["kind"] == "image"

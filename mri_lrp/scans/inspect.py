@@ -42,6 +42,8 @@ def inspect_rows(paths: Sequence[str | Path], volume: int | None = None,
         else:
             notes = content_notes(scan)
             axes = "".join(c or "?" for c in nib.aff2axcodes(scan.affine))  # None: an axis with no direction
+            if scan.kind == "image":  # its affine is a stand-in: letters would claim an anatomy it lacks
+                axes = "none (image file)"
             row.update(shape=list(scan.shape), spacing=[round(v, 4) for v in scan.spacing],
                        orientation=axes, problems=list(notes), status="warning" if notes else "ok")
         reason = why(ref) if why is not None else None
