@@ -275,3 +275,27 @@ def test_inspect_gives_an_image_file_no_anatomical_orientation(tmp_path: Path) -
     _picture_with_a_bright_top_left(tmp_path / "slice.png")
     (row,) = inspect_rows([tmp_path])
     assert row["orientation"] == "none (image file)" and row["kind"] == "image"
+
+
+def test_alpha_beta_creating_relevance_is_told_the_rule_that_conserves_and_that_rule_does() -> None:
+    """The note used to advise 'use alpha-beta' to a run already using alpha-beta. A net whose neurons see inputs
+    of one sign only (all weights and inputs positive) creates relevance under alpha=2, beta=1; zplus conserves."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from mri_lrp.lrp.explain import explain
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4 * 4, 2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+        model[3].weight[1].neg_()  # the explained class still has positive weights only
+    x = torch.rand(1, 1, 6, 6, 6) + 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (note,) = explain(model, x, target=0).notes()
+    assert note.startswith("the explanation creates relevance") and "--rule zplus conserves" in note
+    assert explain(model, x, target=0, rule="zplus").notes() == [""]

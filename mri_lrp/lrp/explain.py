@@ -66,8 +66,10 @@ def conservation_note(output_relevance: float, relevance_sum: float, output_abs:
     if abs(relevance_sum) > abs(output_relevance):
         return (f"the explanation creates relevance: its sum exceeds the output's by {error:.3g}x ({sums}); "
                 f"positive and negative relevance amplified by small denominators (epsilon on DenseNet-style "
-                f"nets, where BatchNorm cannot be merged, does this); use alpha-beta or a composite such as "
-                f"epsilon-plus, or a larger --epsilon")
+                f"nets, where BatchNorm cannot be merged, does this: use alpha-beta or a composite such as "
+                f"epsilon-plus, or a larger --epsilon), or alpha-beta with alpha > 1 on neurons whose inputs "
+                f"are all of one sign (alpha times their relevance kept, the beta side has nowhere to go: "
+                f"--rule zplus conserves)")
     return (f"the explanation loses {min(error, 1.0):.0%} of the output relevance ({sums}): biases, epsilon and "
             f"one-signed alpha-beta sides absorbed it (depthwise convolutions under bias-free alpha-beta lose "
             f"most); compare --rule epsilon-plus or include_bias")
