@@ -299,3 +299,16 @@ def test_alpha_beta_creating_relevance_is_told_the_rule_that_conserves_and_that_
         (note,) = explain(model, x, target=0).notes()
     assert note.startswith("the explanation creates relevance") and "--rule zplus conserves" in note
     assert explain(model, x, target=0, rule="zplus").notes() == [""]
+
+
+def test_a_colour_image_for_a_grey_model_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    from mri_lrp.errors import ScanError
+    from mri_lrp.model.transform import to_model
+    from mri_lrp.scans import read_scan
+
+    rgb = np.zeros((20, 16, 3), np.uint8)
+    rgb[4:12, 4:10] = (200, 30, 60)
+    Image.fromarray(rgb).save(tmp_path / "colour.jpg", quality=95)
+    (ref,) = discover([tmp_path])[0]
+    with pytest.raises(ScanError, match=r"has 3 channels, the model takes 1; save it as grey \(as Image.convert"):
+        to_model(read_scan(ref), InputSpec(dims=2, channels=1))

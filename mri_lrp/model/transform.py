@@ -105,7 +105,9 @@ def to_model(scan: Scan, spec: InputSpec, device: torch.device | str = "cpu") ->
     image = scan.kind == "image"
     if n_scan > 1 and n_scan != spec.channels:
         what = "colour image" if image else "case"
-        raise ScanError(scan.source, f"the {what} has {n_scan} channels, the model takes {spec.channels}",
+        fix = "; save it as grey (as Image.convert('L') gives) if the model was trained on grey images" \
+            if image and spec.channels == 1 else ""
+        raise ScanError(scan.source, f"the {what} has {n_scan} channels, the model takes {spec.channels}{fix}",
                         stage="preprocess")
     repeat = n_scan == 1 and spec.channels > 1
     deep = image and scan.metadata.get("dtype", "uint8") != "uint8"
