@@ -312,3 +312,39 @@ def test_a_colour_image_for_a_grey_model_is_refused_with_what_to_do(tmp_path: Pa
     (ref,) = discover([tmp_path])[0]
     with pytest.raises(ScanError, match=r"has 3 channels, the model takes 1; save it as grey \(as Image.convert"):
         to_model(read_scan(ref), InputSpec(dims=2, channels=1))
+
+
+def test_the_public_jpeg_layout_with_an_imagenet_style_model_through_the_cli(tmp_path: Path) -> None:
+    """Training/{glioma,...}/*.jpg (grey saved as RGB or L) with a 3-channel 2D model: exit 0, no case warnings,
+    picture-quarter regions, no hemispheres."""
+    import csv
+
+    import torch
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+    from mri_lrp.model.zoo import build_model
+
+    root = tmp_path / "Training"
+    for n, label in enumerate(("glioma", "notumor")):
+        (root / label).mkdir(parents=True)
+        grey = np.zeros((40, 32), np.uint8)
+        grey[5:35, 4:28] = 90 + 40 * n
+        Image.fromarray(grey, mode="L").save(root / label / f"Tr-{label[:2]}_0000.jpg")
+        Image.fromarray(np.repeat(grey[..., None], 3, -1)).save(root / label / f"Tr-{label[:2]}_0001.jpg")
+    torch.manual_seed(0)
+    torch.save(build_model("cnn2d", in_channels=3, num_classes=2, width=2, depth=1).state_dict(), tmp_path / "m.pth")
+    config = tmp_path / "c.toml"
+    config.write_text('model = "mri_lrp.model.zoo:cnn2d"\nmodel_kwargs = { in_channels = 3, num_classes = 2, '
+                      'width = 2, depth = 1 }\nclass_names = ["glioma", "notumor"]\n[input_spec]\ndims = 2\n'
+                      'channels = 3\nshape = [32, 32]\nresize = true\nnormalization = "imagenet"\n')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["explain", str(root), "--checkpoint", str(tmp_path / "m.pth"), "--config",
+                                   str(config), "--out", str(out), "--workers", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with (out / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(r["status"] == "ok" and "fits no case" not in r["warnings"] for r in rows)
+    with (out / "regions.csv").open(newline="") as f:
+        names = {r["region_name"] for r in csv.DictReader(f)}
+    assert names == {"outside_head", "image_top_left", "image_top_right", "image_bottom_left", "image_bottom_right"}
