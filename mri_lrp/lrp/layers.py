@@ -6,6 +6,7 @@ statistics, Dropout and stochastic depth as identities).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -268,10 +269,18 @@ ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU
 
 @register("element-wise activation", modules=ACTIVATION_MODULES, functions=ACTIVATIONS)
 def _activation(b: Build) -> Step:
-    if b.node.op != "call_module":
-        _first_only(b, name_of(b.node))
+    op, where = b.op, b.where
     b.row("pass-through")
-    make, op, where = b.bound(0), b.op, b.where
+    module = b.module
+    if module is not None and getattr(module, "inplace", False) is True:
+        # An in-place activation would overwrite a value the rules keep for the backward: run an out-of-place
+        # shallow copy of the module (one pass, where a copy of the input and then the in-place op take two).
+        outplace = copy.copy(module)
+        outplace.inplace = False
+        return lambda a, k, c: PassThrough.apply(a[0], outplace.forward, op, where)
+    if module is None:
+        _first_only(b, name_of(b.node))
+    make = b.bound(0)
     return lambda a, k, c: PassThrough.apply(a[0], make(a, k), op, where)
 
 
