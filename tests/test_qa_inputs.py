@@ -348,3 +348,19 @@ def test_the_public_jpeg_layout_with_an_imagenet_style_model_through_the_cli(tmp
     with (out / "regions.csv").open(newline="") as f:
         names = {r["region_name"] for r in csv.DictReader(f)}
     assert names == {"outside_head", "image_top_left", "image_top_right", "image_bottom_left", "image_bottom_right"}
+
+
+def test_an_msd_stack_for_a_single_channel_model_is_one_scan_per_volume_and_each_says_so(tmp_path: Path) -> None:
+    """A 1-channel model given an MSD 4D stack: each volume explained alone, which the scan's warnings now state;
+    the same stack for a 4-channel model is one case without that note."""
+    from mri_lrp.scans import read_scan
+
+    msd(tmp_path)
+    refs, _ = discover([tmp_path])
+    assert [r.scan_id for r in refs] == [f"imagesTr__BRATS_007_vol{v:04d}" for v in range(4)]
+    assert all(f"volume {v} of a 4D file, explained as a scan of its own" in " ".join(read_scan(r).warnings)
+               for v, r in enumerate(refs))
+    (only,) = discover([tmp_path], volume=2)[0]
+    assert not only.notes
+    (case,) = discover([tmp_path], channels=ChannelPlan(4, ("t1", "t1ce", "t2", "flair")))[0]
+    assert not any("explained as a scan of its own" in w for w in read_scan(case).warnings)

@@ -264,6 +264,10 @@ def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives
             refs = [item for item, why in zip(refs, reasons, strict=True) if not why]
         cases = build_cases([Item(f.root_index, f.display_root, ref) for f, ref in refs], channels, skipped)
         refs = [(refs[n][0], ref) for n, ref in cases]
+    if volume is None:  # a 4D file split into scans (an MSD stack for a 1-channel model, say): say so on each
+        refs = [(f, replace(ref, notes=(*ref.notes, f"volume {ref.volume} of a 4D file, explained as a scan of its "
+                                                    "own (--volume N explains only that one)")))
+                if ref.volume is not None and not ref.channels else (f, ref) for f, ref in refs]
     refs.sort(key=lambda item: (item[0].root_index, item[1].source, item[1].scan_id))
     # Repeated ids get their '_2', '_3' in the order of the files' absolute paths, not of the roots: the same
     # folders given in another order must give every file the same id (resume trusts ids to name files).
