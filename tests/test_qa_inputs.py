@@ -10,6 +10,7 @@ import pytest
 from case_factory import bids, brats2021, msd, save
 from PIL import Image
 
+from mri_lrp.errors import SettingsError
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.scans import discover
 from mri_lrp.scans.cases import ChannelPlan, description_sequence
@@ -21,6 +22,8 @@ def test_a_colour_model_reads_grey_slices_and_bids_volumes_as_single_images_not_
     """The three channels of an ImageNet-style model are red/green/blue, not sequences: no case grouping, so no
     'fits no case' warning on a grey JPEG and no case failure for BIDS volumes with no channel names."""
     assert ChannelPlan.of(COLOUR_2D) is None
+    with pytest.raises(SettingsError, match="channel_files needs channel_names"):  # globs are never ignored
+        ChannelPlan.of(InputSpec(dims=2, channels=3, channel_files={"a": "A/*.png", "b": "B/*", "c": "C/*"}))
     grey = (np.arange(40 * 30).reshape(40, 30) % 255).astype(np.uint8)
     (tmp_path / "Training" / "glioma").mkdir(parents=True)
     Image.fromarray(grey, mode="L").save(tmp_path / "Training" / "glioma" / "Tr-gl_0000.jpg")

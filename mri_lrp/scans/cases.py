@@ -96,9 +96,9 @@ class ChannelPlan:
         """The plan of an InputSpec, or None for a single-channel model or one whose channels are the red, green
         and blue of a picture (``InputSpec.colour_channels``): their scans are single images, not cases."""
         count = int(getattr(spec, "channels", 1))
-        if count <= 1 or getattr(spec, "colour_channels", False):
-            return None
         files = getattr(spec, "channel_files", None) or {}
+        if count <= 1 or (getattr(spec, "colour_channels", False) and not files):  # globs: refused without names
+            return None
         pairs = tuple(files.items()) if isinstance(files, dict) else tuple(tuple(p) for p in files)
         return cls(count, tuple(getattr(spec, "channel_names", ())), pairs)
 
