@@ -278,8 +278,8 @@ def inspect(
     else:
         _print_table(rows, ["scan_id", "source", "kind", "shape", "spacing", "orientation", "series_description",
                             *(["channel_files"] if plan is not None else []), "problems"])
-    if not any(r.get("kind") not in ("skipped", "error") for r in rows):
-        raise typer.Exit(4)
+    if not any(r.get("kind") not in ("skipped", "error") and r.get("status") != "skipped" for r in rows):
+        raise typer.Exit(4)  # as explain exits when nothing is left to explain (all skipped or unreadable)
 
 
 @app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]

@@ -217,6 +217,8 @@ def test_inspect_forms_cases_from_the_files_explain_uses_and_says_what_explain_s
     res = CliRunner().invoke(app, ["inspect", str(study), "--json"])
     mpr = next(r for r in json.loads(res.output) if r["source"] == str(study / "MPR"))
     assert mpr["status"] == "skipped" and mpr["problems"][-1].startswith("explain skips it: derived image")
+    res = CliRunner().invoke(app, ["inspect", str(study / "MPR")])
+    assert res.exit_code == 4, res.output  # explain would find nothing to explain there either
 
 
 def test_an_earlier_runs_output_in_the_input_folder_is_one_skipped_folder_and_its_model_input_no_case(
