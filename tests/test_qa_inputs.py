@@ -369,3 +369,16 @@ def test_an_msd_stack_for_a_single_channel_model_is_one_scan_per_volume_and_each
     assert not only.notes
     (case,) = discover([tmp_path], channels=ChannelPlan(4, ("t1", "t1ce", "t2", "flair")))[0]
     assert not any("explained as a scan of its own" in w for w in read_scan(case).warnings)
+
+
+def test_ids_that_differ_only_in_case_get_their_own_folders(tmp_path: Path) -> None:
+    """'Image (1).JPG' and 'image (1).jpg' (the public sets have both) gave ids differing only in case: one
+    folder on macOS, Windows and SMB shares, so one scan's outputs overwrote the other's."""
+    from mri_lrp.scans.ids import make_unique
+
+    assert make_unique(["Image__1_", "image__1_", "IMAGE__1__2"]) == ["Image__1_", "image__1__3", "IMAGE__1__2"]
+    grey = np.full((12, 12), 80, np.uint8)
+    for name in ("Image (1).JPG", "image (1).jpg"):
+        Image.fromarray(grey).save(tmp_path / name)
+    ids = [r.scan_id for r in discover([tmp_path])[0]]
+    assert len({i.casefold() for i in ids}) == 2

@@ -68,18 +68,19 @@ def series_scan_id(relative_folder: str, series_label: str) -> str:
 
 
 def make_unique(ids: list[str]) -> list[str]:
-    """Append '_2', '_3', ... to repeats, in order, so the same input always gives the same ids."""
-    taken = set(ids)
+    """Append '_2', '_3', ... to repeats, in order, so the same input always gives the same ids. Ids that differ
+    only in case are repeats too: they name folders, and on macOS, Windows and SMB shares those would be one."""
+    taken = {i.casefold() for i in ids}
     seen: set[str] = set()
     out = []
     for scan_id in ids:
-        if scan_id in seen:
+        if scan_id.casefold() in seen:
             n = 2
-            while f"{scan_id}_{n}" in taken:
+            while f"{scan_id}_{n}".casefold() in taken:
                 n += 1
             candidate = f"{scan_id}_{n}"
-            taken.add(candidate)
+            taken.add(candidate.casefold())
             scan_id = candidate
-        seen.add(scan_id)
+        seen.add(scan_id.casefold())
         out.append(scan_id)
     return out
