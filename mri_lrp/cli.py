@@ -13,6 +13,7 @@ from typer.core import TyperCommand
 
 from mri_lrp import __version__
 from mri_lrp.errors import CheckpointError, MriLrpError, SettingsError, UnsupportedLayerError
+from mri_lrp.evaluate.perturb import BASELINES
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
@@ -99,39 +100,51 @@ EXPLAIN_EXAMPLES = """[bold]Examples[/bold]
 """
 
 
+#: Options `explain` and `evaluate` share, spelled once.
+ScansArg = Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")]
+CheckpointOpt = Annotated[str | None, typer.Option(
+    help="Model checkpoint (default: the shipped demo model).", rich_help_panel=MODEL)]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)]
+ModelKwargsOpt = Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.", rich_help_panel=MODEL)]
+TrustOpt = Annotated[bool | None, typer.Option(
+    "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
+    rich_help_panel=MODEL)]
+DeviceOpt = Annotated[str | None, typer.Option(help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)]
+AlphaOpt = Annotated[float | None, typer.Option(
+    help="αβ rule: weight of positive contributions.", rich_help_panel=RULES_PANEL)]
+BetaOpt = Annotated[float | None, typer.Option(
+    help="αβ rule: weight of negative contributions.", rich_help_panel=RULES_PANEL)]
+EpsilonOpt = Annotated[float | None, typer.Option(help="ε rule stabiliser.", rich_help_panel=RULES_PANEL)]
+GammaOpt = Annotated[float | None, typer.Option(
+    help="γ rule: extra weight on positive weights.", rich_help_panel=RULES_PANEL)]
+InitOpt = Annotated[str | None, typer.Option(
+    help=f"Output relevance to start from: {one_of(INITS)}.", rich_help_panel=RULES_PANEL)]
+
+
 @app.command(cls=SettingsDefaults, epilog=EXPLAIN_EXAMPLES)
 def explain(
-    scans: Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")] = None,
-    checkpoint: Annotated[str | None, typer.Option(
-        help="Model checkpoint (default: the shipped demo model).", rich_help_panel=MODEL)] = None,
-    model: Annotated[str | None, typer.Option(
-        help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)] = None,
-    model_kwargs: Annotated[str | None, typer.Option(
-        help="JSON keyword arguments for --model.", rich_help_panel=MODEL)] = None,
-    trust_checkpoint: Annotated[bool | None, typer.Option(
-        "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
-        rich_help_panel=MODEL)] = None,
-    device: Annotated[str | None, typer.Option(
-        help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)] = None,
+    scans: ScansArg = None,
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_checkpoint: TrustOpt = None,
+    device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Scans per device batch: auto | N.", rich_help_panel=MODEL)] = None,
     rule: Annotated[str | None, typer.Option(
         "--rule", "-r", help=f"LRP rule on every conv/linear layer: {one_of(RULES)}.",
         rich_help_panel=RULES_PANEL)] = None,
-    alpha: Annotated[float | None, typer.Option(
-        help="αβ rule: weight of positive contributions.", rich_help_panel=RULES_PANEL)] = None,
-    beta: Annotated[float | None, typer.Option(
-        help="αβ rule: weight of negative contributions.", rich_help_panel=RULES_PANEL)] = None,
-    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.", rich_help_panel=RULES_PANEL)] = None,
-    gamma: Annotated[float | None, typer.Option(
-        help="γ rule: extra weight on positive weights.", rich_help_panel=RULES_PANEL)] = None,
+    alpha: AlphaOpt = None,
+    beta: BetaOpt = None,
+    epsilon: EpsilonOpt = None,
+    gamma: GammaOpt = None,
     composite: Annotated[str | None, typer.Option(
         help=f"Per-layer rule preset (overrides --rule): {one_of(COMPOSITES)}.", rich_help_panel=RULES_PANEL)] = None,
     target: Annotated[str | None, typer.Option(
         help=f"Class to explain: {one_of(TARGET_KEYWORDS)} | CLASS_NAME | INDEX.",
         rich_help_panel=RULES_PANEL)] = None,
-    init: Annotated[str | None, typer.Option(
-        help=f"Output relevance to start from: {one_of(INITS)}.", rich_help_panel=RULES_PANEL)] = None,
+    init: InitOpt = None,
     volume: Annotated[int | None, typer.Option(
         help="4D NIfTI: explain only this volume (0-based).", rich_help_panel=INPUTS)] = None,
     input_shape: Annotated[str | None, typer.Option(
@@ -387,40 +400,30 @@ def report(
   mri-lrp evaluate scans/ --masks masks/ --baseline mean --cube 6 --steps 30 --sanity-scans 4
 """)
 def evaluate(
-    scans: Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")] = None,
+    scans: ScansArg = None,
     rules: Annotated[str, typer.Option(
         help=f"Comma-separated rules and composites to compare: {one_of(RULES)} | {one_of(COMPOSITES)}.",
         rich_help_panel=RULES_PANEL)] = "alphabeta,epsilon,zplus,epsilon-plus-flat",
-    checkpoint: Annotated[str | None, typer.Option(
-        help="Model checkpoint (default: the shipped demo model).", rich_help_panel=MODEL)] = None,
-    model: Annotated[str | None, typer.Option(
-        help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)] = None,
-    model_kwargs: Annotated[str | None, typer.Option(
-        help="JSON keyword arguments for --model.", rich_help_panel=MODEL)] = None,
-    trust_checkpoint: Annotated[bool | None, typer.Option(
-        "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
-        rich_help_panel=MODEL)] = None,
-    device: Annotated[str | None, typer.Option(
-        help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)] = None,
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_checkpoint: TrustOpt = None,
+    device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Perturbed inputs per device batch: auto | N.", rich_help_panel=MODEL)] = None,
-    alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.",
-                                                rich_help_panel=RULES_PANEL)] = None,
-    beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.",
-                                               rich_help_panel=RULES_PANEL)] = None,
-    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.", rich_help_panel=RULES_PANEL)] = None,
-    gamma: Annotated[float | None, typer.Option(help="γ rule: extra weight on positive weights.",
-                                                rich_help_panel=RULES_PANEL)] = None,
+    alpha: AlphaOpt = None,
+    beta: BetaOpt = None,
+    epsilon: EpsilonOpt = None,
+    gamma: GammaOpt = None,
     target: Annotated[str | None, typer.Option(
         help="Class to explain and score: predicted | CLASS_NAME | INDEX.", rich_help_panel=RULES_PANEL)] = None,
-    init: Annotated[str | None, typer.Option(
-        help=f"Output relevance to start from: {one_of(INITS)}.", rich_help_panel=RULES_PANEL)] = None,
+    init: InitOpt = None,
     cube: Annotated[int, typer.Option(help="Cube edge in model voxels (the perturbed region).",
                                       rich_help_panel="Perturbation")] = 4,
     steps: Annotated[int, typer.Option(help="Perturbation steps per order.", rich_help_panel="Perturbation")] = 20,
     fraction: Annotated[float, typer.Option(help="Share of the cubes replaced at the last step.",
                                             rich_help_panel="Perturbation")] = 0.2,
-    baseline: Annotated[str, typer.Option(help="What a replaced cube holds: blur | mean | zero.",
+    baseline: Annotated[str, typer.Option(help=f"What a replaced cube holds: {one_of(BASELINES)}.",
                                           rich_help_panel="Perturbation")] = "blur",
     random_repeats: Annotated[int, typer.Option(help="Random orders averaged for the random baseline.",
                                                 rich_help_panel="Perturbation")] = 3,
