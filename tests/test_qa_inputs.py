@@ -353,6 +353,10 @@ def test_the_public_jpeg_layout_with_an_imagenet_style_model_through_the_cli(tmp
     with (out / "regions.csv").open(newline="") as f:
         names = {r["region_name"] for r in csv.DictReader(f)}
     assert names == {"outside_head", "image_top_left", "image_top_right", "image_bottom_left", "image_bottom_right"}
+    from mri_lrp.report.preview import read_preview
+
+    # The report's viewer draws no anatomical side letters on a picture either.
+    assert all(read_preview(p)["world"] is False for p in out.glob("scans/*/preview.js"))
 
 
 def test_an_msd_stack_for_a_single_channel_model_is_one_scan_per_volume_and_each_says_so(tmp_path: Path) -> None:

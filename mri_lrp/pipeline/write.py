@@ -155,7 +155,7 @@ class ScanWriter:
         atomic_write_json(where.sidecar(), self._sidecar([names[t] for t in res.targets]))
         files.append(where.listed(where.sidecar()))
         shown = res.targets.index(pred) if pred in res.targets else 0  # the viewer shows the predicted class
-        write_preview(scan_dir / PREVIEW_NAME, scan.volume, maps[shown], scan.affine)
+        write_preview(scan_dir / PREVIEW_NAME, scan.volume, maps[shown], scan.affine, world=scan.kind != "image")
         files.append(PREVIEW_NAME)
         write_csv(scan_dir / "regions.csv", rows, [*REGION_COLUMNS, "target_class"])
         files.append("regions.csv")

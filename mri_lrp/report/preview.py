@@ -74,8 +74,10 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray, slope: float = 1.0) -> by
     return igzip.compress(buf.getvalue(), compresslevel=3, mtime=0)
 
 
-def preview_volumes(scan: np.ndarray, relevance: np.ndarray, affine: np.ndarray) -> dict[str, object]:
-    """The preview's content: both volumes as base64 gzipped NIfTI, the relevance's display range."""
+def preview_volumes(scan: np.ndarray, relevance: np.ndarray, affine: np.ndarray,
+                    world: bool = True) -> dict[str, object]:
+    """The preview's content: both volumes as base64 gzipped NIfTI, the relevance's display range; ``world``
+    false for an image file, whose stand-in affine names no anatomical sides."""
     factor = block_factor(scan.shape)
     small_affine = block_affine(affine, factor, scan.shape)
     anat = block_mean(scan, factor)
@@ -100,12 +102,14 @@ def preview_volumes(scan: np.ndarray, relevance: np.ndarray, affine: np.ndarray)
         "focus_mm": [round(float(v), 2) for v in focus[:3]],
         "block": factor,
         "shape": list(anat8.shape),
+        "world": world,
     }
 
 
-def write_preview(path: Path, scan: np.ndarray, relevance: np.ndarray, affine: np.ndarray) -> None:
+def write_preview(path: Path, scan: np.ndarray, relevance: np.ndarray, affine: np.ndarray,
+                  world: bool = True) -> None:
     """Write the preview script for one scan (atomically, like every output)."""
-    body = json.dumps(preview_volumes(scan, relevance, affine), separators=(",", ":"))
+    body = json.dumps(preview_volumes(scan, relevance, affine, world), separators=(",", ":"))
     atomic_write_text(path, f"window.{PREVIEW_GLOBAL} = {body};\n")
 
 

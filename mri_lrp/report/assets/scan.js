@@ -13,7 +13,8 @@
   if (!probe.getContext("webgl2")) return fail("This browser has no WebGL2, so the viewer cannot draw; the overlays above show the same maps.");
   try {
     const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], crosshairColor: [0.2, 0.8, 0.2, 0.6], isColorbar: true,
-                                   show3Dcrosshair: false, dragAndDropEnabled: false });
+                                   show3Dcrosshair: false, dragAndDropEnabled: false,
+                                   isOrientationTextVisible: data.world !== false });  // image files: no sides
     await nv.attachTo("viewer");
     const peak = data.peak > 0 ? data.peak : 1;
     const top = data.display > 0 ? data.display : peak;
