@@ -204,6 +204,11 @@ def compose_overlay(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nda
     rgb[HEADER_PX:] = _colour(grey, signed, inside, lo, hi, vmax)
     rgb[HEADER_PX:][outline] = CONTOUR
     rgb[:HEADER_PX] = _header(width, title, subtitle, notes, vmax, clip_percentile, stamp)
+    return _finish(rgb, panels, vmax, stamp)
+
+
+def _finish(rgb: np.ndarray, panels: list[Panel], vmax: float, stamp: str) -> Overlay:
+    """Side letters on every panel and, for a stamped overlay (the demo model), a frame that cannot be missed."""
     for panel in panels:
         _stamp_sides(rgb, panel)
     if stamp:
@@ -539,12 +544,7 @@ def compose_channels(scan_data: np.ndarray, relevance: np.ndarray, affine: np.nd
             top += h + GAP_PX
     rgb[:HEADER_PX] = _header(width, title, subtitle, notes, vmax, clip_percentile, stamp)
     rgb[HEADER_PX:HEADER_PX + CHANNEL_LABEL_PX] = _channel_labels(width, channels, lefts, col_w)
-    for panel in panels:
-        _stamp_sides(rgb, panel)
-    if stamp:
-        rgb[:STAMP_FRAME_PX], rgb[-STAMP_FRAME_PX:] = STAMP_COLOUR, STAMP_COLOUR
-        rgb[:, :STAMP_FRAME_PX], rgb[:, -STAMP_FRAME_PX:] = STAMP_COLOUR, STAMP_COLOUR
-    return Overlay(rgb=rgb, panels=tuple(panels), vmax=vmax)
+    return _finish(rgb, panels, vmax, stamp)
 
 
 def _channel_labels(width: int, channels: tuple[str, ...], lefts: list[int], col_w: int) -> np.ndarray:
