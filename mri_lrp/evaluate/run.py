@@ -82,8 +82,8 @@ class EvaluateOptions:
 class _Scorer:
     """Target-class probability of volume-form inputs, in device batches (slice models: mean over slices)."""
 
-    def __init__(self, explainer: Explainer, dims: int, target: int, slices: int) -> None:
-        self.explainer, self.dims, self.target, self.slices = explainer, dims, target, slices
+    def __init__(self, explainer: Explainer, dims: int, target: int) -> None:
+        self.explainer, self.dims, self.target = explainer, dims, target
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(self.explainer.logits(as_model(v, self.dims)).double(), dim=1)[:, self.target]
@@ -142,7 +142,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
         for name, explainer in explainers.items():
             t0 = time.perf_counter()
             relevance = _relevance(explainer, batch, t, settings.init, spec.dims)
-            scorer = _Scorer(explainer, spec.dims, t, x.shape[0] if spec.dims == 2 else 1)
+            scorer = _Scorer(explainer, spec.dims, t)
             per_input = max(1, batch_size // (x.shape[0] if spec.dims == 2 else 1))
             v = as_volume(x, spec.dims)
             cube = (1, options.cube, options.cube) if spec.dims == 2 else (options.cube,) * 3
