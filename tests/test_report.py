@@ -263,3 +263,12 @@ def test_report_of_a_folder_that_holds_no_run_is_one_line_and_exit_2(tmp_path: P
         res = runner.invoke(app, ["report", str(folder)])
         assert res.exit_code == 2
         assert res.output.count("\n") == 1 and "mri-lrp: error:" in res.output
+
+
+def test_the_counts_line_speaks_of_one_scan_and_one_input_in_the_singular(tmp_path: Path) -> None:
+    make_run(tmp_path / "out", scans=1, failures=0, skipped=1)
+    text = write_report(tmp_path / "out").read_text()
+    assert ">1 scan explained<" in text and ">1 input skipped<" in text
+    make_run(tmp_path / "two", scans=2, failures=0, skipped=2)
+    text = write_report(tmp_path / "two").read_text()
+    assert ">2 scans explained<" in text and ">2 inputs skipped<" in text

@@ -54,6 +54,10 @@ def _href(path: str) -> str:
     return quote(path.replace(os.sep, "/"), safe="/._-~")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _scan_page_name(scan_id: str) -> str:
     return f"{scan_id}.html"
 
@@ -253,8 +257,9 @@ def main_page(out: Path, run: Mapping[str, Any], summary: Sequence[Mapping[str, 
     evaluation_link = ' <a href="#evaluation">Rule evaluation</a>' if evaluation else ""
     body = f"""
 <header><h1>mri-lrp report: {escape(name)}</h1>
-<p class="counts"><span id="count-ok">{len(summary)} scans explained</span> ·
-<span id="count-failed">{len(failures)} failed</span> · <span id="count-skipped">{len(skipped)} inputs skipped</span>
+<p class="counts"><span id="count-ok">{_count(len(summary), "scan")} explained</span> ·
+<span id="count-failed">{len(failures)} failed</span> ·
+<span id="count-skipped">{_count(len(skipped), "input")} skipped</span>
 </p>
 <nav><a href="#summary">Summary</a> <a href="#gallery">Gallery</a> <a href="#failures">Failures</a>
 <a href="#skipped">Skipped</a> <a href="#groups">Group plots</a>{evaluation_link} <a href="#run">Run</a></nav></header>
