@@ -75,14 +75,19 @@ SHAPE = (36, 40, 32)
 
 
 def _lesion_scans(folder: Path, seeds: tuple[int, ...]) -> list[np.ndarray]:
-    """Glioma phantoms on a coarse grid with the lesion made brighter than any tissue."""
+    """Glioma phantoms on a coarse grid with the lesion made brighter than any tissue; their lesion masks (NIfTI
+    label maps) in a sibling ``masks`` folder."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder.parent / "masks").mkdir(exist_ok=True)
     volumes = []
     for seed in seeds:
         p = generate_phantom(seed, "glioma", shape=SHAPE, spacing=(5.0, 5.0, 5.0), orientation="RAS")
         vol = p.volume / max(float(p.volume.max()), 1e-6)
         vol[p.mask > 0] = LESION_VALUE
         nib.save(nib.Nifti1Image(vol.astype(np.float32), p.affine), folder / f"sub-{seed:02d}_T1w.nii.gz")
+        mask = nib.Nifti1Image(p.mask.astype(np.uint8), p.affine)
+        mask.header.set_intent("label")
+        nib.save(mask, folder.parent / "masks" / f"sub-{seed:02d}_T1w.nii.gz")
         volumes.append(vol)
     return volumes
 
@@ -297,3 +302,14 @@ def test_a_multi_sequence_case_is_evaluated_as_one_input_not_one_per_file(tmp_pa
     options = EvaluateOptions(rules=("alphabeta",), steps=3, random_repeats=1, sanity_scans=0)
     assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
     assert {r["scan_id"] for r in _read(tmp_path / "ev" / "faithfulness.csv")} == {"BraTS2021_00007"}
+
+
+def test_mask_metrics_score_every_rule_against_the_lesion_mask(lesion_setup: dict) -> None:
+    settings = build_settings({**_settings(lesion_setup, lesion_setup["out"]).to_json(),
+                               "masks": str(lesion_setup["scans"].parent / "masks")})
+    options = EvaluateOptions(rules=("alphabeta", "zplus"), steps=3, random_repeats=1, sanity_scans=0)
+    assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
+    rows = _read(lesion_setup["out"] / "faithfulness.csv")
+    for rule in ("alphabeta", "zplus"):
+        assert min(_metric(rows, rule, "relevance_mass_accuracy")) > 0.9  # the model sees only the lesion
+        assert _metric(rows, rule, "pointing_game") == [1.0, 1.0]

@@ -121,6 +121,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     for ref in refs:
         try:
             prepared = prepare(ref, spec)
+            mask = _scan_mask(settings, prepared)  # a bad mask fails its scan here, as in explain
         except ScanError as e:
             failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": e.stage, "error": e.reason})
             reporter.scan_failed(ref.scan_id, f"{ref.location}: {e.reason}")
@@ -150,7 +151,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
                                     fraction=options.fraction, baseline=options.baseline, batch_size=per_input,
                                     random_repeats=options.random_repeats, seed=options.seed)
             metrics = _metrics(c)
-            metrics.update(_mask_metrics(settings, prepared, relevance, spec.dims))
+            metrics.update(_mask_metrics(mask, prepared, relevance, spec.dims))
             metrics["seconds"] = round(time.perf_counter() - t0, 3)
             faith += [{"scan_id": ref.scan_id, "rule": name, "metric": k, "value": val} for k, val in metrics.items()]
             curves += _curve_rows(ref.scan_id, name, c)
@@ -211,16 +212,20 @@ def _metrics(c: Curves) -> dict[str, float]:
             "abpc": morf - lerf, "aopc_random": rnd, "morf_minus_random": morf - rnd}
 
 
-def _mask_metrics(settings: Settings, prepared: Prepared, relevance: torch.Tensor, dims: int) -> dict[str, Any]:
+def _scan_mask(settings: Settings, prepared: Prepared) -> np.ndarray | None:
+    """The scan's lesion mask under --masks, read once per scan (every rule is scored against it)."""
     if not settings.masks:
-        return {}
-    scan = prepared.scan
-    path = find_mask(Path(settings.masks), scan)
-    if path is None:
+        return None
+    path = find_mask(Path(settings.masks), prepared.scan)
+    return None if path is None else load_mask(path, prepared.scan)
+
+
+def _mask_metrics(mask: np.ndarray | None, prepared: Prepared, relevance: torch.Tensor, dims: int) -> dict[str, Any]:
+    if mask is None:
         return {}
     model_rel = relevance.transpose(0, 1) if dims == 2 else relevance
     rel = to_scan(model_rel.cpu(), prepared.model_input.space)
-    m = mask_metrics(rel, load_mask(path, scan), voxel_volume_ml(scan.affine))
+    m = mask_metrics(rel, mask, voxel_volume_ml(prepared.scan.affine))
     return {"relevance_mass_accuracy": m["relevance_mass_accuracy"], "pointing_game": float(m["pointing_game"])}
 
 
