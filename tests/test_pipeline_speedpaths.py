@@ -54,3 +54,35 @@ def test_png_writer_matches_pillows_pixels_on_an_overlay(tmp_path) -> None:
     write_png(tmp_path / "o.png", overlay.rgb)
     with Image.open(tmp_path / "o.png") as img:
         assert img.mode == "RGB" and np.array_equal(np.asarray(img), overlay.rgb)
+
+
+@pytest.mark.parametrize(("args", "starts"), [
+    (["explain", "scans/"], True),
+    (["explain", "scans/", "--workers", "4"], True),
+    (["explain", "scans/", "--workers", "0"], False),
+    (["explain", "scans/", "-j", "0"], False),
+    (["explain", "scans/", "--workers=0"], False),
+    (["explain", "scans/", "--dry-run"], False),
+    (["explain", "--help"], False),
+    (["inspect", "scans/"], False),
+    (["--version"], False),
+    ([], False),
+])
+def test_entry_point_starts_the_worker_server_only_for_runs_with_workers(args: list[str], starts: bool) -> None:
+    from mri_lrp.launch import starts_workers
+
+    assert starts_workers(args) is starts
+
+
+def test_worker_server_and_entry_point_import_without_torch() -> None:
+    """What the entry point loads before the worker server starts must not import torch (it would serialise
+    the two sets of imports again)."""
+    code = "import sys, mri_lrp.launch, mri_lrp.pipeline.workers; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_console_entry_point_runs_the_command_line(tmp_path) -> None:
+    out = subprocess.run([sys.executable, "-m", "mri_lrp", "--version"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("mri-lrp ")

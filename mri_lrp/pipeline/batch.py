@@ -18,8 +18,9 @@ from mri_lrp.lrp import Explainer
 from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.pipeline.manifest import RunStats
-from mri_lrp.pipeline.read import Prepared, prepared_stream, reader_context, worker_init
+from mri_lrp.pipeline.read import Prepared, prepared_stream, worker_init
 from mri_lrp.pipeline.stages import plan_stages
+from mri_lrp.pipeline.workers import worker_context
 from mri_lrp.pipeline.write import ScanWriter, WriteJob
 from mri_lrp.progress import Reporter
 from mri_lrp.scans import ScanRef
@@ -126,7 +127,7 @@ class Job:
         """Writers are processes (rendering holds the GIL), sized by the stage plan; one thread with --workers 0."""
         if self.plan.writers == 0:
             return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        return cf.ProcessPoolExecutor(max_workers=self.plan.writers, mp_context=reader_context(),
+        return cf.ProcessPoolExecutor(max_workers=self.plan.writers, mp_context=worker_context(),
                                       initializer=worker_init)
 
     def _finish_write(self, prepared: Prepared, fut: cf.Future) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import multiprocessing
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ import torch
 from mri_lrp.errors import ScanError
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.transform import ModelInput, to_model
+from mri_lrp.pipeline.workers import worker_context
 from mri_lrp.scans import ScanRef, read_scan
 from mri_lrp.scans.scan import Scan
 
@@ -28,9 +28,6 @@ class Prepared:
     scan: Scan
     model_input: ModelInput
     seconds: float
-
-
-
 
 def prepare(ref: ScanRef, spec: InputSpec) -> Prepared:
     """Read one scan and make its model input; runs in a worker process (so: pure, picklable)."""
@@ -51,31 +48,6 @@ def worker_init() -> None:
     torch.set_num_threads(1)
 
 
-# What readers and writers import, loaded once in the fork server rather than once per worker.
-_PRELOAD = ["mri_lrp.pipeline.read", "mri_lrp.pipeline.write", "matplotlib.cm", "PIL.ImageDraw", "PIL.ImageFont",
-            "isal.igzip"]
-
-
-def reader_context() -> multiprocessing.context.BaseContext:
-    """Readers and writers fork from a server that has already imported torch and the package's readers and
-    writers: fast, fork-safe starts."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def start_worker_server(workers: int) -> None:
-    """Start the fork server now, so that its imports (a few CPU-seconds: torch, nibabel, the writers) run while
-    the main process loads the model and finds the scans, not while the first scans wait for a reader."""
-    if workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
-        from multiprocessing import forkserver
-
-        reader_context()
-        forkserver.ensure_running()
-
-
 def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,
                     stop: threading.Event) -> Iterator[tuple[ScanRef, Prepared | ScanError]]:
     """Yield (ref, Prepared or ScanError) in input order, at most a few scans ahead of the consumer."""
@@ -85,7 +57,7 @@ def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,
                 return
             yield ref, _prepare_or_error(ref, spec)
         return
-    ctx = reader_context()
+    ctx = worker_context()
     ahead = 2 * workers
     pending = deque(refs)
     queue: deque[tuple[ScanRef, cf.Future]] = deque()

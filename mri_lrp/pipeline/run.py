@@ -31,9 +31,9 @@ from mri_lrp.pipeline.batch import Job
 from mri_lrp.pipeline.layout import Layout, write_bids_root
 from mri_lrp.pipeline.lock import acquire as acquire_lock
 from mri_lrp.pipeline.manifest import RunStats, history_path, run_manifest
-from mri_lrp.pipeline.read import start_worker_server
 from mri_lrp.pipeline.resume import collect_results, input_identity, is_done, stale_marker
 from mri_lrp.pipeline.signals import StopOnSignal
+from mri_lrp.pipeline.workers import start_worker_server
 from mri_lrp.pipeline.write import ScanWriter, cached_atlas
 from mri_lrp.progress import Reporter
 from mri_lrp.regions import BY_CLASS_COLUMNS, REGION_COLUMNS, by_class_table
@@ -89,7 +89,8 @@ def scan_writer(out: Path, settings: Settings, loaded: LoadedModel, fingerprint:
 def _run_locked(settings: Settings, reporter: Reporter) -> int:
     t_start = time.time()
     stats = RunStats()
-    start_worker_server(settings.workers)  # its imports overlap loading the model and finding the scans
+    if settings.workers > 0:  # already running when started by the console entry point
+        start_worker_server()  # its imports overlap loading the model and finding the scans
     loaded = load_model(settings)
     for note in model_notices(loaded):
         reporter.note(note, always=True)
