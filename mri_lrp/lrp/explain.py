@@ -226,6 +226,14 @@ def explain(model: nn.Module, x: torch.Tensor, rule: str = "alphabeta", alpha: f
     return result
 
 
+def warm_up_autograd() -> None:
+    """One vector-Jacobian product on a one-element tensor. torch imports its symbolic-shape machinery (sympy,
+    about half a CPU-second) at the first ``autograd.grad`` given a gradient tensor; a run calls this on a
+    background thread while it waits for its first scans, so that import is not on the first batch's path."""
+    x = torch.zeros(1, requires_grad=True)
+    torch.autograd.grad(x * 1.0, x, torch.ones(1))
+
+
 _BUILT: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[torch.Tensor], Explainer]] = \
     weakref.WeakKeyDictionary()
 

@@ -15,7 +15,7 @@ import torch
 
 from mri_lrp.errors import ScanError
 from mri_lrp.lrp import Explainer
-from mri_lrp.lrp.explain import conservation_note
+from mri_lrp.lrp.explain import conservation_note, warm_up_autograd
 from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.pipeline.manifest import RunStats
 from mri_lrp.pipeline.read import Prepared, prepared_stream, worker_init
@@ -96,7 +96,12 @@ class Job:
                     writes.popleft().exception()  # waits; the callback records the outcome
 
             batch: list[Prepared] = []
-            for ref, item in prepared_stream(todo, self.spec, self.settings.workers, self.stop):
+            if self.settings.workers > 0:  # while the first scans are read
+                threading.Thread(target=warm_up_autograd, name="warm-up", daemon=True).start()
+            # Read ahead by the batch too: while the first batch is explained (the slowest, caches are cold) the
+            # readers fill the next one instead of waiting.
+            ahead = 2 * self.settings.workers + self.batch_size
+            for ref, item in prepared_stream(todo, self.spec, self.settings.workers, self.stop, ahead):
                 if isinstance(item, ScanError):
                     self._fail(ref, item.stage, item.reason)
                     continue

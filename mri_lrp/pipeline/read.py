@@ -48,9 +48,10 @@ def worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,
-                    stop: threading.Event) -> Iterator[tuple[ScanRef, Prepared | ScanError]]:
-    """Yield (ref, Prepared or ScanError) in input order, at most a few scans ahead of the consumer."""
+def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int, stop: threading.Event,
+                    ahead: int | None = None) -> Iterator[tuple[ScanRef, Prepared | ScanError]]:
+    """Yield (ref, Prepared or ScanError) in input order, at most ``ahead`` (default 2 per worker) scans ahead
+    of the consumer."""
     if workers == 0:
         for ref in refs:
             if stop.is_set():
@@ -58,7 +59,7 @@ def prepared_stream(refs: list[ScanRef], spec: InputSpec, workers: int,
             yield ref, _prepare_or_error(ref, spec)
         return
     ctx = worker_context()
-    ahead = 2 * workers
+    ahead = ahead or 2 * workers
     pending = deque(refs)
     queue: deque[tuple[ScanRef, cf.Future]] = deque()
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init)
