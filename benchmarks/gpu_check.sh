@@ -21,8 +21,7 @@ if ! command -v nvidia-smi > /dev/null 2>&1 || ! $PY -c "import torch, sys; sys.
 fi
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 $PY -c "import torch; print('device:', torch.cuda.get_device_name())" | tee "$OUT/device.txt"
-CORES=$($PY -c "import os; print(len(os.sched_getaffinity(0)))")
-READERS=$(( CORES / 4 > 2 ? CORES / 4 : 2 ))
+# Worker processes: the pipeline's own plan (every core but one on a GPU node).
 
 # 1. Tests that exercise CUDA (they skip on a CPU-only machine).
 timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not slow" -k "cuda or device" tests/ 2>&1 | tee "$OUT/tests.txt"
@@ -33,12 +32,12 @@ timeout 90 $PY benchmarks/lrp_speed.py --device cuda --models cnn3d --no-memory 
 timeout 60 $PY benchmarks/evaluate_speed.py --device cuda --scans 1 --steps 20 --batch 32 \
   --json "$OUT/evaluate_speed.json" 2>&1 | tee "$OUT/evaluate_speed.txt"
 # 3. The pipeline against the naive script, both on the device (16 scans, best of 2).
-timeout 240 $PY benchmarks/pipeline_speed.py --device cuda --n 16 --repeats 2 --batch-size auto --workers "$READERS" \
+timeout 240 $PY benchmarks/pipeline_speed.py --device cuda --n 16 --repeats 2 --batch-size auto \
   --data "$OUT/bench_data" --json "$OUT/pipeline_speed.json" 2>&1 | tee "$OUT/pipeline_speed.txt"
 # 4. The pipeline alone over $N scans, GPU utilisation sampled every 100 ms meanwhile.
 nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 100 > "$OUT/utilization.csv" &
 SMI=$!
-timeout 240 $PY benchmarks/pipeline_speed.py --device cuda --memory "$N" --batch-size auto --workers "$READERS" \
+timeout 240 $PY benchmarks/pipeline_speed.py --device cuda --memory "$N" --batch-size auto \
   --data "$OUT/bench_data" --json "$OUT/steady.json" 2>&1 | tee "$OUT/steady.txt"
 kill "$SMI" 2> /dev/null
 # Steady state: the samples between the first and the last busy one, less the first and last 10% of them

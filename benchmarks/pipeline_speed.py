@@ -11,7 +11,7 @@ z-scored. Both sides get exactly these files and this checkpoint, and compute th
 relevance for the predicted class (benchmarks/naive_baseline.py checks it against the package's engine).
 
 Each side runs as its own process, started cold, one after the other. "process wall" is the time from start to
-exit as seen from here (interpreter, imports, model loading and, for the pipeline, reader workers included);
+exit as seen from here (interpreter, imports, model loading and, for the pipeline, worker processes included);
 "run wall" is the time the side itself reports for its scan loop (naive) or its run (pipeline run.json).
 Memory: the peak, over the run, of the summed proportional set size (PSS: shared pages split between the
 processes sharing them) of the side's process and all its descendants, sampled every 0.2 s from /proc.
@@ -165,7 +165,7 @@ class TreeMemory:
 
 def _timed(cmd: list[str], env: dict[str, str]) -> Timed:
     """Run ``cmd`` to the end. CPU time: the larger of the children's rusage (exact for what was reaped) and
-    the sampled CPU time of the whole process tree (which includes the fork server's readers and writers)."""
+    the sampled CPU time of the whole process tree (which includes the fork server's workers)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=16, help="number of scans")
     parser.add_argument("--size", type=int, default=128, help="scan grid size per axis (1.5 mm voxels)")
     parser.add_argument("--model-grid", type=int, default=64, help="model input size per axis (same field of view)")
-    parser.add_argument("--workers", type=int, default=None, help="pipeline reader processes (default: its own)")
+    parser.add_argument("--workers", type=int, default=None, help="pipeline worker processes (default: its own)")
     parser.add_argument("--batch-size", default="auto", help="pipeline batch size: auto | N")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="OMP_NUM_THREADS for both sides (default: torch's own choice)")

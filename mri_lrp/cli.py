@@ -210,7 +210,8 @@ def explain(
         "--dry-run", help="Print the plan (scans, shard, model, input spec, rule per layer) and exit; "
         "writes nothing.", rich_help_panel=OUTPUTS)] = False,
     workers: Annotated[int | None, typer.Option(
-        "--workers", "-j", help="Reader processes (0: inline).", rich_help_panel=CLUSTER)] = None,
+        "--workers", "-j", help="Worker processes, each reading scans and writing their outputs: at least this "
+        "many, more where the cores allow (0: everything in this process).", rich_help_panel=CLUSTER)] = None,
     shard: Annotated[str | None, typer.Option(
         help="I/N: take shard I of N (0-based; default: from SLURM or torchrun variables, else all).",
         rich_help_panel=CLUSTER)] = None,

@@ -12,25 +12,26 @@ import pytest
 from mri_lrp.pipeline.stages import StagePlan, available_cores, plan_stages
 
 
-@pytest.mark.parametrize(("readers", "device", "cores", "want"), [
-    (2, "cpu", 2, StagePlan(2, 2, 2, 1)),       # this kind of VM: two writers to balance, one torch thread
-    (1, "cpu", 2, StagePlan(2, 1, 2, 1)),
-    (2, "cpu", 16, StagePlan(16, 2, 8, 6)),     # half the cores write, torch gets what is left
-    (2, "cuda", 16, StagePlan(16, 2, 13, 1)),   # a GPU node: the loop keeps one core, the rest write
-    (4, "cuda", 64, StagePlan(64, 4, 32, 2)),   # writers capped; the loop gets two threads back
-    (0, "cpu", 2, StagePlan(2, 0, 0, 1)),       # --workers 0: everything in one process
+@pytest.mark.parametrize(("workers", "device", "cores", "want"), [
+    (2, "cpu", 2, StagePlan(2, 2, 1)),        # this kind of VM: two workers to balance, one torch thread
+    (1, "cpu", 2, StagePlan(2, 2, 1)),        # at least what was asked, at least two where there are two cores
+    (2, "cpu", 16, StagePlan(16, 8, 8)),      # half the cores read and write, torch gets what is left
+    (12, "cpu", 16, StagePlan(16, 12, 4)),    # more were asked for
+    (2, "cuda", 16, StagePlan(16, 15, 1)),    # a GPU node: the loop keeps one core, the rest read and write
+    (4, "cuda", 64, StagePlan(64, 32, 2)),    # workers capped; the loop gets two threads back
+    (0, "cpu", 2, StagePlan(2, 0, 1)),        # --workers 0: everything in one process
 ])
-def test_stage_sizes_follow_the_cores(readers: int, device: str, cores: int, want: StagePlan) -> None:
-    assert plan_stages(readers, device, cores) == want
+def test_stage_sizes_follow_the_cores(workers: int, device: str, cores: int, want: StagePlan) -> None:
+    assert plan_stages(workers, device, cores) == want
 
 
-def test_torch_threads_never_share_a_core_with_readers_or_writers() -> None:
+def test_torch_threads_never_share_a_core_with_workers() -> None:
     for cores in range(1, 65):
-        for readers in (1, 2, 4):
+        for workers in (1, 2, 4):
             for device in ("cpu", "cuda"):
-                plan = plan_stages(readers, device, cores)
-                assert plan.writers >= 1 and plan.torch_threads >= 1
-                assert plan.torch_threads <= max(1, cores - readers - plan.writers)
+                plan = plan_stages(workers, device, cores)
+                assert plan.workers >= workers and plan.torch_threads >= 1
+                assert plan.torch_threads <= max(1, cores - plan.workers)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-from collections import deque
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,10 +19,10 @@ from mri_lrp.lrp import Explainer
 from mri_lrp.lrp.explain import conservation_note, warm_up_autograd
 from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.pipeline.manifest import RunStats
-from mri_lrp.pipeline.read import Prepared, prepared_stream, worker_init
+from mri_lrp.pipeline.read import Prepared, prepared_stream, release, worker_init
 from mri_lrp.pipeline.stages import plan_stages
-from mri_lrp.pipeline.workers import worker_context
-from mri_lrp.pipeline.write import ScanWriter, WriteJob
+from mri_lrp.pipeline.workers import WorkerSet
+from mri_lrp.pipeline.write import ScanWriter, WriteJob, write_held
 from mri_lrp.progress import Reporter
 from mri_lrp.scans import ScanRef
 from mri_lrp.settings import Settings
@@ -59,7 +60,11 @@ class Job:
         stats.stages = self.plan.to_json()
         self.stop: threading.Event = threading.Event()
         self.conservation_noted = False
-        self._lock = threading.RLock()  # writes are recorded from the writer pool's threads
+        self._lock = threading.RLock()  # writes are recorded from the workers' result threads
+        self._written = threading.Condition()  # guards _outstanding: writes submitted and not yet recorded
+        self._outstanding = 0
+        self._workers: WorkerSet | None = None
+        self._inline: cf.ThreadPoolExecutor | None = None
 
     def _note_conservation(self, res: Explained) -> None:
         """The first scan whose explanation lost or created too much relevance is named in the log, once per run
@@ -74,7 +79,7 @@ class Job:
 
     def run(self, todo: list[ScanRef]) -> None:
         threads = torch.get_num_threads()
-        torch.set_num_threads(self.plan.torch_threads)  # the cores left by readers and writers, no more
+        torch.set_num_threads(self.plan.torch_threads)  # the cores the workers leave, no more
         try:
             self._run(todo)
         finally:
@@ -82,26 +87,36 @@ class Job:
 
     def _run(self, todo: list[ScanRef]) -> None:
         self.reporter.start(len(todo))
-        writes: deque[cf.Future] = deque()
-        with self._writer_pool() as pool:
-            def hand_off(results: list[Explained]) -> None:
-                for res in results:
-                    self._note_conservation(res)
-                    fut = pool.submit(self.writer.write, WriteJob.of(res, self.settings.save_model_input))
-                    # Reported the moment it is written (on the writer's thread or the pool's result thread),
-                    # not when the bounded queue below next drains: a finished scan's line is never held back.
-                    fut.add_done_callback(partial(self._finish_write, res.prepared))
-                    writes.append(fut)
-                while len(writes) > 2 * max(1, self.plan.writers):  # bounded: memory flat in the scan count
-                    writes.popleft().exception()  # waits; the callback records the outcome
+        # Worker processes read and write (rendering holds the GIL); with --workers 0, one writer thread.
+        self._workers = WorkerSet(self.plan.workers, worker_init) if self.plan.workers else None
+        self._inline = None if self._workers else cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        try:
+            self._stream(todo)
+            with self._written:  # every write recorded, retries included
+                self._written.wait_for(lambda: self._outstanding == 0)
+        finally:
+            for pool in (self._workers, self._inline):
+                if pool is not None:
+                    pool.shutdown()
+        if self.stop.is_set():
+            self.stats.interrupted = self.stop.signal_name  # type: ignore[attr-defined]
 
-            batch: list[Prepared] = []
-            if self.settings.workers > 0:  # while the first scans are read
-                threading.Thread(target=warm_up_autograd, name="warm-up", daemon=True).start()
-            # Read ahead by the batch too: while the first batch is explained (the slowest, caches are cold) the
-            # readers fill the next one instead of waiting.
-            ahead = 2 * self.settings.workers + self.batch_size
-            for ref, item in prepared_stream(todo, self.spec, self.settings.workers, self.stop, ahead):
+    def _stream(self, todo: list[ScanRef]) -> None:
+        def hand_off(results: list[Explained]) -> None:
+            for res in results:
+                self._note_conservation(res)
+                self._submit_write(res.prepared, WriteJob.of(res, self.settings.save_model_input))
+            with self._written:  # bounded: memory flat in the scan count
+                self._written.wait_for(lambda: self._outstanding <= 2 * max(1, self.plan.workers))
+
+        if self._workers is not None:  # while the first scans are read
+            threading.Thread(target=warm_up_autograd, name="warm-up", daemon=True).start()
+        # Read ahead by the batch too: while the first batch is explained (the slowest, caches are cold) the
+        # workers fill the next one instead of waiting.
+        ahead = 2 * self.plan.workers + self.batch_size
+        batch: list[Prepared] = []
+        with closing(prepared_stream(todo, self.spec, self._workers, self.stop, ahead)) as stream:
+            for ref, item in stream:
                 if isinstance(item, ScanError):
                     self._fail(ref, item.stage, item.reason)
                     continue
@@ -115,12 +130,8 @@ class Job:
                     batch = []
                 if self.stop.is_set():
                     break
-            if batch:
-                hand_off(self._explain_volumes(batch))
-            while writes:
-                writes.popleft().exception()
-        if self.stop.is_set():
-            self.stats.interrupted = self.stop.signal_name  # type: ignore[attr-defined]
+        if batch:
+            hand_off(self._explain_volumes(batch))
 
     def explain_one(self, prepared: Prepared) -> Explained | None:
         """One prepared scan through the same device path as a batch (``explain_scan`` uses it); None when it
@@ -128,16 +139,36 @@ class Job:
         results = self._explain_slices(prepared) if self.spec.dims == 2 else self._explain_volumes([prepared])
         return results[0] if results else None
 
-    def _writer_pool(self) -> cf.Executor:
-        """Writers are processes (rendering holds the GIL), sized by the stage plan; one thread with --workers 0."""
-        if self.plan.writers == 0:
-            return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        return cf.ProcessPoolExecutor(max_workers=self.plan.writers, mp_context=worker_context(),
-                                      initializer=worker_init)
+    def _submit_write(self, prepared: Prepared, job: WriteJob, retry: bool = True) -> None:
+        """Write in the worker that holds the scan. A finished scan is reported the moment it is written (on a
+        pool's result thread), not when the bounded queue next drains; a write whose worker died is sent once
+        more, to another worker, which reads the scan again."""
+        with self._written:
+            self._outstanding += 1
+        if self._workers is not None:  # a retry goes to another worker: the dead one's queue may hold its killer
+            worker = prepared.worker if retry else (prepared.worker + 1) % len(self._workers)  # type: ignore[operator]
+            fut = self._workers.submit(worker, write_held, self.writer, job)
+        else:
+            fut = self._inline.submit(self.writer.write, job)  # type: ignore[union-attr]
+        fut.add_done_callback(partial(self._finish_write, prepared, job, retry))
 
-    def _finish_write(self, prepared: Prepared, fut: cf.Future) -> None:
-        with self._lock:
-            self._record_write(prepared, fut)
+    def _finish_write(self, prepared: Prepared, job: WriteJob, retry: bool, fut: cf.Future) -> None:
+        try:
+            if retry and not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool):
+                self._submit_write(prepared, job, retry=False)
+            else:
+                with self._lock:
+                    self._record_write(prepared, fut)
+        finally:
+            with self._written:
+                self._outstanding -= 1
+                self._written.notify_all()
+
+    def _explain_failed(self, prepared: Prepared, error: str) -> None:
+        """A scan that will not be written: recorded, and forgotten by the worker that holds it."""
+        self._fail(prepared.ref, "explain", error)
+        if self._workers is not None and prepared.worker is not None:
+            self._workers.submit(prepared.worker, release, prepared.ref.scan_id)
 
     def _record_write(self, prepared: Prepared, fut: cf.Future) -> None:
         ref = prepared.ref
@@ -145,6 +176,9 @@ class Job:
             seconds, status = fut.result()
         except ScanError as e:  # a bad mask: named with its own path, at its own stage
             self._fail(ref, e.stage, e.reason if e.path in (ref.source, ref.location) else str(e))
+            return
+        except BrokenProcessPool:
+            self._fail(ref, "write", "the worker process died writing it twice (out of memory?)")
             return
         except Exception as e:  # noqa: BLE001 - one scan's write error costs only that scan
             self._fail(ref, "write", f"{type(e).__name__}: {e}")
@@ -176,7 +210,7 @@ class Job:
             seconds = (time.perf_counter() - t0) / len(batch)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
-                self._fail(batch[0].ref, "explain", "CUDA out of memory")
+                self._explain_failed(batch[0], "CUDA out of memory")
                 return []
             torch.cuda.empty_cache()
             if self.auto_batch:
@@ -187,7 +221,7 @@ class Job:
         except Exception as e:  # noqa: BLE001 - find the one scan that breaks the batch
             if len(batch) > 1:
                 return [r for p in batch for r in self._explain_volumes([p])]
-            self._fail(batch[0].ref, "explain", f"{type(e).__name__}: {e}")
+            self._explain_failed(batch[0], f"{type(e).__name__}: {e}")
             return []
         self.stats.add("explain", seconds * len(batch))
         results = []
@@ -238,10 +272,10 @@ class Job:
                 self.batch_size = max(1, self.batch_size // 2)
                 self.reporter.note(f"CUDA out of memory: batch size now {self.batch_size}")
                 return self._explain_slices(p)
-            self._fail(p.ref, "explain", "CUDA out of memory")
+            self._explain_failed(p, "CUDA out of memory")
             return []
         except Exception as e:  # noqa: BLE001 - one scan's failure, not the batch's
-            self._fail(p.ref, "explain", f"{type(e).__name__}: {e}")
+            self._explain_failed(p, f"{type(e).__name__}: {e}")
             return []
         seconds = time.perf_counter() - t0
         self.stats.add("explain", seconds)

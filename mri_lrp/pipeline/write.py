@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.layout import Layout
+from mri_lrp.pipeline.read import HELD
 from mri_lrp.regions import (
     REGION_COLUMNS,
     atlas_partition,
@@ -30,6 +31,7 @@ from mri_lrp.regions import (
 )
 from mri_lrp.render import render_channels, render_overlay
 from mri_lrp.report.preview import PREVIEW_NAME, write_preview
+from mri_lrp.scans import ScanRef, read_scan
 from mri_lrp.scans.read import content_notes
 from mri_lrp.scans.scan import Scan
 from mri_lrp.settings import Settings
@@ -43,9 +45,13 @@ MODEL_INPUT_NAME = "model_input.nii.gz"
 
 @dataclass
 class WriteJob:
-    """What a writer process needs of an explained scan (no model tensors: cheap to send)."""
+    """What a writer needs of an explained scan (no model tensors: cheap to send).
 
-    scan: Scan
+    ``scan`` is None when the worker that read the scan holds it (``write_held`` finds it there, or reads it
+    again from ``ref`` when that worker has since been replaced)."""
+
+    scan: Scan | None
+    ref: ScanRef
     space: ModelSpace
     relevance: np.ndarray              # float32 (T, *model sample shape), one map per target
     probs: np.ndarray
@@ -64,9 +70,15 @@ class WriteJob:
     def of(cls, res: Explained, with_input: bool = False) -> WriteJob:
         p = res.prepared
         seen = model_volume(p.model_input.tensor, p.model_input.space) if with_input else None
-        return cls(p.scan, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
+        return cls(p.scan, p.ref, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
                    res.output_relevance, res.absorbed, res.output_abs, res.seconds, p.model_input.notes,
                    list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen)
+
+
+def write_held(writer: ScanWriter, job: WriteJob) -> tuple[float, str]:
+    """In a worker: write a scan's outputs from the scan this worker read and kept."""
+    scan = HELD.pop(job.ref.scan_id, None) or read_scan(job.ref)
+    return writer.write(replace(job, scan=scan))
 
 
 @lru_cache(maxsize=2)
