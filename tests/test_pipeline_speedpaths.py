@@ -83,7 +83,15 @@ def test_worker_server_and_entry_point_import_without_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_console_entry_point_runs_the_command_line(tmp_path) -> None:
+def test_console_entry_point_keeps_the_commands_exit_status_and_output(tmp_path) -> None:
+    """The entry point ends the process itself (no module teardown): status and output must survive that."""
     out = subprocess.run([sys.executable, "-m", "mri_lrp", "--version"], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("mri-lrp ")
+    out = subprocess.run([sys.executable, "-m", "mri_lrp", "explain", str(tmp_path / "missing")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and "missing: no such file or folder" in out.stderr
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run([sys.executable, "-m", "mri_lrp", "explain", str(tmp_path / "empty"), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 4 and (tmp_path / "out" / "run.json").is_file(), out.stderr

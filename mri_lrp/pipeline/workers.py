@@ -19,8 +19,8 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 # What readers and writers import, loaded once in the fork server rather than once per worker.
-PRELOAD = ["mri_lrp.pipeline.read", "mri_lrp.pipeline.write", "matplotlib.cm", "PIL.ImageDraw", "PIL.ImageFont",
-           "isal.igzip"]
+PRELOAD = ["mri_lrp.pipeline.server", "mri_lrp.pipeline.read", "mri_lrp.pipeline.write", "matplotlib.cm",
+           "PIL.ImageDraw", "PIL.ImageFont", "isal.igzip"]
 
 
 def worker_context() -> BaseContext:
