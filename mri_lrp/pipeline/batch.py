@@ -111,9 +111,9 @@ class Job:
 
         if self._workers is not None:  # while the first scans are read
             threading.Thread(target=warm_up_autograd, name="warm-up", daemon=True).start()
-        # Read ahead by the batch too: while the first batch is explained (the slowest, caches are cold) the
-        # workers fill the next one instead of waiting.
-        ahead = 2 * self.plan.workers + self.batch_size
+        # Two scans per worker, and one CPU batch more: while the first batch is explained (the slowest, caches
+        # are cold) the workers fill the next one instead of waiting. Not a whole GPU batch: scans can be large.
+        ahead = 2 * self.plan.workers + CPU_AUTO_BATCH
         batch: list[Prepared] = []
         with closing(prepared_stream(todo, self.spec, self._workers, self.stop, ahead)) as stream:
             for ref, item in stream:
