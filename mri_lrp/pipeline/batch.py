@@ -145,11 +145,16 @@ class Job:
         more, to another worker, which reads the scan again."""
         with self._written:
             self._outstanding += 1
-        if self._workers is not None:  # a retry goes to another worker: the dead one's queue may hold its killer
-            worker = prepared.worker if retry else (prepared.worker + 1) % len(self._workers)  # type: ignore[operator]
-            fut = self._workers.submit(worker, write_held, self.writer, job)
-        else:
-            fut = self._inline.submit(self.writer.write, job)  # type: ignore[union-attr]
+        try:
+            if self._workers is not None:  # a retry goes elsewhere: the dead worker's queue may hold its killer
+                worker = prepared.worker if retry else (prepared.worker + 1) % len(self._workers)  # type: ignore
+                fut = self._workers.submit(worker, write_held, self.writer, job)
+            else:
+                fut = self._inline.submit(self.writer.write, job)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001 - a write that cannot even be queued costs its scan, not the run
+            self._fail(prepared.ref, "write", f"{type(e).__name__}: {e}")
+            self._written_one()
+            return
         fut.add_done_callback(partial(self._finish_write, prepared, job, retry))
 
     def _finish_write(self, prepared: Prepared, job: WriteJob, retry: bool, fut: cf.Future) -> None:
@@ -160,9 +165,12 @@ class Job:
                 with self._lock:
                     self._record_write(prepared, fut)
         finally:
-            with self._written:
-                self._outstanding -= 1
-                self._written.notify_all()
+            self._written_one()
+
+    def _written_one(self) -> None:
+        with self._written:
+            self._outstanding -= 1
+            self._written.notify_all()
 
     def _explain_failed(self, prepared: Prepared, error: str) -> None:
         """A scan that will not be written: recorded, and forgotten by the worker that holds it."""
