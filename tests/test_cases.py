@@ -77,6 +77,45 @@ def test_a_label_map_under_a_plain_name_fails_as_one_clear_row(tmp_path: Path) -
         read_scan(ref)
 
 
+def test_a_freesurfer_subject_gives_its_images_and_never_its_segmentations(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    rng = np.random.default_rng(5)
+    mri = tmp_path / "bert" / "mri"
+    mri.mkdir(parents=True)
+    t1 = np.clip(rng.normal(110, 40, (32, 32, 32)), 0, 255).astype(np.uint8)  # conformed 8-bit images
+    labels = np.array([2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28, 41, 42, 43, 44, 46, 47,
+                       49, 50, 51, 52, 53, 54, 58, 60, 77, 85, 251, 252, 253, 254, 255])
+    aseg = np.zeros((32, 32, 32), np.int32)
+    aseg[4:28, 4:28, 4:28] = rng.choice(labels, (24, 24, 24))
+    for name, data in [("T1", t1), ("brain", t1), ("aseg", aseg), ("aparc+aseg", aseg), ("wmparc", aseg),
+                       ("lh.ribbon", (aseg > 40).astype(np.uint8))]:
+        nib.save(nib.MGHImage(data, AFFINE), mri / f"{name}.mgz")
+    refs, skipped = cases(tmp_path, None)
+    assert sorted(Path(r.source).name for r in refs) == ["T1.mgz", "brain.mgz"]
+    assert {Path(s.path).name for s in skipped if "FreeSurfer segmentation" in s.reason} == \
+        {"aseg.mgz", "aparc+aseg.mgz", "wmparc.mgz", "lh.ribbon.mgz"}
+    assert all(read_scan(r).shape == (32, 32, 32) for r in refs)
+
+
+def test_a_parcellation_under_a_plain_name_fails_as_a_label_map_but_a_scaled_image_does_not(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    rng = np.random.default_rng(6)
+    parcels = np.zeros((32, 32, 32), np.int16)
+    parcels[4:28, 4:28, 4:28] = rng.choice(np.array([3, 8, 11, 17, 28, 41, 52, 60, 77, 251, 1021, 2035]),
+                                           (24, 24, 24))
+    nib.save(nib.Nifti1Image(parcels, AFFINE), tmp_path / "atlas_in_subject_space.nii.gz")
+    # An 8-bit image stored as 16 bits (times 257): few levels far apart, but evenly spaced: an image.
+    nib.save(nib.Nifti1Image((rng.integers(0, 200, (32, 32, 32)) * 257).astype(np.uint16), AFFINE),
+             tmp_path / "scaled.nii.gz")
+    refs, _ = cases(tmp_path, None)
+    by_id = {r.scan_id: r for r in refs}
+    with pytest.raises(ScanError, match=r"holds only 13 whole numbers from 0 to 2035, far apart: a label map"):
+        read_scan(by_id["atlas_in_subject_space"])
+    assert read_scan(by_id["scaled"]).shape == (32, 32, 32)
+
+
 def test_nnunet_labels_folder_is_skipped(tmp_path: Path) -> None:
     LAYOUTS["nnunet"](tmp_path)
     refs, skipped = cases(tmp_path, None)

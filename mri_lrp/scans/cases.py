@@ -60,6 +60,9 @@ _LAYOUTS = (  # (name, stem pattern with groups 'case' and 'tag'), tried in this
 _NNUNET = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")
 _LABEL_STEM = re.compile(r"(?:^|[_.-])(seg|segmentation|mask|brainmask|label|labels|dseg|probseg)$", re.IGNORECASE)
 _LABEL_FOLDERS = ("labelsTr", "labelsTs")  # nnU-Net's label folders
+# FreeSurfer's segmentations in a subject's mri/ folder (beside T1.mgz, brain.mgz, orig.mgz, which are scans).
+_FREESURFER_LABELS = re.compile(r"^(?:aparc[\w.-]*\+aseg|aseg(?:\.\w+)?|wmparc|(?:[lr]h\.)?ribbon|filled)$",
+                                re.IGNORECASE)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -122,6 +125,8 @@ def label_file_reason(rel: str) -> str | None:
     hit = _LABEL_STEM.search(stem)
     if hit:
         return f"named '{hit.group(0).lstrip('_.-')}': a segmentation or mask, not a scan"
+    if _FREESURFER_LABELS.match(stem):
+        return f"named '{stem}': a FreeSurfer segmentation, not a scan"
     folder = next((p for p in parts[:-1] if p in _LABEL_FOLDERS), None)
     if folder:
         return f"in nnU-Net's {folder}/ folder: a label image, not a scan"
@@ -131,16 +136,25 @@ def label_file_reason(rel: str) -> str | None:
 def label_map_reason(data: np.ndarray) -> str | None:
     """Why an image's voxels make it a label map (a few whole numbers from 0: a segmentation or mask), or None.
 
-    An MR image has hundreds of grey levels; BraTS labels are 0/1/2/4, a mask 0/1 or 0/255. A sample rules
-    out almost every scan at once; the whole volume is checked only for the few that pass it.
+    An MR image has hundreds of grey levels, next to each other; BraTS labels are 0/1/2/4, a mask 0/1 or 0/255,
+    an atlas or a FreeSurfer parcellation up to a few hundred label values far apart and unevenly spaced
+    (aseg: ~40 values up to 255, aparc+aseg: ~110 up to 2035). A sample rules out almost every scan at once;
+    the whole volume is checked only for the few that pass it.
     """
     flat = np.asarray(data).ravel()
     for values in (flat[:: max(1, flat.size // 65536)], flat):
         if not values.size or not np.array_equal(values, np.round(values)):
             return None
         levels = np.unique(values)
-        if not (2 <= levels.size <= 8 and levels[0] == 0 and (levels[-1] <= 20 or levels.size == 2)):
+        few = 2 <= levels.size <= 8 and levels[0] == 0 and (levels[-1] <= 20 or levels.size == 2)
+        # Far apart, and not evenly (an 8-bit image stored as 16 bits, times 257, has a common step).
+        sparse = 8 < levels.size <= 512 and levels[0] == 0 and levels[-1] >= 4 * levels.size \
+            and np.gcd.reduce(levels.astype(np.int64)) == 1
+        if not (few or sparse):
             return None
+    if levels.size > 8:
+        return (f"holds only {levels.size} whole numbers from 0 to {levels[-1]:g}, far apart: a label map "
+                "(atlas or parcellation), not a scan")
     shown = ", ".join(f"{v:g}" for v in levels)
     return f"holds only the whole numbers {shown}: a label map (segmentation or mask), not a scan"
 
