@@ -1,8 +1,8 @@
 """How many worker processes and torch threads a run gets, sized from the cores it may use.
 
 Each worker process reads scans and, once they are explained, writes those same scans' outputs, so a scan's
-voxels never cross a process boundary (on two cores, pickling them through pipes cost as much as a tenth of
-the run). Per 128³ scan on one CPU core, writing (mapping back, regions, overlay, files) costs about as much
+voxels never cross a process boundary (they used to be pickled through two pipes, reader to main to
+writer). Per 128³ scan on one CPU core, writing (mapping back, regions, overlay, files) costs about as much
 as LRP on the CPU and twice the reading, and on a GPU the LRP loop itself needs little more than one core to
 launch kernels. So the cores this process may run on (its affinity mask, which SLURM and containers set, not
 the machine's count) go to the workers, at least as many as the user asked for, and what is left to torch's
