@@ -95,6 +95,20 @@ def test_a_worker_killed_once_costs_no_scan(tmp_path: Path, when: str) -> None:
     for i in range(6):  # every scan whole: its marker lists files that exist
         marker = json.loads((out / "scans" / f"s{i}" / DONE_MARKER).read_text())
         assert all((out / "scans" / f"s{i}" / name).is_file() for name in marker["files"])
+    # ... and each written from its own voxels: the same maps as a run in one process with no deaths.
+    inline = tmp_path / "inline"
+    subprocess.run([sys.executable, "-m", "mri_lrp", "explain", str(tmp_path / "scans"), "--out", str(inline),
+                    "--workers", "0", "--batch-size", "2"], capture_output=True, text=True, timeout=300, check=True)
+    for i in range(6):
+        got, want = (nib.load(root / "scans" / f"s{i}" / "relevance.nii.gz") for root in (out, inline))
+        np.testing.assert_array_equal(got.affine, want.affine)
+        np.testing.assert_allclose(got.get_fdata(), want.get_fdata(), rtol=1e-5,
+                                   atol=1e-7 * np.abs(want.get_fdata()).max())
+        # The regions come from the scan's own voxels (its head mask): the held scan, or the one read again.
+        got_rows, want_rows = (list(csv.DictReader(open(root / "scans" / f"s{i}" / "regions.csv", newline="")))
+                               for root in (out, inline))
+        assert [(r["region_name"], r["voxels"]) for r in got_rows] == \
+            [(r["region_name"], r["voxels"]) for r in want_rows]
 
 
 @pytest.mark.parametrize(("when", "stage"), [("read", "read"), ("write", "write")])
