@@ -17,8 +17,7 @@ from mri_lrp.evaluate.perturb import BASELINES
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
-from mri_lrp.pipeline.layout import LAYOUTS
-from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, TARGET_KEYWORDS, Settings, input_spec_options
+from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, LAYOUTS, TARGET_KEYWORDS, Settings, input_spec_options
 
 EXIT_USAGE, EXIT_UNEXPECTED = 2, 1
 

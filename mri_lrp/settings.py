@@ -15,6 +15,7 @@ from mri_lrp.errors import SettingsError
 TARGET_KEYWORDS = ("predicted", "all")
 INIT_MODES = ("prob", "logit", "sglrp")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+LAYOUTS = ("flat", "bids")  # how explain lays out its output folder (pipeline/layout.py)
 
 # Settings that change what is computed; the resume fingerprint covers exactly these.
 RESULT_FIELDS = (
@@ -279,8 +280,6 @@ def validate(s: Settings) -> None:
         from mri_lrp.shard import Shard
 
         Shard.parse(s.shard)
-    from mri_lrp.pipeline.layout import LAYOUTS
-
     if s.layout not in LAYOUTS:
         raise SettingsError(f"--layout: must be one of {', '.join(LAYOUTS)}, got '{s.layout}'")
     if s.series is not None:

@@ -18,9 +18,8 @@ from mri_lrp.cli import CLUSTER, INPUTS, MODEL, OUTPUTS, REGIONS, RULES_PANEL, a
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
-from mri_lrp.pipeline.layout import LAYOUTS
 from mri_lrp.scans.ids import NIFTI_SUFFIXES
-from mri_lrp.settings import DEVICES, TARGET_KEYWORDS
+from mri_lrp.settings import DEVICES, LAYOUTS, TARGET_KEYWORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_scans"

@@ -7,17 +7,16 @@ import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 
 from mri_lrp.errors import ScanError
 from mri_lrp.lrp import Explainer
 from mri_lrp.lrp.explain import conservation_note, warm_up_autograd
 from mri_lrp.model.checkpoint import LoadedModel
+from mri_lrp.pipeline.explained import Explained
 from mri_lrp.pipeline.manifest import RunStats
 from mri_lrp.pipeline.read import Prepared, prepared_stream, release, worker_init
 from mri_lrp.pipeline.stages import plan_stages
@@ -28,21 +27,6 @@ from mri_lrp.scans import ScanRef
 from mri_lrp.settings import Settings
 
 CPU_AUTO_BATCH, CUDA_AUTO_BATCH = 2, 32
-
-
-@dataclass
-class Explained:
-    """One scan's model-space relevance (one map per target) and its numbers, ready to be written."""
-
-    prepared: Prepared
-    relevance: torch.Tensor            # (T, *model sample shape) or (T, S, ...) for slice models; on CPU
-    probs: np.ndarray                  # (K,) scan-level class probabilities
-    targets: list[int]
-    output_relevance: list[float]
-    absorbed: list[float]
-    output_abs: list[float]            # Σ |R_out| per target: the conservation error's scale
-    seconds: float
-
 
 
 class Job:

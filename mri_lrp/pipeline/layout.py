@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import DONE_MARKER, atomic_write_json, atomic_write_text
+from mri_lrp.settings import LAYOUTS
 
 if TYPE_CHECKING:
     from mri_lrp.settings import Settings
 
-LAYOUTS = ("flat", "bids")
 DESCRIPTION = "dataset_description.json"
 BIDSIGNORE = ".bidsignore"
 README = "README"

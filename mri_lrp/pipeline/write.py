@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from mri_lrp import __version__
 from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
+from mri_lrp.pipeline.explained import Explained
 from mri_lrp.pipeline.layout import Layout
 from mri_lrp.pipeline.read import HELD
 from mri_lrp.regions import (
@@ -35,10 +36,6 @@ from mri_lrp.scans import ScanRef, read_scan
 from mri_lrp.scans.read import content_notes
 from mri_lrp.scans.scan import Scan
 from mri_lrp.settings import Settings
-
-if TYPE_CHECKING:
-    from mri_lrp.pipeline.batch import Explained
-
 
 MODEL_INPUT_NAME = "model_input.nii.gz"
 
