@@ -84,7 +84,8 @@ def t_test(stack: np.ndarray, permutations: int = PERMUTATIONS) -> tuple[np.ndar
         rng = np.random.default_rng(SEED)
         signs = np.vstack([np.ones(n), rng.choice((1.0, -1.0), size=(permutations - 1, n))])
         exact = False
-    maxima = np.concatenate([np.abs(_t(chunk @ data, squares, n)).max(axis=1)
+    single = data.astype(np.float32)  # the permutations' maxima need no float64
+    maxima = np.concatenate([np.abs(_t(chunk.astype(np.float32) @ single, squares, n)).max(axis=1)
                              for chunk in np.array_split(signs, max(1, len(signs) // _CHUNK))])
     info.update(permutations=len(signs), exact=exact)
     if len(signs) * FWE_ALPHA < 1:

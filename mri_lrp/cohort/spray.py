@@ -7,8 +7,8 @@ symmetric k-nearest-neighbour graph (an edge where either scan is among the othe
 distance on the features), stored sparse: nothing of size N x N is ever built for more than ``DENSE_MAX``
 scans. The embedding is the ``N_EIGEN`` eigenvectors of the symmetric normalised Laplacian with the smallest
 eigenvalues (scipy's sparse shift-invert eigensolver); the number of clusters is the position of the first
-gap among the first ``MAX_CLUSTERS`` + 1 eigenvalues that is at least half the largest (or given), and k-means (scikit-learn) clusters the
-row-normalised first k eigenvectors (Ng, Jordan and Weiss). t-SNE (scikit-learn) lays the embedding out in 2D.
+gap among the first ``MAX_CLUSTERS`` + 1 eigenvalues that is at least half the largest (or given), and
+k-means (scikit-learn) clusters the row-normalised first k eigenvectors (Ng, Jordan and Weiss). t-SNE (scikit-learn) lays the embedding out in 2D.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ MAX_CLUSTERS = 10     # the eigengap looks for at most this many clusters
 GAP_SHARE = 0.5       # the chosen gap is the first at least this share of the largest
 MIN_SCANS = 6         # a class with fewer maps is one cluster: too few to split
 DENSE_MAX = 500       # up to this many scans, the Laplacian's spectrum is taken densely (exact and fast)
+TSNE_STEPS = 500      # t-SNE iterations (the layout is for display only)
 SEED = 0              # k-means and t-SNE are seeded: the same run gives the same clusters
 
 
@@ -130,7 +131,9 @@ def layout_2d(embedding: np.ndarray) -> np.ndarray:
     if n < 5 or coords.shape[1] < 2:
         return np.pad(coords, ((0, 0), (0, max(0, 2 - coords.shape[1]))))[:, :2]
     perplexity = float(min(30.0, (n - 1) / 3.0))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=SEED).fit_transform(coords)
+    method = "exact" if n <= DENSE_MAX else "barnes_hut"  # exact is the faster of the two for small sets
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", method=method, max_iter=TSNE_STEPS,
+                random_state=SEED).fit_transform(coords)
 
 
 def _by_size(labels: np.ndarray) -> np.ndarray:
