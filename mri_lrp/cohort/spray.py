@@ -8,7 +8,8 @@ distance on the features), stored sparse: nothing of size N x N is ever built fo
 scans. The embedding is the ``N_EIGEN`` eigenvectors of the symmetric normalised Laplacian with the smallest
 eigenvalues (scipy's sparse shift-invert eigensolver); the number of clusters is the position of the first
 gap among the first ``MAX_CLUSTERS`` + 1 eigenvalues that is at least half the largest (or given), and
-k-means (scikit-learn) clusters the row-normalised first k eigenvectors (Ng, Jordan and Weiss). t-SNE (scikit-learn) lays the embedding out in 2D.
+k-means (scikit-learn) clusters the row-normalised first k eigenvectors (Ng, Jordan and Weiss). t-SNE
+(scikit-learn) lays the embedding out in 2D.
 """
 
 from __future__ import annotations
