@@ -374,3 +374,26 @@ def test_the_same_pipeline_without_the_shortcut_flags_no_cluster(tmp_path: Path)
     clusters = rows(out / "cohort" / "clusters.csv")
     assert [c["cluster"] for c in clusters if c["flag"] == "true"] == []
     assert all(float(c["relevance_outside_head"]) < 0.05 for c in clusters)
+
+
+def test_cohort_reads_a_merged_run_as_the_run_itself(small_run: Path, tmp_path: Path) -> None:
+    from mri_lrp.merge import merge_outputs
+
+    merge_outputs([small_run], tmp_path / "merged")
+    result = run_cohort(tmp_path / "merged")
+    assert result.scans == 12 and result.skipped == []
+    merged = {(m["scan_id"], m["cluster"]) for m in rows(tmp_path / "merged" / "cohort" / "members.csv")}
+    run_cohort(small_run)
+    assert merged == {(m["scan_id"], m["cluster"]) for m in rows(small_run / "cohort" / "members.csv")}
+
+
+def test_scans_explained_without_a_model_grid_copy_are_left_out_and_listed(small_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "older"
+    shutil.copytree(small_run, copy)
+    gone = rows(copy / "summary.csv")[0]["scan_id"]
+    (copy / "scans" / gone / "relevance_model.nii.gz").unlink()
+    result = run_cohort(copy)
+    assert result.scans == 11 and [s["scan_id"] for s in result.skipped] == [gone]
+    assert "--no-resume" in result.skipped[0]["reason"]
