@@ -51,7 +51,7 @@ def timed(n: int, rng: np.random.Generator) -> dict[str, float]:
     labels = KMeans(n_clusters=k, n_init=10, random_state=spray.SEED).fit_predict(head) if k > 1 else np.zeros(n)
     out["kmeans_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    spray.layout_2d(vectors)
+    spray.layout_2d(vectors, values)
     out["tsne_s"] = time.perf_counter() - t
     t = time.perf_counter()
     groupmaps.t_test(x[:, :4096].astype(np.float32))

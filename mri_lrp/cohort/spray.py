@@ -9,7 +9,7 @@ scans. The embedding is the ``N_EIGEN`` eigenvectors of the symmetric normalised
 eigenvalues (scipy's sparse shift-invert eigensolver); the number of clusters is the position of the first
 gap among the first ``MAX_CLUSTERS`` + 1 eigenvalues that is at least half the largest (or given), and
 k-means (scikit-learn) clusters the row-normalised first k eigenvectors (Ng, Jordan and Weiss). t-SNE
-(scikit-learn) lays the embedding out in 2D.
+(scikit-learn) lays the embedding out in 2D, eigenvectors weighted as in a diffusion map.
 """
 
 from __future__ import annotations
@@ -120,15 +120,18 @@ def analyse(x: np.ndarray, clusters: int | None = None) -> Spectrum:
         rows = head / np.where(norms > 0, norms, 1.0)
         labels = KMeans(n_clusters=k, n_init=10, random_state=SEED).fit_predict(rows)
         labels = _by_size(labels)
-    return Spectrum(values, vectors, k, "given" if clusters else "eigengap", labels, layout_2d(vectors), neighbours)
+    return Spectrum(values, vectors, k, "given" if clusters else "eigengap", labels, layout_2d(vectors, values),
+                    neighbours)
 
 
-def layout_2d(embedding: np.ndarray) -> np.ndarray:
-    """t-SNE of the embedding (its trivial first eigenvector left out); the raw coordinates for tiny sets."""
+def layout_2d(embedding: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """t-SNE of the embedding, each eigenvector weighted by 1 - its eigenvalue (a diffusion map's weights:
+    the smooth eigenvectors that carry the groups count, the rough ones near 1 hardly); the trivial first
+    eigenvector left out; the weighted coordinates themselves for tiny sets."""
     from sklearn.manifold import TSNE
 
     n = embedding.shape[0]
-    coords = embedding[:, 1:] if embedding.shape[1] > 2 else embedding
+    coords = (embedding * np.clip(1.0 - values, 0.0, None))[:, 1:] if embedding.shape[1] > 2 else embedding
     if n < 5 or coords.shape[1] < 2:
         return np.pad(coords, ((0, 0), (0, max(0, 2 - coords.shape[1]))))[:, :2]
     perplexity = float(min(30.0, (n - 1) / 3.0))
