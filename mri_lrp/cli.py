@@ -252,9 +252,14 @@ def _cohort_after_explain(settings: Any) -> None:
         return
     try:
         typer.echo(run_cohort(settings.out).describe())
-        _refresh_report(Path(settings.out))
     except SettingsError as e:
         typer.echo(f"mri-lrp: warning: cohort not written: {e}", err=True)
+        return
+    except Exception as e:  # noqa: BLE001 - the run's results stand; the analysis is a view of them
+        typer.echo(f"mri-lrp: warning: cohort not written ({type(e).__name__}: {e}); try `mri-lrp cohort "
+                   f"{settings.out}`", err=True)
+        return
+    _refresh_report(Path(settings.out))
 
 
 def _refresh_report(out: Path) -> None:

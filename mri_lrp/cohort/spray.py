@@ -29,6 +29,7 @@ MAX_CLUSTERS = 10     # the eigengap looks for at most this many clusters
 GAP_SHARE = 0.5       # the chosen gap is the first at least this share of the largest
 MIN_SCANS = 6         # a class with fewer maps is one cluster: too few to split
 DENSE_MAX = 500       # up to this many scans, the Laplacian's spectrum is taken densely (exact and fast)
+LAYOUT_FLOOR = 0.05    # the least weight an eigenvector gets in the layout
 TSNE_STEPS = 500      # t-SNE iterations (the layout is for display only)
 SEED = 0              # k-means and t-SNE are seeded: the same run gives the same clusters
 
@@ -127,12 +128,13 @@ def analyse(x: np.ndarray, clusters: int | None = None) -> Spectrum:
 def layout_2d(embedding: np.ndarray, values: np.ndarray) -> np.ndarray:
     """t-SNE of the embedding, each eigenvector weighted by 1 - its eigenvalue (a diffusion map's weights:
     the smooth eigenvectors that carry the groups count, the rough ones near 1 hardly); the trivial first
-    eigenvector left out; the weighted coordinates themselves for tiny sets."""
+    eigenvector left out; no weight below ``LAYOUT_FLOOR``; the weighted coordinates themselves for tiny sets."""
     from sklearn.manifold import TSNE
 
     n = embedding.shape[0]
-    coords = (embedding * np.clip(1.0 - values, 0.0, None))[:, 1:] if embedding.shape[1] > 2 else embedding
-    if n < 5 or coords.shape[1] < 2:
+    weights = np.clip(1.0 - values, LAYOUT_FLOOR, None)
+    coords = (embedding * weights)[:, 1:] if embedding.shape[1] > 2 else embedding
+    if n < 5 or coords.shape[1] < 2 or not np.ptp(coords, axis=0).any():
         return np.pad(coords, ((0, 0), (0, max(0, 2 - coords.shape[1]))))[:, :2]
     perplexity = float(min(30.0, (n - 1) / 3.0))
     method = "exact" if n <= DENSE_MAX else "barnes_hut"  # exact is the faster of the two for small sets
