@@ -6,7 +6,7 @@ per axis and divided by its total, so every scan weighs the same whatever its co
 symmetric k-nearest-neighbour graph (an edge where either scan is among the other's ``KNN`` nearest, Euclidean
 distance on the features), stored sparse: nothing of size N x N is ever built for more than ``DENSE_MAX``
 scans. The embedding is the ``N_EIGEN`` eigenvectors of the symmetric normalised Laplacian with the smallest
-eigenvalues (scipy's sparse shift-invert eigensolver); the number of clusters is the position of the first
+eigenvalues (scipy's sparse Lanczos eigensolver); the number of clusters is the position of the first
 gap among the first ``MAX_CLUSTERS`` + 1 eigenvalues that is at least half the largest (or given), and
 k-means (scikit-learn) clusters the row-normalised first k eigenvectors (Ng, Jordan and Weiss). t-SNE
 (scikit-learn) lays the embedding out in 2D, eigenvectors weighted as in a diffusion map.
@@ -86,10 +86,12 @@ def spectrum(graph: sparse.csr_matrix, count: int) -> tuple[np.ndarray, np.ndarr
     if n <= DENSE_MAX or count >= n - 1:
         values, vectors = eigh(lap.toarray())
         return values[:count], vectors[:, :count]
-    # Shift-invert around 1 on -L: the eigenvalues of L nearest 0 come out first (as scikit-learn does).
-    values, vectors = eigsh(-lap, k=count, sigma=1.0, which="LM", v0=np.random.default_rng(SEED).uniform(-1, 1, n))
+    # The smallest eigenvalues of L are the largest of I - L (the normalised affinity): plain Lanczos finds
+    # them without factorising anything (several times faster than shift-invert at 10,000 scans).
+    values, vectors = eigsh(sparse.identity(n, format="csr") - lap, k=count, which="LA",
+                            v0=np.random.default_rng(SEED).uniform(-1, 1, n))
     order = np.argsort(-values)
-    return -values[order], vectors[:, order]
+    return 1.0 - values[order], vectors[:, order]
 
 
 def eigengap(values: np.ndarray, most: int = MAX_CLUSTERS) -> int:
