@@ -297,6 +297,8 @@ def test_explain_cohort_writes_the_named_files(small_run: Path) -> None:
         assert (folder / f"group_{name}_mean.nii.gz").is_file()
         assert json.loads((folder / f"group_{name}_t.json").read_text())["fwe_alpha"] == 0.05
     assert report["scans"] == 12 and report["skipped"] == []
+    page = (small_run / "report.html").read_text()
+    assert '<section id="cohort">' in page and page.count("<circle") == 12
 
 
 def test_cohort_joins_a_metadata_table_and_lists_rows_that_join_nothing(small_run: Path, tmp_path: Path) -> None:
@@ -397,3 +399,27 @@ def test_scans_explained_without_a_model_grid_copy_are_left_out_and_listed(small
     result = run_cohort(copy)
     assert result.scans == 11 and [s["scan_id"] for s in result.skipped] == [gone]
     assert "--no-resume" in result.skipped[0]["reason"]
+
+
+def test_the_report_section_stays_light_with_two_thousand_scans(tmp_path: Path) -> None:
+    import time
+
+    from mri_lrp.outputs import write_csv
+    from mri_lrp.report.cohort import cohort_section
+
+    folder = tmp_path / "cohort"
+    rng = np.random.default_rng(0)
+    members = [{"scan_id": f"s{n:04d}", "predicted_class": "glioma", "cluster": f"glioma-{n % 4}",
+                "x": rng.normal(), "y": rng.normal(), "site": f"site{n % 3}"} for n in range(2000)]
+    write_csv(folder / "members.csv", members, ["scan_id", "predicted_class", "cluster", "x", "y", "site"])
+    write_csv(folder / "clusters.csv", [{"cluster": f"glioma-{c}", "predicted_class": "glioma", "size": 500,
+                                         "flag": "true" if c == 3 else "false", "why": "focus: test" if c == 3
+                                         else ""} for c in range(4)], ["cluster"])
+    (folder / "cohort.json").write_text(json.dumps({"metadata_columns": ["site"]}))
+    pages = {m["scan_id"]: {"_page": f"report/scans/{m['scan_id']}.html", "_thumb": ""} for m in members}
+    start = time.perf_counter()
+    html = cohort_section(tmp_path, pages)
+    assert time.perf_counter() - start < 2.0
+    assert html.count("<circle") == 2000 and html.count('<a href="report/scans/s') == 2000
+    assert "candidates for a person to look at" in html and "glioma-3 (flagged)" in html
+    assert '<option value="site">site</option>' in html
