@@ -12,14 +12,21 @@ import typer
 from typer.core import TyperCommand
 
 from mri_lrp import __version__
-from mri_lrp.errors import CheckpointError, MriLrpError, SettingsError, UnsupportedLayerError
+from mri_lrp.errors import (
+    CheckpointError,
+    DiskFullError,
+    MriLrpError,
+    SettingsError,
+    UnsupportedLayerError,
+    is_disk_full,
+)
 from mri_lrp.evaluate.perturb import BASELINES
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
 from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, LAYOUTS, TARGET_KEYWORDS, Settings, input_spec_options
 
-EXIT_USAGE, EXIT_UNEXPECTED = 2, 1
+EXIT_USAGE, EXIT_UNEXPECTED, EXIT_SOME_FAILED = 2, 1, 3
 
 #: The panels `explain --help` groups its options into (every option names one with rich_help_panel=).
 MODEL, RULES_PANEL, INPUTS, OUTPUTS, REGIONS, CLUSTER = "Model", "Rules", "Inputs", "Outputs", "Regions", "Cluster"
@@ -231,6 +238,8 @@ def explain(
         code = _dry_run(settings) if dry_run else run_explain(settings, Reporter(quiet=settings.quiet))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e), hint=_checkpoint_hint(e))
+    except DiskFullError as e:  # some scans written: as a run with failures; none: the output is unusable
+        _fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
     raise typer.Exit(code)
 
 
@@ -461,6 +470,8 @@ def evaluate(
         code = run_evaluate(settings, options, Reporter(quiet=settings.quiet))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e), hint=_checkpoint_hint(e))
+    except DiskFullError as e:  # some scans written: as a run with failures; none: the output is unusable
+        _fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
     raise typer.Exit(code)
 
 
@@ -530,6 +541,10 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if os.environ.get("MRI_LRP_DEBUG"):
             raise
+        if is_disk_full(e):  # a command without a message of its own for it (merge, report, evaluate)
+            where = os.path.dirname(e.filename) if isinstance(getattr(e, "filename", None), str) else "output"
+            typer.echo(f"mri-lrp: error: {where or '.'}: no space left on device", err=True)
+            sys.exit(EXIT_USAGE)
         typer.echo(f"mri-lrp: unexpected error: {type(e).__name__}: {e} (set MRI_LRP_DEBUG=1 for details)",
                    err=True)
         sys.exit(EXIT_UNEXPECTED)

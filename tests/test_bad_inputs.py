@@ -184,3 +184,93 @@ def test_mixed_spacing_lists_the_steps_found(tmp_path: Path) -> None:
     with pytest.raises(ScanError) as err:
         read_scan(one_ref(tmp_path / "s"))
     assert err.value.reason == "irregular slice spacing: steps of 1.500 to 3.000 mm (4 of 1.50 mm, 4 of 3.00 mm)"
+
+
+def _bad_checkpoint(kind: str, folder: Path) -> Path:
+    """A checkpoint as users get them wrong: cut short, notes, nothing, a whole pickled model, bare weights."""
+    import torch
+
+    from mri_lrp.model.checkpoint import DEMO_CHECKPOINT
+    from mri_lrp.model.zoo import build_model
+
+    path = folder / f"{kind}.pt"
+    model = build_model("cnn3d", in_channels=1, num_classes=4, width=4)
+    if kind == "truncated":
+        raw = DEMO_CHECKPOINT.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    elif kind == "text":
+        path.write_text("the weights are on the shared drive\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "pickled":
+        torch.save(model, path)
+    else:
+        torch.save(model.state_dict(), path)
+    return path
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[str]]:
+    """The console entry point in this process: its exit code and the lines it wrote to stderr."""
+    from mri_lrp.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mri-lrp", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    return stopped.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("truncated", "not a readable PyTorch checkpoint: a zip archive without its end (truncated"),
+    ("text", "not a readable PyTorch checkpoint: a text file (it starts with 'the weights are on"),
+    ("empty", "empty file"),
+    ("pickled", "holds a pickled Python object (mri_lrp.model.zoo."),
+    ("bare", "holds a plain state_dict with no architecture; name it with --model"),
+])
+def test_a_bad_checkpoint_exits_2_with_one_line_and_creates_no_out_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, kind: str,
+        says: str) -> None:
+    checkpoint = _bad_checkpoint(kind, tmp_path)
+    out = tmp_path / "out"
+    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "sub-02_T1w.nii.gz"),
+                      "--checkpoint", str(checkpoint), "--out", str(out), "--quiet", "--workers", "0")
+    assert code == 2
+    assert err == [f"mri-lrp: error: {checkpoint}: {err[0].split(': ', 3)[-1]}"] and says in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--target", "nonsense"], "--target: 'nonsense' is not a class of this model (glioma, meningioma"),
+    (["--target", "7"], "--target: class index 7 is out of range (the model has 4 classes)"),
+    (["--rule", "alphabeta", "--alpha=-1", "--beta", "1"], "--alpha: must be a number >= 0"),
+    (["--config", "CONFIG"], "override 'classifier': unknown LRP rule 'nonsense'"),
+    (["--atlas", "ATLAS", "--atlas-labels", "LABELS"], "atlas.nii.gz"),
+    (["--layout", "bids"], "no sub-<label>"),
+])
+def test_a_usage_error_exits_2_with_one_line_and_creates_no_out_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str],
+        says: str) -> None:
+    atlas, labels, config = tmp_path / "atlas.nii.gz", tmp_path / "labels.csv", tmp_path / "rules.toml"
+    atlas.write_text("not an image\n")
+    labels.write_text("index,name\n1,left\n")
+    config.write_text('[overrides]\n"classifier" = "nonsense"\n')
+    args = [{"ATLAS": str(atlas), "LABELS": str(labels), "CONFIG": str(config)}.get(a, a) for a in args]
+    scans = tmp_path / "scans"  # no sub-<label> in the path
+    write_volume(scans / "head.nii.gz", (12, 12, 12), seed=1)
+    out = tmp_path / "out"
+    code, err = _main(monkeypatch, capsys, "explain", str(scans), "--out", str(out), "--quiet", "--workers", "0",
+                      *args)
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("mri-lrp: error: ") and says in err[0], err
+    assert not out.exists()
+
+
+def test_a_usage_error_leaves_an_existing_out_folder_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    (out / "scans").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine\n")
+    write_volume(tmp_path / "scans" / "head.nii.gz", (12, 12, 12), seed=1)  # no sub-<label>: no BIDS name
+    code, _ = _main(monkeypatch, capsys, "explain", str(tmp_path / "scans"), "--layout", "bids", "--out", str(out),
+                    "--quiet", "--workers", "0")
+    assert code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "scans"]

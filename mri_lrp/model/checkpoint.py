@@ -210,6 +210,9 @@ def _read(path: Path, trust: bool) -> Any:
     if text is not None:
         raise _err(path, f"not a readable PyTorch checkpoint: a text file (it starts with {text!r}); give the "
                          "file that torch.save wrote")
+    if _truncated_zip(path):
+        raise _err(path, "not a readable PyTorch checkpoint: a zip archive without its end (truncated, or still "
+                         "being copied); copy the file again")
     if _is_torchscript(path):
         raise _err(path, "is a TorchScript archive; LRP needs the Python module structure, so "
                          "save model.state_dict() (or use save_checkpoint) from the original "
@@ -282,6 +285,12 @@ def _raw_pickle_global(path: Path) -> str | None:
         return None
     foreign = [n for n in names if not n.startswith(("torch.", "collections."))]
     return (foreign or names or [None])[0]
+
+
+def _truncated_zip(path: Path) -> bool:
+    """A file that starts as the zip archive torch.save writes but lacks the archive's closing directory."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -93,9 +93,18 @@ def _write_page(path: Path, text: str) -> None:
             return
     except OSError:
         pass
+    _write_via_tmp(path, data)
+
+
+def _write_via_tmp(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` by a rename; a write that fails (a full disk) leaves no temporary file."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_assets(target: Path) -> None:
@@ -107,9 +116,7 @@ def copy_assets(target: Path) -> None:
         dest = target / name
         if dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data:
             continue
-        tmp = target / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        _write_via_tmp(dest, data)
 
 
 def write_report(out: Path) -> Path:
