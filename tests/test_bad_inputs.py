@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import os
 import struct
@@ -274,3 +275,70 @@ def test_a_usage_error_leaves_an_existing_out_folder_as_it_was(
                     "--quiet", "--workers", "0")
     assert code == 2
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "scans"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A folder on a tmpfs of its own, mounted for the test: ``small_disk(kib)`` sizes it (as root; skipped
+    where mounting is not allowed)."""
+    mounts: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                             capture_output=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=True)  # lazily: a file left open cannot block it
+
+
+def _fill(disk: Path) -> None:
+    """Take every free byte of ``disk``."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
+def test_a_disk_that_fills_up_mid_run_stops_with_one_line_exit_3_and_no_temporary_file(
+        small_disk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    disk = small_disk(4096)  # a sample scan's outputs take about 2.5 MiB: the first fits, the next does not
+    out = disk / "out"
+    scans = [str(ROOT / "sample_scans" / f"sub-0{n}_T1w.nii.gz") for n in (2, 4, 5)]
+    code, err = _main(monkeypatch, capsys, "explain", *scans, "--out", str(out), "--workers", "0", "--quiet")
+    assert code == 3, err
+    assert err[-1].startswith(f"mri-lrp: error: {out}: no space left on device (1 scan(s) written"), err
+    assert not any("Traceback" in line or "unexpected" in line for line in err)
+    assert [p.name for p in out.rglob("result.json")] == ["result.json"]
+    assert not [p for p in disk.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_disk_full_at_the_start_is_one_line_exit_2_and_leaves_no_out_folder(
+        small_disk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    disk = small_disk(256)
+    _fill(disk)
+    out = disk / "out"
+    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "sub-02_T1w.nii.gz"),
+                      "--out", str(out), "--workers", "0", "--quiet")
+    assert code == 2
+    assert err == [f"mri-lrp: error: {out}: no space left on device (nothing was written; free some space and "
+                   "run again)"]
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_report_assets_that_do_not_fit_leave_no_temporary_file(small_disk) -> None:  # type: ignore[no-untyped-def]
+    from mri_lrp.report.build import copy_assets
+
+    disk = small_disk(512)  # the viewer script alone is over 2 MiB
+    with pytest.raises(OSError) as failed:
+        copy_assets(disk / "assets")
+    assert failed.value.errno == errno.ENOSPC
+    assert not [p for p in disk.rglob("*") if ".tmp" in p.name]
