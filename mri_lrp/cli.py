@@ -82,6 +82,11 @@ def _fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> None
     raise typer.Exit(code)
 
 
+def _error_text(error: Exception, out: str) -> str:
+    """An error's line; a full disk names the output folder (a failed write's OSError names no file)."""
+    return f"{out}: no space left on device" if is_disk_full(error) else str(error)
+
+
 def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -381,7 +386,7 @@ def merge(
     try:
         report = merge_outputs([Path(d) for d in out_dirs], Path(out), allow_mixed=allow_mixed)
     except (SettingsError, OSError) as e:
-        _fail(str(e))
+        _fail(_error_text(e, out))
     typer.echo(report.describe())
     raise typer.Exit(0 if report.ok else 3)
 
@@ -398,7 +403,7 @@ def report(
     try:
         page = write_report(Path(out))
     except (SettingsError, OSError) as e:
-        _fail(str(e))
+        _fail(_error_text(e, out))
     typer.echo(f"wrote {page}")
 
 
@@ -470,8 +475,6 @@ def evaluate(
         code = run_evaluate(settings, options, Reporter(quiet=settings.quiet))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e), hint=_checkpoint_hint(e))
-    except DiskFullError as e:  # some scans written: as a run with failures; none: the output is unusable
-        _fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
     raise typer.Exit(code)
 
 

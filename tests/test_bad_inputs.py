@@ -342,3 +342,17 @@ def test_report_assets_that_do_not_fit_leave_no_temporary_file(small_disk) -> No
         copy_assets(disk / "assets")
     assert failed.value.errno == errno.ENOSPC
     assert not [p for p in disk.rglob("*") if ".tmp" in p.name]
+
+
+def test_report_on_a_full_disk_is_one_line_naming_the_folder_and_leaves_no_temporary_file(
+        small_disk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    from report_fixtures import make_run
+
+    disk = small_disk(1024)  # the tables fit; the report's 2 MiB viewer script does not
+    out = disk / "out"
+    make_run(out, scans=2)
+    code, err = _main(monkeypatch, capsys, "report", str(out))
+    assert code == 2
+    (line,) = err
+    assert line == f"mri-lrp: error: {out}: no space left on device"
+    assert not [p for p in disk.rglob("*") if ".tmp" in p.name]

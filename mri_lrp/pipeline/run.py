@@ -211,12 +211,9 @@ def write_report_or_warn(out: Path, reporter: Reporter) -> None:
 
     try:
         write_report(out)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - the tables are written; the page is a view of them
         if is_disk_full(e):  # not the report's fault: the run says so, as for any other file
             raise
-        reporter.note(f"warning: report.html not written ({type(e).__name__}: {e}); "
-                      f"try `mri-lrp report {out}`", always=True)
-    except Exception as e:  # noqa: BLE001 - the tables are written; the page is a view of them
         reporter.note(f"warning: report.html not written ({type(e).__name__}: {e}); "
                       f"try `mri-lrp report {out}`", always=True)
 
