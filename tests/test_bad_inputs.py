@@ -149,6 +149,7 @@ def test_a_text_file_as_checkpoint_is_one_line_and_exit_2(tmp_path: Path) -> Non
     lines = res.stderr.decode().strip().splitlines()
     assert lines == [f"mri-lrp: error: {notes}: not a readable PyTorch checkpoint: a text file (it starts with "
                      "'a'); give the file that torch.save wrote"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_night_of_bad_inputs_gives_one_row_each_and_reruns_cleanly(tmp_path: Path) -> None:
