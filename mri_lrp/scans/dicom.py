@@ -217,7 +217,7 @@ def mosaic_evidence(ds: Dataset, image_type: tuple[str, ...]) -> str:
         count = 0
     if count > 1:
         return f"(0019,100A) NumberOfImagesInMosaic {count}"
-    if (0x0029, 0x1010) not in ds:
+    if not any(tag.group == 0x0029 for tag in ds.keys()):  # no Siemens CSA headers at all
         return ""
     with warnings.catch_warnings():  # nibabel.nicom warns on import that its DICOM readers are experimental
         warnings.simplefilter("ignore")
