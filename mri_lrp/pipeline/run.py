@@ -102,6 +102,8 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
         explainer = Explainer(model, **rule_params(settings))
     for w in caught:
         reporter.note(f"warning: {w.message}", always=True)
+    if explainer.output_choice:
+        reporter.note(f"model output explained: {explainer.output_choice}", always=True)
     if settings.atlas:
         cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
     fingerprint = settings.fingerprint(loaded.sha256)
@@ -183,6 +185,7 @@ def load_model(settings: Settings) -> LoadedModel:
         settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
         class_names=list(settings.class_names) if settings.class_names else None,
         input_spec=settings.input_spec or None, trust_checkpoint=settings.trust_checkpoint,
+        model_output=settings.model_output,
     )
 
 
@@ -231,6 +234,7 @@ def rule_params(settings: Settings) -> dict[str, Any]:
     return {
         "rule": settings.rule, "alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon,
         "gamma": settings.gamma, "composite": settings.composite, "overrides": settings.overrides or None,
+        "model_output": settings.model_output,
     }
 
 
