@@ -16,7 +16,7 @@ from mri_lrp.lrp.composites import assign, constant_rule
 from mri_lrp.lrp.graph import LrpGraph, RunContext, build
 from mri_lrp.lrp.ops import Tracker
 from mri_lrp.lrp.rules import AlphaBeta
-from mri_lrp.model.logits import HOW
+from mri_lrp.model.logits import HOW, element
 
 INITS = ("prob", "logit", "sglrp")
 #: Share of the output relevance an explanation may lose or create before it carries a warning. Rules that
@@ -139,7 +139,7 @@ class Explainer:
             logits = self._forward(xr, tracker)
             if class_names is not None and self._picked_unasked and self.output_choice \
                     and logits.shape[1] != len(class_names):
-                raise UnsupportedLayerError("output", "output", f"{self.output_choice.split(' (')[0]} has "
+                raise UnsupportedLayerError("output", "output", f"{element(self.output_choice)} has "
                                             f"{logits.shape[1]} entries, not one per class ({len(class_names)} "
                                             f"class names); set {HOW} to the logits")
             targets = resolve_target(target, logits.detach(), class_names)
@@ -172,7 +172,7 @@ class Explainer:
         logits = self.graph.run(x, RunContext(self.rules, tracker))
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            chosen = f"the explained output, {self.output_choice}, " if self.output_choice else ""
+            chosen = f"the explained output, {element(self.output_choice)}, " if self.output_choice else ""
             raise UnsupportedLayerError("output", "output", f"{chosen}expected class scores of shape "
                                         f"(batch, classes), got {shape}" +
                                         (f"; set {HOW} to the logits" if chosen else ""))

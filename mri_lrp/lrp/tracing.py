@@ -29,7 +29,7 @@ from torch import nn
 from mri_lrp.errors import UnsupportedLayerError
 from mri_lrp.lrp.kinds import Build, Step, is_leaf, register
 from mri_lrp.lrp.ops import PositiveLinear
-from mri_lrp.model.logits import choose
+from mri_lrp.model.logits import HOW, choose, element
 
 try:  # einops is optional: only models that use it need it
     import einops
@@ -201,8 +201,9 @@ def select_output(graph: fx.Graph, model_output: str | int | None = None) -> str
     output = next(n for n in graph.nodes if n.op == "output")
     chosen, how = choose(output.args[0], model_output)
     if how and not isinstance(chosen, fx.Node):
-        raise UnsupportedLayerError("output", "output", f"the chosen output, {how.split(' (')[0]}, is a "
-                                    f"{type(chosen).__name__}, not a tensor of class scores; choose another")
+        kind = next((k.__name__ for k in (tuple, list, dict) if isinstance(chosen, k)), type(chosen).__name__)
+        raise UnsupportedLayerError("output", "output", f"the chosen output, {element(how)}, is a {kind}, "
+                                    f"not a tensor of class scores; set {HOW} to the logits")
     output.args = (chosen,)
     return how
 

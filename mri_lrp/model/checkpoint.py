@@ -48,7 +48,7 @@ from torch import nn
 
 from mri_lrp import __version__
 from mri_lrp.errors import CheckpointError, SettingsError, UnsupportedLayerError
-from mri_lrp.model.logits import HOW, choose
+from mri_lrp.model.logits import HOW, choose, element
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.zoo import build_model
 from mri_lrp.outputs import atomic_path
@@ -517,7 +517,7 @@ def count_outputs(net: nn.Module, spec: InputSpec, model_output: str | int | Non
             return int(scores.shape[1])
         if how:
             found = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise _err(path, f"the explained output, {how.split(' (')[0]}, is {found}, not class scores of "
+            raise _err(path, f"the explained output, {element(how)}, is {found}, not class scores of "
                              f"shape (batch, classes); set {HOW} to the logits")
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None

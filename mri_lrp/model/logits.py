@@ -26,6 +26,12 @@ def check_selector(value: Any) -> str | None:
     return str(value).strip()
 
 
+def element(how: str) -> str:
+    """The element named in a `choose` description, without how it was chosen ("element 0 of a tuple of 2
+    values")."""
+    return how.split(" (")[0]
+
+
 def choose(out: Any, selector: str | int | None) -> tuple[Any, str]:
     """(the element holding the logits, how it was chosen: "" for a single output).
 
