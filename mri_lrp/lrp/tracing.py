@@ -29,7 +29,7 @@ from torch import nn
 from mri_lrp.errors import UnsupportedLayerError
 from mri_lrp.lrp.kinds import Build, Step, is_leaf, register
 from mri_lrp.lrp.ops import PositiveLinear
-from mri_lrp.model.logits import HOW, choose, element
+from mri_lrp.model.logits import HOW, choose, element, kind_of
 
 try:  # einops is optional: only models that use it need it
     import einops
@@ -201,8 +201,7 @@ def select_output(graph: fx.Graph, model_output: str | int | None = None) -> str
     output = next(n for n in graph.nodes if n.op == "output")
     chosen, how = choose(output.args[0], model_output)
     if how and not isinstance(chosen, fx.Node):
-        kind = next((k.__name__ for k in (tuple, list, dict) if isinstance(chosen, k)), type(chosen).__name__)
-        raise UnsupportedLayerError("output", "output", f"the chosen output, {element(how)}, is a {kind}, "
+        raise UnsupportedLayerError("output", "output", f"the chosen output, {element(how)}, is a {kind_of(chosen)}, "
                                     f"not a tensor of class scores; set {HOW} to the logits")
     output.args = (chosen,)
     return how

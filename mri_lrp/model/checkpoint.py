@@ -48,7 +48,7 @@ from torch import nn
 
 from mri_lrp import __version__
 from mri_lrp.errors import CheckpointError, SettingsError, UnsupportedLayerError
-from mri_lrp.model.logits import HOW, choose, element
+from mri_lrp.model.logits import HOW, choose, element, kind_of
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.zoo import build_model
 from mri_lrp.outputs import atomic_path
@@ -516,7 +516,7 @@ def count_outputs(net: nn.Module, spec: InputSpec, model_output: str | int | Non
         if isinstance(scores, torch.Tensor) and scores.ndim == 2:
             return int(scores.shape[1])
         if how:
-            found = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            found = f"of shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else f"a {kind_of(scores)}"
             raise _err(path, f"the explained output, {element(how)}, is {found}, not class scores of "
                              f"shape (batch, classes); set {HOW} to the logits")
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]

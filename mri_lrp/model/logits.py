@@ -26,6 +26,11 @@ def check_selector(value: Any) -> str | None:
     return str(value).strip()
 
 
+def kind_of(value: Any) -> str:
+    """'tuple', 'list' or 'dict' (traced containers are subclasses of these), else the type's name."""
+    return next((k.__name__ for k in (tuple, list, dict) if isinstance(value, k)), type(value).__name__)
+
+
 def element(how: str) -> str:
     """The element named in a `choose` description, without how it was chosen ("element 0 of a tuple of 2
     values")."""
@@ -41,7 +46,7 @@ def choose(out: Any, selector: str | int | None) -> tuple[Any, str]:
     """
     selector = check_selector(selector)
     if isinstance(out, (tuple, list)):
-        kind = "tuple" if isinstance(out, tuple) else "list"  # traced lists are a subclass of list
+        kind = kind_of(out)
         what = f"a {kind} of {len(out)} values"
         if selector is None:
             if not out:
