@@ -96,6 +96,15 @@ class ConstantAdd(torch.autograd.Function):
         return r_in, None, None, None, None, None
 
 
+def add_constant(x: torch.Tensor, constant: torch.Tensor | float, rule: Rule | None, tracker: Tracker | None,
+                 where: str) -> torch.Tensor:
+    """x + constant, the constant a bias to `rule` (ConstantAdd) where the rule includes biases; elsewhere (and
+    without a tracker: no relevance wanted) a plain add, whose gradient passes relevance unchanged."""
+    if rule is None or tracker is None or not rule.includes_bias():
+        return x + constant
+    return ConstantAdd.apply(x, lambda t: t + constant, 1.0, rule, tracker, where)
+
+
 class ElementwiseEpsilon(torch.autograd.Function):
     """LRP-ε on an element-wise affine map y = s·x + t: R_x = s·x / (y + ε sign y) · R (the shift absorbs)."""
 
