@@ -122,6 +122,9 @@ TrustOpt = Annotated[bool | None, typer.Option(
     "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
     rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str | None, typer.Option(help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)]
+ModelOutputOpt = Annotated[str | None, typer.Option(
+    help="Which output holds the logits when forward returns a tuple or list (INDEX) or a dict (KEY); "
+    "default: the first of a tuple or list.", rich_help_panel=MODEL)]
 AlphaOpt = Annotated[float | None, typer.Option(
     help="αβ rule: weight of positive contributions.", rich_help_panel=RULES_PANEL)]
 BetaOpt = Annotated[float | None, typer.Option(
@@ -140,6 +143,7 @@ def explain(
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_checkpoint: TrustOpt = None,
+    model_output: ModelOutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Scans per device batch: auto | N.", rich_help_panel=MODEL)] = None,
@@ -320,6 +324,8 @@ def info(
     model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
     model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
     trust_checkpoint: Annotated[bool | None, typer.Option("--trust-checkpoint")] = None,
+    model_output: Annotated[str | None, typer.Option(
+        help="Which output holds the logits: INDEX of a tuple or list, KEY of a dict.")] = None,
     rule: Annotated[str | None, typer.Option(help=f"Rule to show per layer: {one_of(RULES)}.")] = None,
     alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
     beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
@@ -337,15 +343,15 @@ def info(
     try:
         given = {"checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint, "rule": rule,
                  "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "composite": composite,
-                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma}
+                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma, "model_output": model_output}
         values = load_config(config) if config else {}
         values.update({k: v for k, v in given.items() if v is not None})
         loaded = load_checkpoint(
             values.get("checkpoint"), model=values.get("model"), model_kwargs=values.get("model_kwargs"),
             class_names=values.get("class_names"),
             input_spec=values.get("input_spec") or None,
-            trust_checkpoint=bool(values.get("trust_checkpoint", False)))
-        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma") if k in values}
+            trust_checkpoint=bool(values.get("trust_checkpoint", False)), model_output=values.get("model_output"))
+        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma", "model_output") if k in values}
         with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's warning dump
             warnings.simplefilter("always")
             desc = describe_model(loaded, rule=values.get("rule", "alphabeta"),
@@ -422,6 +428,7 @@ def evaluate(
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_checkpoint: TrustOpt = None,
+    model_output: ModelOutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Perturbed inputs per device batch: auto | N.", rich_help_panel=MODEL)] = None,
@@ -466,7 +473,8 @@ def evaluate(
         cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
                "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "device": device,
                "batch_size": batch_size, "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma,
-               "target": target, "init": init, "masks": masks, "out": out, "quiet": quiet, "workers": 0}
+               "model_output": model_output, "target": target, "init": init, "masks": masks, "out": out,
+               "quiet": quiet, "workers": 0}
         settings = build_settings(cli, config)
         options = EvaluateOptions(
             rules=tuple(r.strip() for r in rules.split(",") if r.strip()), cube=cube, steps=steps,

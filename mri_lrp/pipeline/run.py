@@ -98,6 +98,8 @@ def prepare(settings: Settings, reporter: Reporter) -> Setup:
         explainer = Explainer(model, **rule_params(settings))
     for w in caught:
         reporter.note(f"warning: {w.message}", always=True)
+    if explainer.output_choice:
+        reporter.note(f"model output explained: {explainer.output_choice}", always=True)
     if settings.atlas:
         cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
     return Setup(loaded, target, device, explainer)
@@ -224,6 +226,7 @@ def load_model(settings: Settings) -> LoadedModel:
         settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
         class_names=list(settings.class_names) if settings.class_names else None,
         input_spec=settings.input_spec or None, trust_checkpoint=settings.trust_checkpoint,
+        model_output=settings.model_output,
     )
 
 
@@ -272,6 +275,7 @@ def rule_params(settings: Settings) -> dict[str, Any]:
     return {
         "rule": settings.rule, "alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon,
         "gamma": settings.gamma, "composite": settings.composite, "overrides": settings.overrides or None,
+        "model_output": settings.model_output,
     }
 
 
