@@ -423,3 +423,11 @@ def test_the_report_section_stays_light_with_two_thousand_scans(tmp_path: Path) 
     assert html.count("<circle") == 2000 and html.count('<a href="report/scans/s') == 2000
     assert "candidates for a person to look at" in html and "glioma-3 (flagged)" in html
     assert '<option value="site">site</option>' in html
+
+
+def test_block_mean_averages_partial_blocks_over_the_voxels_they_have() -> None:
+    volume = np.arange(5 * 4 * 2, dtype=np.float32).reshape(5, 4, 2)
+    pooled = groupmaps.block_mean(volume, 2)
+    assert pooled.shape == (3, 2, 1)
+    assert np.isclose(pooled[2, 0, 0], volume[4, 0:2, 0:2].mean())
+    assert np.isclose(pooled[0, 0, 0], volume[0:2, 0:2, 0:2].mean())

@@ -37,6 +37,9 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
     """Mean over blocks of ``factor`` voxels per axis; a partial block at the end is averaged over what it has."""
     if factor == 1:
         return np.asarray(volume, dtype=np.float32)
+    if not any(n % factor for n in volume.shape):  # whole blocks: a plain mean
+        blocks = [d for n in volume.shape for d in (n // factor, factor)]
+        return volume.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
     padded_shape = [-(-n // factor) * factor for n in volume.shape]
     total = np.zeros(padded_shape)
     count = np.zeros(padded_shape)
