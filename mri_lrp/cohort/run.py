@@ -26,6 +26,7 @@ from mri_lrp.cohort.scanfacts import METADATA_NAME, MODEL_GRID_NAME, load_model_
 from mri_lrp.cohort.tables import join_metadata
 from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import atomic_write_json, read_csv, save_nifti, write_csv
+from mri_lrp.scans.ids import safe_part
 
 COHORT_DIR = "cohort"
 MEMBER_COLUMNS = ["scan_id", "predicted_class", "cluster", "x", "y", *flags.PROBES]
@@ -152,29 +153,31 @@ def run_cohort(out: str | Path, clusters: int | None = None, metadata: str | Pat
 
     # Pass 2: full-resolution means per cluster and per class.
     t2 = time.perf_counter()
-    sums: dict[str, np.ndarray] = {}
-    first_affine: dict[str, np.ndarray] = {}
+    sums: dict[tuple[str, str], np.ndarray] = {}
+    first_affine: dict[tuple[str, str], np.ndarray] = {}
     for row in kept:
         volume = groupmaps.normalised(load_model_grid(paths[row["scan_id"]])[0])
-        for key in (assignment[row["scan_id"]], row["predicted_class"]):
+        for key in (("cluster", assignment[row["scan_id"]]), ("class", row["predicted_class"])):
             sums[key] = sums[key] + volume if key in sums else volume.astype(np.float64)
             first_affine.setdefault(key, affines[row["scan_id"]])
     for row in cluster_rows:
         name = row["cluster"]
-        mean = (sums[name] / row["size"]).astype(np.float32)
-        save_nifti(folder / f"cluster_{name}_mean.nii.gz", mean, first_affine[name])
-        plot_mean(folder / f"cluster_{name}_mean.png", mean, f"cluster {name}: mean of {row['size']} maps")
+        mean = (sums["cluster", name] / row["size"]).astype(np.float32)
+        save_nifti(folder / f"cluster_{safe_part(name)}_mean.nii.gz", mean, first_affine["cluster", name])
+        plot_mean(folder / f"cluster_{safe_part(name)}_mean.png", mean,
+                  f"cluster {name}: mean of {row['size']} maps")
     for class_name, class_rows in by_class.items():
         ids = [r["scan_id"] for r in class_rows]
-        save_nifti(folder / f"group_{class_name}_mean.nii.gz",
-                   (sums[class_name] / len(ids)).astype(np.float32), first_affine[class_name])
+        stem = f"group_{safe_part(class_name)}"
+        save_nifti(folder / f"{stem}_mean.nii.gz",
+                   (sums["class", class_name] / len(ids)).astype(np.float32), first_affine["class", class_name])
         factor = groupmaps.t_factor(grid)
         stack = np.stack([tgrid[s].ravel() for s in ids])
         t, info = groupmaps.t_test(stack)
         t_shape = tgrid[ids[0]].shape
-        save_nifti(folder / f"group_{class_name}_t.nii.gz", t.reshape(t_shape).astype(np.float32),
-                   groupmaps.block_affine(first_affine[class_name], factor))
-        atomic_write_json(folder / f"group_{class_name}_t.json", {
+        save_nifti(folder / f"{stem}_t.nii.gz", t.reshape(t_shape).astype(np.float32),
+                   groupmaps.block_affine(first_affine["class", class_name], factor))
+        atomic_write_json(folder / f"{stem}_t.json", {
             **info, "class": class_name, "grid": list(t_shape), "block": factor,
             "maps": "each scan's model-grid relevance divided by its total |R|, block-averaged by 'block'",
             "affine_from": "the class's first scan (every scan shares the voxel layout, not the world position)"})

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mri_lrp.outputs import read_csv
+from mri_lrp.scans.ids import safe_part
 
 COHORT_DIR = "cohort"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -92,20 +93,20 @@ def cohort_section(out: Path, pages: Mapping[str, Mapping[str, Any]]) -> str:
         per_cluster.append(
             f"<details><summary>{escape(name)}{mark}: {escape(r.get('size', ''))} scans</summary>"
             f"<p>{escape(r.get('why', '')) or 'no flag'}</p>"
-            f"<img src=\"{_href(f'{COHORT_DIR}/cluster_{name}_mean.png')}\" alt=\"mean map of {escape(name)}\" "
-            f"loading=\"lazy\"><div class=\"overlays\">{thumbs}</div></details>")
+            f"<img src=\"{_href(f'{COHORT_DIR}/cluster_{safe_part(name)}_mean.png')}\" "
+            f"alt=\"mean map of {escape(name)}\" loading=\"lazy\"><div class=\"overlays\">{thumbs}</div></details>")
     groups = []
     for class_name in sorted(by_class):
         try:
-            t = json.loads((folder / f"group_{class_name}_t.json").read_text(encoding="utf-8"))
+            t = json.loads((folder / f"group_{safe_part(class_name)}_t.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             t = {}
         threshold = t.get("t_threshold")
         said = (f"|t| > {threshold:.3g} ({t.get('permutations')} sign flips, family-wise 5%): "
                 f"{t.get('voxels_above')} voxels" if threshold is not None else t.get("note", "no threshold"))
-        groups.append(f"<li>{escape(class_name)}: <a href=\"{_href(f'{COHORT_DIR}/group_{class_name}_mean.nii.gz')}\">"
-                      f"mean</a>, <a href=\"{_href(f'{COHORT_DIR}/group_{class_name}_t.nii.gz')}\">t map</a>; "
-                      f"{escape(said)}</li>")
+        stem = f"{COHORT_DIR}/group_{safe_part(class_name)}"
+        groups.append(f"<li>{escape(class_name)}: <a href=\"{_href(stem + '_mean.nii.gz')}\">mean</a>, "
+                      f"<a href=\"{_href(stem + '_t.nii.gz')}\">t map</a>; {escape(said)}</li>")
     menu = (f"<label>Colour by <select id=\"cohort-colour\"><option value=\"\">cluster</option>{options}</select>"
             "</label>") if columns else ""
     return f"""<section id="cohort"><h2>Cohort</h2>
