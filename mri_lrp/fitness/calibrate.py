@@ -1,0 +1,67 @@
+"""`mri-lrp calibrate`: read reference scans exactly as `explain` would and write their envelope.
+
+The scans are found, filtered and preprocessed by the run's own code (the same Settings), and the features
+come from the same rewritten graph `explain` runs (one forward pass per scan, without relevance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mri_lrp.errors import ScanError, SettingsError
+from mri_lrp.fitness import checks, intensity
+from mri_lrp.fitness.envelope import MIN_REFERENCE, Envelope
+from mri_lrp.fitness.features import FeatureTap
+from mri_lrp.fitness.score import input_profile
+from mri_lrp.lrp import Explainer
+from mri_lrp.pipeline.read import prepare_or_error
+from mri_lrp.pipeline.run import find_scans, load_model, rule_params
+from mri_lrp.settings import Settings
+
+
+def calibrate(settings: Settings, out: str | Path, note: Callable[[str], None] = print,
+              minimum: int = MIN_REFERENCE) -> Envelope:
+    """Build and write the envelope of ``settings.scans``; scans that cannot be read or are out by the
+    model-free checks are left out, named in a note. Fewer than ``minimum`` usable scans is a SettingsError."""
+    loaded = load_model(settings)
+    model = loaded.model.to("cpu")
+    explainer = Explainer(model, **rule_params(settings))
+    tap = FeatureTap(explainer, model)
+    need = checks.first_layer_need(model)
+    refs, skipped = find_scans(settings, loaded)
+    for s in skipped:
+        note(f"skipped {s.path}: {s.reason}")
+    ids, geometry, profiles, features = [], [], [], []
+    for ref in refs:
+        prepared = prepare_or_error(ref, loaded.input_spec)
+        if isinstance(prepared, ScanError):
+            note(f"left out {ref.location}: {prepared.reason}")
+            continue
+        mi = prepared.model_input
+        why = checks.too_small(checks.geometry(mi.space), need)
+        prof = input_profile(mi)
+        unfit = [why] if why else []
+        unfit += checks.value_reasons(checks.raw_stats(prepared.scan.data)) + checks.head_reasons(prof.head_share)
+        unfit += checks.geometry_reasons(prof.geometry)[0]
+        if unfit:
+            note(f"left out {ref.location}: {'; '.join(unfit)}")
+            continue
+        x = mi.tensor
+        samples = x.shape[0] if loaded.input_spec.dims == 2 else 1
+        explainer.logits(x if samples > 1 else x.unsqueeze(0))
+        got = tap.take(samples)
+        if got is None:
+            raise SettingsError(f"{ref.location}: no classifier-head features were produced by the forward pass")
+        ids.append(ref.scan_id)
+        geometry.append(prof.geometry_row())
+        profiles.append(prof.intensity)
+        features.append(got.mean(dim=0).numpy())
+    channels = loaded.input_spec.channels
+    env = Envelope.build(loaded.sha256, ids, np.array(geometry).reshape(-1, 4), np.array(profiles),
+                         intensity.feature_names(channels), np.array(features), tap.layer, minimum=minimum)
+    env.save(out)
+    note(f"envelope of {env.count} reference scans written to {out}")
+    return env
