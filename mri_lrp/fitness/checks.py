@@ -10,8 +10,8 @@ image looks like. Thresholds (documented in the README's "Input fitness" section
   the model sees only part of the scan.
 - The resampling factor: how many model voxels one scan voxel becomes along its coarsest axis. Above
   ``UPSAMPLE_DOUBTFUL`` the scan is far coarser than the model's grid; above ``UPSAMPLE_OUT`` it is ``out``.
-- A scan narrower, along any model axis, than the model's first layer reads (its kernel) fails outright: a
-  classifier given fewer voxels than one kernel answers from its padding.
+- A scan narrower, along any model axis, than the model's total stride (or its first kernel) fails
+  outright: its layers reduce that many voxels to one, so the classifier would answer from padding.
 - A constant volume, an empty head (almost no voxel above background) and a value range that cannot be MR
   (a share of voxels at or below ``AIR_HU``/2, as CT air at -1000 HU) are ``out``.
 """
@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mri_lrp.model.checkpoint import PROBE_SIZE
+from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.transform import ModelSpace
 
 COVERAGE_DOUBTFUL, COVERAGE_OUT = 0.5, 0.25
@@ -32,7 +34,7 @@ UPSAMPLE_DOUBTFUL, UPSAMPLE_OUT = 4.0, 8.0
 HEAD_SHARE_OUT = 0.02        # share of the model grid above background below which the head is "empty"
 AIR_HU = -1000.0             # CT air; an MR magnitude image has no value near it
 CT_AIR_SHARE = 0.05          # share of voxels at or below AIR_HU / 2 that marks a CT-like range
-RAW_SAMPLE = 2_000_000       # raw statistics read at most about this many voxels (a regular subsample)
+RAW_SAMPLE = 1_000_000       # raw statistics read at most about this many voxels (a regular subsample)
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,34 @@ def geometry(space: ModelSpace) -> Geometry:
                     scan_voxels=tuple(scan_voxels), model_shape=model_shape, upsampling=float(max(factors)))
 
 
-def first_layer_need(model: nn.Module) -> int:
-    """Voxels per axis the model's first convolution reads at once (its dilated kernel); 1 without one."""
+def input_need(model: nn.Module, spec: InputSpec) -> int:
+    """Voxels per axis below which the model has nothing of the scan to classify: the larger of its first
+    convolution's (dilated) kernel and its total stride (the input voxels per axis that its layers reduce to
+    one voxel of their coarsest grid, measured by one dry forward pass at setup)."""
     conv = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-    if conv is None:
+    kernel = 1 if conv is None else max((k - 1) * d + 1 for k, d in zip(conv.kernel_size, conv.dilation,
+                                                                         strict=True))
+    return max(kernel, _total_stride(model, spec))
+
+
+_GRID_LAYERS = (nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d)
+
+
+def _total_stride(model: nn.Module, spec: InputSpec) -> int:
+    shape = tuple(spec.shape) if spec.shape is not None else (PROBE_SIZE[spec.dims],) * spec.dims
+    grids: list[tuple[int, ...]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: grids.append(tuple(out.shape[-spec.dims:])))
+             for m in model.modules() if isinstance(m, _GRID_LAYERS)]
+    try:
+        with torch.no_grad():
+            first = next(model.parameters(), None)
+            model(torch.zeros(1, spec.channels, *shape, device=first.device if first is not None else "cpu"))
+    except Exception:  # noqa: BLE001 - a model the probe cannot run is judged by its kernel alone
         return 1
-    return max((k - 1) * d + 1 for k, d in zip(conv.kernel_size, conv.dilation, strict=True))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max((min(n // max(1, g) for n, g in zip(shape, grid, strict=True)) for grid in grids), default=1)
 
 
 def too_small(geo: Geometry, need: int) -> str:
@@ -87,14 +111,14 @@ def too_small(geo: Geometry, need: int) -> str:
     if min(seen, default=need) >= need:
         return ""
     return (f"the scan fills {'x'.join(map(str, geo.covered))} voxels of the model's "
-            f"{'x'.join(map(str, geo.model_shape))} grid ({geo.input_coverage:.2%} of it), fewer than the "
-            f"{need} voxels per axis the model's first layer reads: not an input this model can classify")
+            f"{'x'.join(map(str, geo.model_shape))} grid ({_share(geo.input_coverage)} of it), fewer than the "
+            f"{need} voxels per axis the model reduces to one feature: not an input this model can classify")
 
 
 def geometry_reasons(geo: Geometry) -> tuple[list[str], list[str]]:
     """(reasons that make the scan out, reasons that make it doubtful), in words."""
     out, doubtful = [], []
-    cover = f"covers {geo.input_coverage:.0%} of the model's field of view"
+    cover = f"covers {_share(geo.input_coverage)} of the model's field of view"
     if geo.input_coverage < COVERAGE_OUT:
         out.append(cover)
     elif geo.input_coverage < COVERAGE_DOUBTFUL:
@@ -115,9 +139,8 @@ def raw_stats(data: np.ndarray) -> dict[str, float]:
     sample = np.asarray(a[..., ::stride, ::stride, ::stride], dtype=np.float64).ravel()
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
-        return {"min": 0.0, "max": 0.0, "p50": 0.0, "air_share": 0.0}
-    return {"min": float(sample.min()), "max": float(sample.max()), "p50": float(np.median(sample)),
-            "air_share": float((sample <= AIR_HU / 2).mean())}
+        return {"min": 0.0, "max": 0.0, "air_share": 0.0}
+    return {"min": float(sample.min()), "max": float(sample.max()), "air_share": float((sample <= AIR_HU / 2).mean())}
 
 
 def value_reasons(raw: dict[str, float]) -> list[str]:
@@ -153,3 +176,8 @@ def head_reasons(head_share: float) -> list[str]:
     if head_share < HEAD_SHARE_OUT:
         return [f"an empty head: {head_share:.1%} of the model's field of view stands above background"]
     return []
+
+
+def _share(value: float) -> str:
+    """A share in words that does not round a sliver to 0%."""
+    return f"{value:.0%}" if value >= 0.01 else f"{value:.2%}" if value >= 0.0001 else f"{value:.1e}"

@@ -18,6 +18,7 @@ from mri_lrp.fitness import checks, intensity
 from mri_lrp.fitness.envelope import Envelope, intensity_distance, mahalanobis
 from mri_lrp.fitness.features import FeatureTap
 from mri_lrp.lrp import Explainer
+from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.transform import ModelInput
 
 DOUBTFUL_PERCENTILE = 95.0
@@ -54,8 +55,9 @@ class FitnessCheck:
     """The run's fitness checks: always the model-free ones; with an envelope, the reference distances (the
     features come from the explainer's own forward pass through a FeatureTap)."""
 
-    def __init__(self, model: nn.Module, explainer: Explainer, envelope: Envelope | None = None) -> None:
-        self.need = checks.first_layer_need(model)
+    def __init__(self, model: nn.Module, explainer: Explainer, spec: InputSpec,
+                 envelope: Envelope | None = None) -> None:
+        self.need = checks.input_need(model, spec)
         self.envelope = envelope
         self.tap = FeatureTap(explainer, model) if envelope is not None else None
 
@@ -101,6 +103,12 @@ class FitnessCheck:
         row["fitness"] = "out" if out else "doubtful" if doubtful else "ok"
         row["fitness_reasons"] = "; ".join(out + doubtful)
         return row
+
+
+def fitness_counts(summary: list[dict[str, Any]], skipped_unfit: int = 0) -> dict[str, int]:
+    """run.json's fitness counts: scans written per fitness, and those --skip-unfit left unexplained."""
+    counts = {k: sum(1 for row in summary if row.get("fitness") == k) for k in ("ok", "doubtful", "out")}
+    return {**counts, "skipped_unfit": skipped_unfit}
 
 
 def percentile(value: float, reference: np.ndarray) -> float:

@@ -15,6 +15,8 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
+from mri_lrp.fitness.envelope import Envelope
+from mri_lrp.fitness.score import FitnessCheck, fitness_counts
 from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
 from mri_lrp.model.checkpoint import DEMO_NOTICE, LoadedModel, load_checkpoint
@@ -104,6 +106,7 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
         reporter.note(f"warning: {w.message}", always=True)
     if settings.atlas:
         cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
+    fitness = fitness_check(settings, loaded, explainer)  # a bad envelope too
     fingerprint = settings.fingerprint(loaded.sha256)
 
     refs, skipped = find_scans(settings, loaded)
@@ -139,11 +142,12 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
 
     failures: list[dict[str, Any]] = []
     writer = scan_writer(out, settings, loaded, fingerprint, layout)
-    job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
+    job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures, fitness)
     with StopOnSignal() as stop:
         job.stop = stop
         job.run(todo)
 
+    skipped = [*skipped, *(Skipped(r.source, f"not explained (--skip-unfit): {why}") for r, why in job.unfit)]
     summary, regions = collect_results(out, refs, fingerprint)
     write_csv(tables_dir / "summary.csv", summary, summary_columns(loaded.input_spec.channel_names))
     write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
@@ -154,6 +158,7 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
     stats.done = len(summary)
     wall = time.time() - t_start
     manifest = run_manifest(settings, loaded, device, stats, wall, shard, fingerprint, skipped=skipped)
+    manifest["fitness"] = fitness_counts(summary, len(job.unfit))
     atomic_write_json(tables_dir / "run.json", manifest)
     atomic_write_json(history_path(tables_dir, t_start), manifest)
     if shard is None:  # a shard's tables are a part: the merge writes the report
@@ -175,6 +180,16 @@ def write_report_or_warn(out: Path, reporter: Reporter) -> None:
     except Exception as e:  # noqa: BLE001 - the tables are written; the page is a view of them
         reporter.note(f"warning: report.html not written ({type(e).__name__}: {e}); "
                       f"try `mri-lrp report {out}`", always=True)
+
+
+def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer) -> FitnessCheck:
+    """The run's fitness checks, with the --reference envelope when given (refused when made for another
+    checkpoint, unless --reference-any-model)."""
+    envelope = None
+    if settings.reference:
+        envelope = Envelope.load(settings.reference)
+        envelope.check_model(settings.reference, loaded.sha256, settings.reference_any_model)
+    return FitnessCheck(loaded.model, explainer, loaded.input_spec, envelope)
 
 
 def load_model(settings: Settings) -> LoadedModel:
