@@ -87,7 +87,7 @@ class FitnessCheck:
             row["intensity_distance"] = round(d_i, 4)
             level = _level(d_i, env.intensity_distances)
             if level:
-                (out if level == "out" else doubtful).append(_intensity_words(prof.intensity, env, d_i))
+                (out if level == "out" else doubtful).append(_intensity_words(prof, env, d_i))
             if features is not None and features.shape[-1] == env.feature_mean.shape[0]:
                 d_f = mahalanobis(features, env.feature_mean, env.feature_precision)
                 pct = percentile(d_f, env.feature_distances)
@@ -124,17 +124,24 @@ def _level(value: float, reference: np.ndarray) -> str:
     return ""
 
 
-def _intensity_words(row: np.ndarray, env: Envelope, distance: float) -> str:
-    """Say which way the intensities differ: an inverted rim-to-core profile is named as such."""
+def _intensity_words(prof: Profile, env: Envelope, distance: float) -> str:
+    """Say which way the intensities differ: a background brighter than the head, a flat or an inverted
+    rim-to-core profile are named as such."""
+    if prof.head_share > 1.5 * float(np.max(env.head_share)):
+        return (f"contrast unlike the reference: {prof.head_share:.0%} of the field of view is brighter than "
+                f"background, the reference's heads fill at most {np.max(env.head_share):.0%} (an inverted "
+                "contrast, or no background)")
+    row = prof.intensity
     names = [str(n) for n in env.intensity_names]
     depth = np.array(["depth" in n for n in names])
     mine, ref = row[depth], env.intensity_mean[depth]
-    if np.std(mine) > 0 and np.std(ref) > 0 and float(np.corrcoef(mine, ref)[0, 1]) < -0.3:
-        return ("contrast unlike the reference: intensity runs the other way from the head's rim to its core "
-                "(an inverted contrast, or another sequence)")
     if np.std(mine) < 0.25 * np.std(ref):
         return ("contrast unlike the reference: intensity barely changes from the head's rim to its core "
                 "(noise, or a blank head)")
+    if np.std(mine) > 0 and np.std(ref) > 0 and float(np.corrcoef(mine, ref)[0, 1]) < -0.3:
+        return ("contrast unlike the reference: intensity runs the other way from the head's rim to its core "
+                "(an inverted contrast, or another sequence)")
     worst = names[int(np.argmax(np.abs((row - env.intensity_mean) / env.intensity_scale)))]
     pct = percentile(distance, env.intensity_distances)
-    return f"intensities unlike the reference (beyond its {pct:.0f}th percentile; most in {worst})"
+    where = "beyond every reference scan" if pct >= 100 else f"beyond the {pct:.0f}th percentile of the reference"
+    return f"intensities unlike the reference ({where}; most in {worst})"
