@@ -499,6 +499,12 @@ def evaluate(
         "--config", "-c", help="TOML file of explain options (model, input spec, rule parameters).",
         rich_help_panel=INPUTS)] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUTS)] = "mri-lrp-eval",
+    reference: Annotated[str | None, typer.Option(
+        help="Input-fitness envelope (`mri-lrp calibrate`): report the share of scans flagged per class.",
+        rich_help_panel=INPUTS)] = None,
+    reference_any_model: Annotated[bool | None, typer.Option(
+        "--reference-any-model", help="Accept an envelope made with another checkpoint.",
+        rich_help_panel=INPUTS)] = None,
     quiet: Annotated[bool | None, typer.Option(
         "--quiet", "-q", help="Only failures and the ranking.", rich_help_panel=OUTPUTS)] = None,
 ) -> None:
@@ -511,7 +517,8 @@ def evaluate(
         cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
                "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "device": device,
                "batch_size": batch_size, "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma,
-               "target": target, "init": init, "masks": masks, "out": out, "quiet": quiet, "workers": 0}
+               "target": target, "init": init, "masks": masks, "out": out, "quiet": quiet, "workers": 0,
+               "reference": reference, "reference_any_model": reference_any_model}
         settings = build_settings(cli, config)
         options = EvaluateOptions(
             rules=tuple(r.strip() for r in rules.split(",") if r.strip()), cube=cube, steps=steps,

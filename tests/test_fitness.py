@@ -175,3 +175,23 @@ def test_explain_with_a_reference_marks_and_skips_unfit_scans(trained: dict[str,
     assert listed[0]["reason"].startswith("not explained (--skip-unfit): ")
     assert not (tmp_path / "skipped" / "scans" / "inverted_04002").exists()
     assert json.loads((tmp_path / "skipped" / "run.json").read_text())["fitness"]["skipped_unfit"] == 1
+
+
+def test_evaluate_with_a_reference_reports_the_share_flagged_per_class(trained: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    ff.write_phantoms(scans, range(5000, 5002))
+    ff.write_phantoms(scans, range(5002, 5003), "noise")
+    result = runner.invoke(app, ["evaluate", str(scans), "--checkpoint", str(trained["checkpoint"]), "--rules",
+                                 "epsilon", "--steps", "2", "--sanity-scans", "0", "--reference",
+                                 str(trained["envelope"]), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    by_scan = {r["scan_id"]: r for r in report["fitness"]}
+    assert by_scan["noise_05002"]["fitness"] == "out"
+    by_class = report["fitness_by_class"]
+    assert sum(c["scans"] for c in by_class.values()) == 3
+    assert sum(c["out"] for c in by_class.values()) >= 1
+    noisy = by_class[by_scan["noise_05002"]["class"]]
+    assert noisy["flagged_share"] == (noisy["out"] + noisy["doubtful"]) / noisy["scans"]
+    assert "input fitness, class" in result.output

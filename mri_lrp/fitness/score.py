@@ -111,6 +111,19 @@ def fitness_counts(summary: list[dict[str, Any]], skipped_unfit: int = 0) -> dic
     return {**counts, "skipped_unfit": skipped_unfit}
 
 
+def flagged_by_class(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per class (``class`` of each row): scans, how many are out or doubtful, and the share flagged."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        c = out.setdefault(row["class"], {"scans": 0, "out": 0, "doubtful": 0})
+        c["scans"] += 1
+        if row["fitness"] in ("out", "doubtful"):
+            c[row["fitness"]] += 1
+    for c in out.values():
+        c["flagged_share"] = (c["out"] + c["doubtful"]) / c["scans"]
+    return out
+
+
 def percentile(value: float, reference: np.ndarray) -> float:
     """The share of reference distances below ``value``, in percent."""
     return float(100.0 * np.mean(np.asarray(reference) < value))
