@@ -126,8 +126,7 @@ def assess(checkpoint: Path, envelope: Path | None, paths: list[Path]) -> list[d
 
     loaded = load_checkpoint(checkpoint)
     explainer = Explainer(loaded.model)
-    check = FitnessCheck(loaded.model, explainer, loaded.input_spec,
-                         Envelope.load(envelope) if envelope else None)
+    check = FitnessCheck(loaded.model, explainer, Envelope.load(envelope) if envelope else None)
     rows = []
     refs, _ = discover([str(p) for p in paths])
     for ref in refs:

@@ -58,7 +58,7 @@ def test_nibabel_test_mgz_fails_with_a_reason_naming_the_file(nibabel_data: Path
     assert result.exit_code == 3, result.output
     failures = read_csv(tmp_path / "out" / "failures.csv")
     assert len(failures) == 2 and {f["stage"] for f in failures} == {"preprocess"}
-    assert "fewer than the 16 voxels per axis" in failures[0]["error"]
+    assert "fewer than the 4 voxels per axis its first layers read" in failures[0]["error"]
     assert "test.mgz: the scan fills" in result.output
     assert read_csv(tmp_path / "out" / "summary.csv") == []
 

@@ -30,7 +30,7 @@ def calibrate(settings: Settings, out: str | Path, note: Callable[[str], None] =
     model = loaded.model.to("cpu")
     explainer = Explainer(model, **rule_params(settings))
     tap = FeatureTap(explainer, model)
-    need = checks.input_need(model, loaded.input_spec)
+    need = checks.input_need(model)
     refs, skipped = find_scans(settings, loaded)
     for s in skipped:
         note(f"skipped {s.path}: {s.reason}")

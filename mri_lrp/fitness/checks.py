@@ -10,8 +10,8 @@ image looks like. Thresholds (documented in the README's "Input fitness" section
   the model sees only part of the scan.
 - The resampling factor: how many model voxels one scan voxel becomes along its coarsest axis. Above
   ``UPSAMPLE_DOUBTFUL`` the scan is far coarser than the model's grid; above ``UPSAMPLE_OUT`` it is ``out``.
-- A scan narrower, along any model axis, than the model's total stride (or its first kernel) fails
-  outright: its layers reduce that many voxels to one, so the classifier would answer from padding.
+- A scan narrower, along any model axis (in scan voxels or in model voxels), than the model's first layers
+  read (the receptive field up to their first stride) fails outright: the classifier would answer from padding.
 - A constant volume, an empty head (almost no voxel above background) and a value range that cannot be MR
   (a share of voxels at or below ``AIR_HU``/2, as CT air at -1000 HU) are ``out``.
 """
@@ -24,8 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mri_lrp.model.checkpoint import PROBE_SIZE
-from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.transform import ModelSpace
 
 COVERAGE_DOUBTFUL, COVERAGE_OUT = 0.5, 0.25
@@ -75,34 +73,29 @@ def geometry(space: ModelSpace) -> Geometry:
                     scan_voxels=tuple(scan_voxels), model_shape=model_shape, upsampling=float(max(factors)))
 
 
-def input_need(model: nn.Module, spec: InputSpec) -> int:
-    """Voxels per axis below which the model has nothing of the scan to classify: the larger of its first
-    convolution's (dilated) kernel and its total stride (the input voxels per axis that its layers reduce to
-    one voxel of their coarsest grid, measured by one dry forward pass at setup)."""
-    conv = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-    kernel = 1 if conv is None else max((k - 1) * d + 1 for k, d in zip(conv.kernel_size, conv.dilation,
-                                                                         strict=True))
-    return max(kernel, _total_stride(model, spec))
+def input_need(model: nn.Module) -> int:
+    """Voxels per axis the model's first layers read to make one value of their first coarser grid: the
+    receptive field of the convolutions and poolings up to and including the first that strides (the first
+    conv's kernel, then its pooling). A scan narrower than that gives the network nothing but padding."""
+    field, jump = 1, 1
+    for m in model.modules():
+        if not isinstance(m, _GRID_LAYERS):
+            continue
+        kernel, stride, dilation = (_widest(getattr(m, name, 1)) for name in ("kernel_size", "stride", "dilation"))
+        field += (kernel - 1) * dilation * jump
+        jump *= stride
+        if stride > 1:
+            break
+    return field
 
 
-_GRID_LAYERS = (nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d)
-
-
-def _total_stride(model: nn.Module, spec: InputSpec) -> int:
-    shape = tuple(spec.shape) if spec.shape is not None else (PROBE_SIZE[spec.dims],) * spec.dims
-    grids: list[tuple[int, ...]] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: grids.append(tuple(out.shape[-spec.dims:])))
-             for m in model.modules() if isinstance(m, _GRID_LAYERS)]
-    try:
-        with torch.no_grad():
-            first = next(model.parameters(), None)
-            model(torch.zeros(1, spec.channels, *shape, device=first.device if first is not None else "cpu"))
-    except Exception:  # noqa: BLE001 - a model the probe cannot run is judged by its kernel alone
+def _widest(value: int | tuple[int, ...] | None) -> int:
+    if value is None:
         return 1
-    finally:
-        for h in hooks:
-            h.remove()
-    return max((min(n // max(1, g) for n, g in zip(shape, grid, strict=True)) for grid in grids), default=1)
+    return max(value) if isinstance(value, tuple) else int(value)
+
+
+_GRID_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d)
 
 
 def too_small(geo: Geometry, need: int) -> str:
@@ -112,7 +105,7 @@ def too_small(geo: Geometry, need: int) -> str:
         return ""
     return (f"the scan fills {'x'.join(map(str, geo.covered))} voxels of the model's "
             f"{'x'.join(map(str, geo.model_shape))} grid ({_share(geo.input_coverage)} of it), fewer than the "
-            f"{need} voxels per axis the model reduces to one feature: not an input this model can classify")
+            f"{need} voxels per axis its first layers read: not an input this model can classify")
 
 
 def geometry_reasons(geo: Geometry) -> tuple[list[str], list[str]]:

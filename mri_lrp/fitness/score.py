@@ -18,7 +18,6 @@ from mri_lrp.fitness import checks, intensity
 from mri_lrp.fitness.envelope import Envelope, intensity_distance, mahalanobis
 from mri_lrp.fitness.features import FeatureTap
 from mri_lrp.lrp import Explainer
-from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.transform import ModelInput
 
 DOUBTFUL_PERCENTILE = 95.0
@@ -55,9 +54,8 @@ class FitnessCheck:
     """The run's fitness checks: always the model-free ones; with an envelope, the reference distances (the
     features come from the explainer's own forward pass through a FeatureTap)."""
 
-    def __init__(self, model: nn.Module, explainer: Explainer, spec: InputSpec,
-                 envelope: Envelope | None = None) -> None:
-        self.need = checks.input_need(model, spec)
+    def __init__(self, model: nn.Module, explainer: Explainer, envelope: Envelope | None = None) -> None:
+        self.need = checks.input_need(model)
         self.envelope = envelope
         self.tap = FeatureTap(explainer, model) if envelope is not None else None
 

@@ -39,7 +39,7 @@ class Job:
         self.target, self.device, self.reporter, self.stats = target, device, reporter, stats
         self.writer, self.failures = writer, failures
         # Model-free checks always; with --reference, the reference distances too.
-        self.fitness = fitness or FitnessCheck(loaded.model, explainer, loaded.input_spec)
+        self.fitness = fitness or FitnessCheck(loaded.model, explainer)
         self.unfit: list[tuple[ScanRef, str]] = []  # left unexplained by --skip-unfit, with the reason
         self.spec = loaded.input_spec
         fixed = settings.batch_size_value

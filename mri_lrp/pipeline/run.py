@@ -189,7 +189,7 @@ def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer)
     if settings.reference:
         envelope = Envelope.load(settings.reference)
         envelope.check_model(settings.reference, loaded.sha256, settings.reference_any_model)
-    return FitnessCheck(loaded.model, explainer, loaded.input_spec, envelope)
+    return FitnessCheck(loaded.model, explainer, envelope)
 
 
 def load_model(settings: Settings) -> LoadedModel:
