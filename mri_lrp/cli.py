@@ -206,8 +206,8 @@ def explain(
         "inputs).",
         rich_help_panel=OUTPUTS)] = None,
     reference: Annotated[str | None, typer.Option(
-        help="Input-fitness envelope from `mri-lrp calibrate`: adds fitness (ok/doubtful/out) and distances to "
-        "summary.csv.", rich_help_panel=INPUTS)] = None,
+        help="Input-fitness envelope from `mri-lrp calibrate` (or 'batch': the run's own scans, at least 20): "
+        "adds fitness (ok/doubtful/out) and distances to summary.csv.", rich_help_panel=INPUTS)] = None,
     reference_any_model: Annotated[bool | None, typer.Option(
         "--reference-any-model", help="Accept an envelope made with another checkpoint.",
         rich_help_panel=INPUTS)] = None,

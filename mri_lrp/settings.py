@@ -80,7 +80,8 @@ class Settings:
         if self.save_model_input:  # one more file per scan: a done scan without it is not done
             payload["save_model_input"] = True
         if self.reference:  # fitness columns; a scan it left unexplained is not done
-            payload["reference"] = [_file_stamp(self.reference), self.skip_unfit]
+            stamp = "batch" if self.reference == "batch" else _file_stamp(self.reference)
+            payload["reference"] = [stamp, self.skip_unfit]
         for name in ("atlas", "atlas_labels"):
             if payload[name]:
                 payload[name + "_stat"] = _file_stamp(payload[name])
@@ -136,7 +137,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise SettingsError(f"{p}: {e}") from None
     # Relative paths in a config file are relative to the file, so a config works from any directory.
     for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks", "reference"):
-        if isinstance(out.get(name), str) and not os.path.isabs(out[name]):
+        if isinstance(out.get(name), str) and not os.path.isabs(out[name]) and out[name] != "batch":
             out[name] = str((p.parent / out[name]).resolve())
     if isinstance(out.get("scans"), str):
         out["scans"] = [out["scans"]]
@@ -294,7 +295,7 @@ def validate(s: Settings) -> None:
             re.compile(s.series)
         except re.error as e:
             raise SettingsError(f"--series: not a valid regular expression ({e})") from None
-    if s.reference is not None and not os.path.isfile(s.reference):
+    if s.reference not in (None, "batch") and not os.path.isfile(s.reference):
         raise SettingsError(f"{s.reference}: --reference envelope not found (make one with `mri-lrp calibrate`)")
     if s.skip_unfit and s.reference is None:
         raise SettingsError("--skip-unfit needs --reference (the envelope that decides what is unfit)")

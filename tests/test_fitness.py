@@ -195,3 +195,24 @@ def test_evaluate_with_a_reference_reports_the_share_flagged_per_class(trained: 
     noisy = by_class[by_scan["noise_05002"]["class"]]
     assert noisy["flagged_share"] == (noisy["out"] + noisy["doubtful"]) / noisy["scans"]
     assert "input fitness, class" in result.output
+
+
+def test_reference_batch_flags_the_scans_that_stand_apart(trained: dict[str, Path], tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    ff.write_phantoms(scans, range(6000, 6022))
+    ff.write_phantoms(scans, range(6022, 6023), "inverted")
+    ff.write_phantoms(scans, range(6023, 6024), "noise")
+    result = runner.invoke(app, ["explain", str(scans), "--checkpoint", str(trained["checkpoint"]), "--reference",
+                                 "batch", "--out", str(tmp_path / "out"), "-j0"])
+    assert result.exit_code == 0, result.output
+    rows = {r["scan_id"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
+    assert rows["inverted_06022"]["fitness"] == "out" and rows["noise_06023"]["fitness"] == "out"
+    assert sum(r["fitness"] == "out" for k, r in rows.items() if k.startswith("normal")) <= 1
+    assert Envelope.load(tmp_path / "out" / "reference_batch.npz").count <= 22
+
+
+def test_reference_batch_needs_enough_scans(trained: dict[str, Path], tmp_path: Path) -> None:
+    ff.write_phantoms(tmp_path / "scans", range(7000, 7005))
+    result = runner.invoke(app, ["explain", str(tmp_path / "scans"), "--checkpoint", str(trained["checkpoint"]),
+                                 "--reference", "batch", "--out", str(tmp_path / "out"), "-j0"])
+    assert result.exit_code == 2 and "the reference has 5 usable scans; at least 20" in result.output

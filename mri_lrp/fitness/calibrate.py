@@ -23,9 +23,11 @@ from mri_lrp.settings import Settings
 
 
 def calibrate(settings: Settings, out: str | Path, note: Callable[[str], None] = print,
-              minimum: int = MIN_REFERENCE) -> Envelope:
+              minimum: int = MIN_REFERENCE, trim: float | None = None) -> Envelope:
     """Build and write the envelope of ``settings.scans``; scans that cannot be read or are out by the
-    model-free checks are left out, named in a note. Fewer than ``minimum`` usable scans is a SettingsError."""
+    model-free checks are left out, named in a note. Fewer than ``minimum`` usable scans is a SettingsError.
+    ``trim``: leave out the scans that stand apart from the rest (Envelope.trimmed), for a batch that is its
+    own reference."""
     loaded = load_model(settings)
     model = loaded.model.to("cpu")
     explainer = Explainer(model, **rule_params(settings))
@@ -62,6 +64,9 @@ def calibrate(settings: Settings, out: str | Path, note: Callable[[str], None] =
     channels = loaded.input_spec.channels
     env = Envelope.build(loaded.sha256, ids, np.array(geometry).reshape(-1, 4), np.array(profiles),
                          intensity.feature_names(channels), np.array(features), tap.layer, minimum=minimum)
+    if trim is not None:
+        env = env.trimmed(trim, minimum)
     env.save(out)
-    note(f"envelope of {env.count} reference scans written to {out}")
+    note(f"envelope of {env.count} reference scans written to {out}" +
+         (f" ({len(ids) - env.count} standing apart left out)" if env.count < len(ids) else ""))
     return env

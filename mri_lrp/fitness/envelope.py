@@ -79,6 +79,18 @@ class Envelope:
                    np.asarray(intensity_names, dtype=str), i_mean, i_scale, loo_i, features, feature_layer,
                    lw.location_, lw.precision_, float(lw.shrinkage_), np.asarray(loo_f))
 
+    def trimmed(self, factor: float, minimum: int) -> Envelope:
+        """The envelope without the scans that stand apart from the rest (a leave-one-out distance beyond
+        ``factor`` times the 90th percentile, of the features or the intensities), rebuilt from the others: a
+        batch taken as its own reference must not let its outliers widen the envelope that judges them."""
+        keep = ((self.feature_distances <= factor * np.percentile(self.feature_distances, 90)) &
+                (self.intensity_distances <= factor * np.percentile(self.intensity_distances, 90)))
+        if keep.all():
+            return self
+        geometry = np.stack([self.input_coverage, self.scan_inside, self.upsampling, self.head_share], axis=1)
+        return Envelope.build(self.model_sha256, list(self.scan_ids[keep]), geometry[keep], self.intensity[keep],
+                              list(self.intensity_names), self.features[keep], self.feature_layer, minimum=minimum)
+
     def save(self, path: str | Path) -> None:
         """Write the .npz atomically (a half-written envelope never replaces a good one)."""
         arrays: dict[str, Any] = {"format": np.asarray(FORMAT), "version": np.asarray(VERSION)}

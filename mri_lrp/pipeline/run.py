@@ -15,8 +15,8 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
-from mri_lrp.fitness.envelope import Envelope
-from mri_lrp.fitness.score import FitnessCheck, fitness_counts
+from mri_lrp.fitness.envelope import MIN_BATCH, Envelope
+from mri_lrp.fitness.score import OUT_FACTOR, FitnessCheck, fitness_counts
 from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
 from mri_lrp.model.checkpoint import DEMO_NOTICE, LoadedModel, load_checkpoint
@@ -106,7 +106,7 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
         reporter.note(f"warning: {w.message}", always=True)
     if settings.atlas:
         cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
-    fitness = fitness_check(settings, loaded, explainer)  # a bad envelope too
+    fitness = fitness_check(settings, loaded, explainer, reporter)  # a bad envelope too
     fingerprint = settings.fingerprint(loaded.sha256)
 
     refs, skipped = find_scans(settings, loaded)
@@ -182,11 +182,19 @@ def write_report_or_warn(out: Path, reporter: Reporter) -> None:
                       f"try `mri-lrp report {out}`", always=True)
 
 
-def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer) -> FitnessCheck:
+def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer,
+                  reporter: Reporter | None = None) -> FitnessCheck:
     """The run's fitness checks, with the --reference envelope when given (refused when made for another
-    checkpoint, unless --reference-any-model)."""
+    checkpoint, unless --reference-any-model). ``--reference batch`` first calibrates on the run's own scans
+    (at least MIN_BATCH of them; one extra read and forward pass per scan) into OUT/reference_batch.npz."""
     envelope = None
-    if settings.reference:
+    if settings.reference == "batch":
+        from mri_lrp.fitness.calibrate import calibrate
+
+        note = (lambda line: reporter.note(f"reference batch: {line}")) if reporter else (lambda line: None)
+        envelope = calibrate(settings, Path(settings.out) / "reference_batch.npz", note=note, minimum=MIN_BATCH,
+                             trim=OUT_FACTOR)
+    elif settings.reference:
         envelope = Envelope.load(settings.reference)
         envelope.check_model(settings.reference, loaded.sha256, settings.reference_any_model)
     return FitnessCheck(loaded.model, explainer, envelope)
