@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print(f"| input | scans | out (or refused) | flagged (out or doubtful) |\n|---|---|---|---|")
+        print("| input | scans | out (or refused) | flagged (out or doubtful) |\n|---|---|---|---|")
         for label, n, out, flagged in rates(work, args.train, args.per_kind):
             print(f"| {label} | {n} | {out:.0%} | {flagged:.0%} |")
         lrp, fit, threads = cost(work, args.cost_scans)
