@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import fitness_factory as ff  # noqa: E402
 
-from mri_lrp.fitness.calibrate import calibrate  # noqa: E402
 from mri_lrp.phantoms import TISSUES, generate_phantom  # noqa: E402
+from mri_lrp.pipeline.run import calibrate_scans  # noqa: E402
 from mri_lrp.settings import Settings  # noqa: E402
 
 
@@ -50,8 +50,8 @@ def _box3(v: np.ndarray) -> np.ndarray:
 
 def rates(work: Path, train: int, per_kind: int) -> list[tuple[str, int, float, float]]:
     checkpoint = ff.train_model(work / "model.pt", range(train))
-    calibrate(Settings(scans=(str(work / "train"),), checkpoint=str(checkpoint)), work / "env.npz",
-              note=lambda _: None)
+    calibrate_scans(Settings(scans=(str(work / "train"),), checkpoint=str(checkpoint)), work / "env.npz",
+                    lambda _: None)
     seeds = range(10_000, 10_000 + per_kind)
     rows = []
     kinds = {"held-out (in distribution)": "normal", **{k: k for k in ff.KINDS}}
@@ -93,7 +93,7 @@ def cost(work: Path, scans: int) -> tuple[float, float, float]:
     for s in range(scans + 24):
         p = generate_phantom(s)
         ff.save(folder / ("ref" if s >= scans else "run") / f"p{s:03d}.nii.gz", p.volume, p.affine)
-    calibrate(Settings(scans=(str(folder / "ref"),)), work / "demo_env.npz", note=lambda _: None)
+    calibrate_scans(Settings(scans=(str(folder / "ref"),)), work / "demo_env.npz", lambda _: None)
     loaded = load_checkpoint(None)
     explainer = Explainer(loaded.model)
     check = FitnessCheck(loaded.model, explainer, Envelope.load(work / "demo_env.npz"))

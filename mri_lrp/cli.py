@@ -393,8 +393,7 @@ def calibrate(
         "--config", "-c", help="TOML file as for explain: the model, input spec and scan filters.")] = None,
 ) -> None:
     """Record the reference envelope of a model's inputs, for `explain --reference` (input fitness)."""
-    from mri_lrp.fitness.calibrate import calibrate as run_calibrate
-    from mri_lrp.fitness.envelope import MIN_REFERENCE
+    from mri_lrp.pipeline.run import calibrate_scans
     from mri_lrp.settings import build_settings
 
     cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
@@ -404,8 +403,7 @@ def calibrate(
         settings = build_settings(cli, config)
         if Path(out).is_dir():
             raise SettingsError(f"{out}: --out is a folder; name the envelope file (e.g. envelope.npz)")
-        run_calibrate(settings, out, note=lambda line: typer.echo(f"mri-lrp: {line}", err=True),
-                      minimum=MIN_REFERENCE)
+        calibrate_scans(settings, out, lambda line: typer.echo(f"mri-lrp: {line}", err=True))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e), hint=_checkpoint_hint(e))
 

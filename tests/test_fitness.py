@@ -216,3 +216,17 @@ def test_reference_batch_needs_enough_scans(trained: dict[str, Path], tmp_path: 
     result = runner.invoke(app, ["explain", str(tmp_path / "scans"), "--checkpoint", str(trained["checkpoint"]),
                                  "--reference", "batch", "--out", str(tmp_path / "out"), "-j0"])
     assert result.exit_code == 2 and "the reference has 5 usable scans; at least 20" in result.output
+
+
+def test_merged_shards_add_up_their_fitness_counts(trained: dict[str, Path], tmp_path: Path) -> None:
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    ff.write_phantoms(scans, range(8000, 8002))
+    ff.write_phantoms(scans, range(8002, 8004), "ct_like")
+    for shard in ("0/2", "1/2"):
+        result = runner.invoke(app, ["explain", str(scans), "--checkpoint", str(trained["checkpoint"]), "--shard",
+                                     shard, "--out", str(out), "-j0"])
+        assert result.exit_code == 0, result.output
+    merged = runner.invoke(app, ["merge", str(out), "--out", str(out)])
+    assert merged.exit_code == 0, merged.output
+    counts = json.loads((out / "run.json").read_text())["fitness"]
+    assert counts["out"] == 2 and counts["ok"] + counts["doubtful"] == 2

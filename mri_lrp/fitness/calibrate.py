@@ -1,7 +1,8 @@
 """`mri-lrp calibrate`: read reference scans exactly as `explain` would and write their envelope.
 
-The scans are found, filtered and preprocessed by the run's own code (the same Settings), and the features
-come from the same rewritten graph `explain` runs (one forward pass per scan, without relevance).
+The scans are found and filtered by the run's own code (pipeline.run.calibrate_scans) and preprocessed here
+as `explain` does, and the features come from the same rewritten graph `explain` runs (one forward pass per
+scan, without relevance).
 """
 
 from __future__ import annotations
@@ -17,25 +18,21 @@ from mri_lrp.fitness.envelope import MIN_REFERENCE, Envelope
 from mri_lrp.fitness.features import FeatureTap
 from mri_lrp.fitness.score import input_profile
 from mri_lrp.lrp import Explainer
+from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.pipeline.read import prepare_or_error
-from mri_lrp.pipeline.run import find_scans, load_model, rule_params
-from mri_lrp.settings import Settings
+from mri_lrp.scans import ScanRef
 
 
-def calibrate(settings: Settings, out: str | Path, note: Callable[[str], None] = print,
+def calibrate(loaded: LoadedModel, refs: list[ScanRef], out: str | Path, note: Callable[[str], None] = print,
               minimum: int = MIN_REFERENCE, trim: float | None = None) -> Envelope:
-    """Build and write the envelope of ``settings.scans``; scans that cannot be read or are out by the
-    model-free checks are left out, named in a note. Fewer than ``minimum`` usable scans is a SettingsError.
-    ``trim``: leave out the scans that stand apart from the rest (Envelope.trimmed), for a batch that is its
-    own reference."""
-    loaded = load_model(settings)
+    """Build and write the envelope of the reference scans ``refs``; scans that cannot be read or are out by
+    the model-free checks are left out, named in a note. Fewer than ``minimum`` usable scans is a
+    SettingsError. ``trim``: leave out the scans that stand apart from the rest (Envelope.trimmed), for a
+    batch that is its own reference."""
     model = loaded.model.to("cpu")
-    explainer = Explainer(model, **rule_params(settings))
+    explainer = Explainer(model)  # the forward values do not depend on the rule
     tap = FeatureTap(explainer, model)
     need = checks.input_need(model)
-    refs, skipped = find_scans(settings, loaded)
-    for s in skipped:
-        note(f"skipped {s.path}: {s.reason}")
     ids, geometry, profiles, features = [], [], [], []
     for ref in refs:
         prepared = prepare_or_error(ref, loaded.input_spec)

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
-from mri_lrp.fitness.envelope import MIN_BATCH, Envelope
+from mri_lrp.fitness.calibrate import calibrate
+from mri_lrp.fitness.envelope import MIN_BATCH, MIN_REFERENCE, Envelope
 from mri_lrp.fitness.score import OUT_FACTOR, FitnessCheck, fitness_counts
 from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
@@ -182,6 +184,17 @@ def write_report_or_warn(out: Path, reporter: Reporter) -> None:
                       f"try `mri-lrp report {out}`", always=True)
 
 
+def calibrate_scans(settings: Settings, out: str | Path, note: Callable[[str], None],
+                    minimum: int = MIN_REFERENCE, trim: float | None = None) -> Envelope:
+    """The envelope of the scans the settings name, found and filtered as explain finds them
+    (`mri-lrp calibrate`, and `--reference batch`)."""
+    loaded = load_model(settings)
+    refs, skipped = find_scans(settings, loaded)
+    for s in skipped:
+        note(f"skipped {s.path}: {s.reason}")
+    return calibrate(loaded, refs, out, note, minimum=minimum, trim=trim)
+
+
 def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer,
                   reporter: Reporter | None = None) -> FitnessCheck:
     """The run's fitness checks, with the --reference envelope when given (refused when made for another
@@ -189,11 +202,9 @@ def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer,
     (at least MIN_BATCH of them; one extra read and forward pass per scan) into OUT/reference_batch.npz."""
     envelope = None
     if settings.reference == "batch":
-        from mri_lrp.fitness.calibrate import calibrate
-
         note = (lambda line: reporter.note(f"reference batch: {line}")) if reporter else (lambda line: None)
-        envelope = calibrate(settings, Path(settings.out) / "reference_batch.npz", note=note, minimum=MIN_BATCH,
-                             trim=OUT_FACTOR)
+        envelope = calibrate_scans(settings, Path(settings.out) / "reference_batch.npz", note, minimum=MIN_BATCH,
+                                   trim=OUT_FACTOR)
     elif settings.reference:
         envelope = Envelope.load(settings.reference)
         envelope.check_model(settings.reference, loaded.sha256, settings.reference_any_model)
