@@ -155,10 +155,8 @@ def head_mask(x: torch.Tensor) -> torch.Tensor:
     Background is the low end of the channel-mean histogram; a voxel is head when it is above 20% of the
     way from the 2nd to the 98th percentile (robust to noise in the air and to bright outliers)."""
     v = x.detach().float().mean(dim=0)
-    flat = v.flatten()
-    if flat.numel() > RAW_SAMPLE:
-        flat = flat[:: flat.numel() // RAW_SAMPLE + 1]
-    lo, hi = torch.quantile(flat, torch.tensor([0.02, 0.98], dtype=flat.dtype)).tolist()
+    flat = v.numpy().ravel()
+    lo, hi = (float(q) for q in np.percentile(flat[:: flat.size // RAW_SAMPLE + 1], [2, 98]))
     if hi - lo <= 1e-6 * max(1.0, abs(hi)):
         return torch.zeros_like(v, dtype=torch.bool)
     return v > lo + 0.2 * (hi - lo)

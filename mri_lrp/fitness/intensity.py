@@ -3,17 +3,17 @@
 Quantiles alone barely tell an inverted contrast from a normal one (both spread over a similar range); how
 intensity changes with depth below the head's surface does: a T1 head goes from bright scalp and dark skull
 to bright white matter at the core, an inverted one the other way round, and a volume of noise not at all.
-Depth is counted in model voxels by repeated 3x3x3 erosion of the head mask (cheap on the model grid).
+Depth is counted in model voxels by repeated erosion of the head mask (cheap on the model grid).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 DEPTH_BINS = ((0, 1), (2, 3), (4, 6), (7, 10), (11, 10_000))   # depth below the surface, model voxels
-MAX_DEPTH = 24
+MAX_DEPTH = 11  # the last bin starts here: deeper erosions would change nothing
 
 
 def feature_names(channels: int) -> list[str]:
@@ -25,35 +25,46 @@ def feature_names(channels: int) -> list[str]:
     return names
 
 
-def depth_map(mask: torch.Tensor) -> torch.Tensor:
-    """Per head voxel, how many erosions it survives (0 on the surface); -1 outside the head."""
-    depth = torch.full(mask.shape, -1, dtype=torch.int16)
-    current = mask.float()[None, None]
-    for d in range(MAX_DEPTH + 1):
-        if not bool(current.any()):
+def depth_map(mask: np.ndarray) -> np.ndarray:
+    """Per head voxel, how many 6-neighbour erosions it survives (0 on the surface, at most MAX_DEPTH); -1
+    outside the head. Boolean slicing on the model grid: a few milliseconds."""
+    depth = np.where(mask, 0, -1).astype(np.int16)
+    current = np.asarray(mask, dtype=bool)
+    for d in range(1, MAX_DEPTH + 1):
+        inner = current.copy()
+        for axis in range(current.ndim):
+            lo = [slice(None)] * current.ndim
+            hi = [slice(None)] * current.ndim
+            lo[axis], hi[axis] = slice(1, None), slice(None, -1)
+            inner[tuple(hi)] &= current[tuple(lo)]
+            inner[tuple(lo)] &= current[tuple(hi)]
+            edge = [slice(None)] * current.ndim
+            for end in (0, -1):
+                edge[axis] = end
+                inner[tuple(edge)] = False
+        if not inner.any():
             break
-        depth[current[0, 0] > 0] = d
-        current = -F.max_pool3d(-current, 3, stride=1, padding=1)
+        depth[inner] = d
+        current = inner
     return depth
 
 
-def profile(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def profile(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """(C * (len(QUANTILES) + len(DEPTH_BINS)),) float64: each channel's raw quantiles inside the head, then
     its mean intensity per depth bin in units of the head's interquartile range about its median (so the
     profile's shape, not the scanner's scale, is compared). An empty head or depth bin gives 0."""
     channels = x.shape[0]
     size = len(QUANTILES) + len(DEPTH_BINS)
-    if not bool(mask.any()):
-        return torch.zeros(channels * size, dtype=torch.float64)
-    depth = depth_map(mask)
+    inside = mask.numpy()
+    if not inside.any():
+        return np.zeros(channels * size)
+    depth = depth_map(inside)[inside]
     bins = [(depth >= a) & (depth <= b) for a, b in DEPTH_BINS]
     parts = []
     for c in range(channels):
-        values = x[c].detach().double()[mask]
-        q = torch.quantile(values[:: max(1, values.numel() // 1_000_000)],
-                           torch.tensor(QUANTILES, dtype=torch.float64))
+        values = x[c].detach().numpy().astype(np.float64)[inside]
+        q = np.percentile(values, [100 * p for p in QUANTILES])
         scale = float(q[3] - q[1]) or float(values.std()) or 1.0
-        standard = (x[c].detach().double() - q[2]) / scale
-        means = [float(standard[b].mean()) if bool(b.any()) else 0.0 for b in bins]
-        parts += [q, torch.tensor(means, dtype=torch.float64)]
-    return torch.cat(parts)
+        standard = (values - q[2]) / scale
+        parts += [q, np.array([float(standard[b].mean()) if b.any() else 0.0 for b in bins])]
+    return np.concatenate(parts)

@@ -46,8 +46,7 @@ def input_profile(model_input: ModelInput) -> Profile:
         x = x.permute(1, 2, 3, 0)
     x = x.detach().to("cpu", torch.float32)
     mask = checks.head_mask(x)
-    return Profile(checks.geometry(model_input.space), float(mask.float().mean()),
-                   intensity.profile(x, mask).numpy())
+    return Profile(checks.geometry(model_input.space), float(mask.float().mean()), intensity.profile(x, mask))
 
 
 class FitnessCheck:
