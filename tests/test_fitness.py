@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mri_lrp.cli import app
-from mri_lrp.errors import SettingsError
+from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.fitness import checks
 from mri_lrp.fitness.envelope import MIN_REFERENCE, Envelope
 from mri_lrp.model.checkpoint import load_checkpoint
@@ -230,3 +230,10 @@ def test_merged_shards_add_up_their_fitness_counts(trained: dict[str, Path], tmp
     assert merged.exit_code == 0, merged.output
     counts = json.loads((out / "run.json").read_text())["fitness"]
     assert counts["out"] == 2 and counts["ok"] + counts["doubtful"] == 2
+
+
+def test_explain_scan_refuses_a_volume_narrower_than_the_first_layers(nibabel_data: Path) -> None:
+    from mri_lrp import explain_scan
+
+    with pytest.raises(ScanError, match=r"test.mgz: the scan fills .* fewer than the 4 voxels"):
+        explain_scan(nibabel_data / "test.mgz", volume=0)

@@ -131,6 +131,10 @@ class Job:
     def explain_one(self, prepared: Prepared) -> Explained | None:
         """One prepared scan through the same device path as a batch (``explain_scan`` uses it); None when it
         failed, with the failure recorded as in a run."""
+        refused = self.fitness.refuse(prepared.model_input)
+        if refused:
+            self._drop(prepared, "preprocess", refused)
+            return None
         results = self._explain_slices(prepared) if self.spec.dims == 2 else self._explain_volumes([prepared])
         return results[0] if results else None
 
