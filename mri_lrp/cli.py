@@ -376,7 +376,7 @@ def _print_envelope(path: str) -> None:
         typer.echo(line)
 
 
-@app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]
+@app.command(epilog="""[bold]Examples[/bold]
 
   mri-lrp calibrate train_scans/ --checkpoint best.pt --out envelope.npz
 
