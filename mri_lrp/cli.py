@@ -12,14 +12,21 @@ import typer
 from typer.core import TyperCommand
 
 from mri_lrp import __version__
-from mri_lrp.errors import CheckpointError, MriLrpError, SettingsError, UnsupportedLayerError
+from mri_lrp.errors import (
+    CheckpointError,
+    DiskFullError,
+    MriLrpError,
+    SettingsError,
+    UnsupportedLayerError,
+    is_disk_full,
+)
 from mri_lrp.evaluate.perturb import BASELINES
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
 from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, LAYOUTS, TARGET_KEYWORDS, Settings, input_spec_options
 
-EXIT_USAGE, EXIT_UNEXPECTED = 2, 1
+EXIT_USAGE, EXIT_UNEXPECTED, EXIT_SOME_FAILED = 2, 1, 3
 
 #: The panels `explain --help` groups its options into (every option names one with rich_help_panel=).
 MODEL, RULES_PANEL, INPUTS, OUTPUTS, REGIONS, CLUSTER = "Model", "Rules", "Inputs", "Outputs", "Regions", "Cluster"
@@ -75,6 +82,11 @@ def _fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> None
     raise typer.Exit(code)
 
 
+def _error_text(error: Exception, out: str) -> str:
+    """An error's line; a full disk names the output folder (a failed write's OSError names no file)."""
+    return f"{out}: no space left on device" if is_disk_full(error) else str(error)
+
+
 def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -110,6 +122,9 @@ TrustOpt = Annotated[bool | None, typer.Option(
     "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
     rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str | None, typer.Option(help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)]
+ModelOutputOpt = Annotated[str | None, typer.Option(
+    help="Which output holds the logits when forward returns a tuple or list (INDEX) or a dict (KEY); "
+    "default: the first of a tuple or list.", rich_help_panel=MODEL)]
 AlphaOpt = Annotated[float | None, typer.Option(
     help="αβ rule: weight of positive contributions.", rich_help_panel=RULES_PANEL)]
 BetaOpt = Annotated[float | None, typer.Option(
@@ -128,6 +143,7 @@ def explain(
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_checkpoint: TrustOpt = None,
+    model_output: ModelOutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Scans per device batch: auto | N.", rich_help_panel=MODEL)] = None,
@@ -240,6 +256,8 @@ def explain(
         code = _dry_run(settings) if dry_run else run_explain(settings, Reporter(quiet=settings.quiet))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e), hint=_checkpoint_hint(e))
+    except DiskFullError as e:  # some scans written: as a run with failures; none: the output is unusable
+        _fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
     raise typer.Exit(code)
 
 
@@ -315,6 +333,8 @@ def info(
     model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
     model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
     trust_checkpoint: Annotated[bool | None, typer.Option("--trust-checkpoint")] = None,
+    model_output: Annotated[str | None, typer.Option(
+        help="Which output holds the logits: INDEX of a tuple or list, KEY of a dict.")] = None,
     rule: Annotated[str | None, typer.Option(help=f"Rule to show per layer: {one_of(RULES)}.")] = None,
     alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
     beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
@@ -337,15 +357,15 @@ def info(
     try:
         given = {"checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint, "rule": rule,
                  "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "composite": composite,
-                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma}
+                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma, "model_output": model_output}
         values = load_config(config) if config else {}
         values.update({k: v for k, v in given.items() if v is not None})
         loaded = load_checkpoint(
             values.get("checkpoint"), model=values.get("model"), model_kwargs=values.get("model_kwargs"),
             class_names=values.get("class_names"),
             input_spec=values.get("input_spec") or None,
-            trust_checkpoint=bool(values.get("trust_checkpoint", False)))
-        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma") if k in values}
+            trust_checkpoint=bool(values.get("trust_checkpoint", False)), model_output=values.get("model_output"))
+        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma", "model_output") if k in values}
         with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's warning dump
             warnings.simplefilter("always")
             desc = describe_model(loaded, rule=values.get("rule", "alphabeta"),
@@ -429,7 +449,7 @@ def merge(
     try:
         report = merge_outputs([Path(d) for d in out_dirs], Path(out), allow_mixed=allow_mixed)
     except (SettingsError, OSError) as e:
-        _fail(str(e))
+        _fail(_error_text(e, out))
     typer.echo(report.describe())
     raise typer.Exit(0 if report.ok else 3)
 
@@ -446,7 +466,7 @@ def report(
     try:
         page = write_report(Path(out))
     except (SettingsError, OSError) as e:
-        _fail(str(e))
+        _fail(_error_text(e, out))
     typer.echo(f"wrote {page}")
 
 
@@ -465,6 +485,7 @@ def evaluate(
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_checkpoint: TrustOpt = None,
+    model_output: ModelOutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Perturbed inputs per device batch: auto | N.", rich_help_panel=MODEL)] = None,
@@ -515,8 +536,8 @@ def evaluate(
         cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
                "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "device": device,
                "batch_size": batch_size, "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma,
-               "target": target, "init": init, "masks": masks, "out": out, "quiet": quiet, "workers": 0,
-               "reference": reference, "reference_any_model": reference_any_model}
+               "model_output": model_output, "target": target, "init": init, "masks": masks, "out": out,
+               "quiet": quiet, "workers": 0, "reference": reference, "reference_any_model": reference_any_model}
         settings = build_settings(cli, config)
         options = EvaluateOptions(
             rules=tuple(r.strip() for r in rules.split(",") if r.strip()), cube=cube, steps=steps,
@@ -594,6 +615,10 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if os.environ.get("MRI_LRP_DEBUG"):
             raise
+        if is_disk_full(e):  # a command without a message of its own for it (merge, report, evaluate)
+            where = os.path.dirname(e.filename) if isinstance(getattr(e, "filename", None), str) else "output"
+            typer.echo(f"mri-lrp: error: {where or '.'}: no space left on device", err=True)
+            sys.exit(EXIT_USAGE)
         typer.echo(f"mri-lrp: unexpected error: {type(e).__name__}: {e} (set MRI_LRP_DEBUG=1 for details)",
                    err=True)
         sys.exit(EXIT_UNEXPECTED)

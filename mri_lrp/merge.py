@@ -274,7 +274,11 @@ def _link_file(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copy2(src, tmp)
+        try:
+            shutil.copy2(src, tmp)
+        except BaseException:  # a full disk: no half copy left behind
+            tmp.unlink(missing_ok=True)
+            raise
     os.replace(tmp, dst)
 
 

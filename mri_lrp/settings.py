@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mri_lrp.errors import SettingsError
+from mri_lrp.model.logits import check_selector
 
 TARGET_KEYWORDS = ("predicted", "all")
 INIT_MODES = ("prob", "logit", "sglrp")
@@ -33,6 +34,7 @@ class Settings:
     model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     trust_checkpoint: bool = False
+    model_output: str | None = None  # index or key of the logits when forward returns a tuple, list or dict
     class_names: tuple[str, ...] | None = None
     input_spec: dict[str, Any] | None = None
     rule: str = "alphabeta"
@@ -79,6 +81,8 @@ class Settings:
             payload["keep_uids"] = True
         if self.save_model_input:  # one more file per scan: a done scan without it is not done
             payload["save_model_input"] = True
+        if self.model_output is not None:  # another output explained (hashes without it unchanged)
+            payload["model_output"] = self.model_output
         if self.reference:  # fitness columns; a scan it left unexplained is not done
             stamp = "batch" if self.reference == "batch" else _file_stamp(self.reference)
             payload["reference"] = [stamp, self.skip_unfit]
@@ -157,7 +161,8 @@ _CONFIG_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
                                                "derivatives", "keep_uids", "save_model_input")},
     **{n: ("a table", (dict,)) for n in ("model_kwargs", "overrides", "input_spec")},
     "workers": ("a whole number", (int,)), "volume": ("a whole number", (int,)),
-    "target": ("a class name or index", (str, int)), "batch_size": ("'auto' or a whole number", (str, int)),
+    "target": ("a class name or index", (str, int)), "model_output": ("an index or a key", (str, int)),
+    "batch_size": ("'auto' or a whole number", (str, int)),
     "scans": ("a path or a list of paths", (str, list)), "class_names": ("a list of names", (list,)),
 }
 
@@ -170,7 +175,7 @@ def _check_config_type(path: Path, key: str, name: str, value: Any) -> Any:
         wrong = not all(isinstance(v, str) for v in value)
     if wrong:
         raise SettingsError(f"{path}: option '{key}' must be {expected}, got {value!r}")
-    return str(value) if name == "target" else value
+    return str(value) if name in ("target", "model_output") else value
 
 
 def build_settings(cli: dict[str, Any], config_path: str | None = None,
@@ -253,6 +258,7 @@ def validate(s: Settings) -> None:
         _validate_input_spec(s.input_spec)
     if s.overrides:
         _validate_overrides(s.overrides)
+    check_selector(s.model_output)
     if s.init not in INIT_MODES:
         raise SettingsError(f"--init: must be one of {', '.join(INIT_MODES)}, got '{s.init}'")
     if not s.target:

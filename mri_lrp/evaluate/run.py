@@ -210,7 +210,8 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
 
 
 def _explainer(model: torch.nn.Module, name: str, settings: Settings) -> Explainer:
-    params = {"alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon, "gamma": settings.gamma}
+    params = {"alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon, "gamma": settings.gamma,
+              "model_output": settings.model_output}
     if name in COMPOSITES:
         return Explainer(model, composite=name, **params)
     return Explainer(model, rule=name, **params)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mri_lrp.errors import ScanError
+from mri_lrp.errors import ScanError, is_disk_full
 from mri_lrp.fitness.score import FitnessCheck
 from mri_lrp.lrp import Explainer
 from mri_lrp.lrp.explain import conservation_note, warm_up_autograd
@@ -49,6 +49,7 @@ class Job:
         stats.stages = self.plan.to_json()
         self.stop: threading.Event = threading.Event()
         self.conservation_noted = False
+        self.disk_full = False  # a write found no space left: no further scan is started
         self._lock = threading.RLock()  # writes are recorded from the workers' result threads
         self._written = threading.Condition()  # guards _outstanding: writes submitted and not yet recorded
         self._outstanding = 0
@@ -207,8 +208,12 @@ class Job:
             self._fail(ref, "write", "the worker process died writing it twice (out of memory?)")
             return
         except Exception as e:  # noqa: BLE001 - one scan's write error costs only that scan
+            if is_disk_full(e):  # ... unless the disk is full: the next scans would fail alike
+                self.disk_full = True
+                self.stop.set()
             self._fail(ref, "write", f"{type(e).__name__}: {e}")
             return
+        self.stats.written += 1
         self.stats.add("write", seconds)
         self.reporter.scan_done(ref.scan_id, status)
 

@@ -8,14 +8,14 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mri_lrp import __version__
-from mri_lrp.errors import SettingsError
+from mri_lrp.errors import DiskFullError, SettingsError, is_disk_full
 from mri_lrp.fitness.calibrate import calibrate
 from mri_lrp.fitness.envelope import MIN_BATCH, MIN_REFERENCE, Envelope
 from mri_lrp.fitness.score import OUT_FACTOR, FitnessCheck, fitness_counts
@@ -60,10 +60,67 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     out = Path(settings.out)
     shard = Shard.parse(settings.shard) if settings.shard else shard_from_env(os.environ)
     tables = out / "parts" / f"shard-{shard.index}-of-{shard.count}" if shard else out
-    with acquire_lock(out, tables, time.strftime("%Y-%m-%dT%H:%M:%S%z")) as lock:
-        for note in lock.notes:
-            reporter.note(f"warning: {note}", always=True)
-        return _run_locked(settings, reporter)
+    setup = prepare(settings, reporter)  # every usage error before --out exists: none leaves a folder behind
+    stats = RunStats()
+    created = not out.exists()
+    try:
+        with acquire_lock(out, tables, time.strftime("%Y-%m-%dT%H:%M:%S%z")) as lock:
+            for note in lock.notes:
+                reporter.note(f"warning: {note}", always=True)
+            return _run_locked(settings, reporter, setup, stats)
+    except BaseException as e:
+        reporter.stop()
+        if created:
+            remove_empty_folders(out)
+        if is_disk_full(e):
+            raise DiskFullError(str(out), stats.written) from None
+        raise
+
+
+@dataclass
+class Setup:
+    """What a run needs before it touches --out: the model, the class it explains, the device, the rules."""
+
+    loaded: LoadedModel
+    target: int | str | None
+    device: torch.device
+    explainer: Explainer
+    fitness: FitnessCheck | None = None  # None until --reference batch has read the run's scans
+
+
+def prepare(settings: Settings, reporter: Reporter) -> Setup:
+    """Load and check everything a usage error can lie in (checkpoint, target, device, rules, atlas)."""
+    if settings.workers > 0:  # already running when started by the console entry point
+        start_worker_server()  # its imports overlap loading the model and finding the scans
+    loaded = load_model(settings)
+    for note in model_notices(loaded):
+        reporter.note(note, always=True)
+    target = resolve_target(settings.target, loaded.class_names)
+    device = resolve_device(settings.device)
+    model = loaded.model.to(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = Explainer(model, **rule_params(settings))
+    for w in caught:
+        reporter.note(f"warning: {w.message}", always=True)
+    if explainer.output_choice:
+        reporter.note(f"model output explained: {explainer.output_choice}", always=True)
+    if settings.atlas:
+        cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
+    # A bad or foreign envelope too; --reference batch is built from the scans, inside the run.
+    fitness = None if settings.reference == "batch" else fitness_check(settings, loaded, explainer)
+    return Setup(loaded, target, device, explainer, fitness)
+
+
+def remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders under it when they hold no file (a run that stopped before writing)."""
+    if not top.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:  # holds a file: kept
+            pass
 
 
 def start_line(settings: Settings) -> str:
@@ -90,25 +147,10 @@ def scan_writer(out: Path, settings: Settings, loaded: LoadedModel, fingerprint:
                       layout=layout, model_sha256=loaded.sha256, stamp=DEMO_NOTICE if loaded.is_demo else "")
 
 
-def _run_locked(settings: Settings, reporter: Reporter) -> int:
+def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: RunStats) -> int:
     t_start = time.time()
-    stats = RunStats()
-    if settings.workers > 0:  # already running when started by the console entry point
-        start_worker_server()  # its imports overlap loading the model and finding the scans
-    loaded = load_model(settings)
-    for note in model_notices(loaded):
-        reporter.note(note, always=True)
-    target = resolve_target(settings.target, loaded.class_names)
-    device = resolve_device(settings.device)
-    model = loaded.model.to(device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explainer = Explainer(model, **rule_params(settings))
-    for w in caught:
-        reporter.note(f"warning: {w.message}", always=True)
-    if settings.atlas:
-        cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
-    fitness = fitness_check(settings, loaded, explainer, reporter)  # a bad envelope too
+    loaded, target, device, explainer = setup.loaded, setup.target, setup.device, setup.explainer
+    fitness = setup.fitness or fitness_check(settings, loaded, explainer, reporter)  # --reference batch
     fingerprint = settings.fingerprint(loaded.sha256)
 
     refs, skipped = find_scans(settings, loaded)
@@ -148,6 +190,8 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
     with StopOnSignal() as stop:
         job.stop = stop
         job.run(todo)
+    if job.disk_full:  # the tables would fail alike; a rerun resumes from the scans written
+        raise DiskFullError(str(out), stats.written)
 
     skipped = [*skipped, *(Skipped(r.source, f"not explained (--skip-unfit): {why}") for r, why in job.unfit)]
     summary, regions = collect_results(out, refs, fingerprint)
@@ -180,6 +224,8 @@ def write_report_or_warn(out: Path, reporter: Reporter) -> None:
     try:
         write_report(out)
     except Exception as e:  # noqa: BLE001 - the tables are written; the page is a view of them
+        if is_disk_full(e):  # not the report's fault: the run says so, as for any other file
+            raise
         reporter.note(f"warning: report.html not written ({type(e).__name__}: {e}); "
                       f"try `mri-lrp report {out}`", always=True)
 
@@ -217,6 +263,7 @@ def load_model(settings: Settings) -> LoadedModel:
         settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
         class_names=list(settings.class_names) if settings.class_names else None,
         input_spec=settings.input_spec or None, trust_checkpoint=settings.trust_checkpoint,
+        model_output=settings.model_output,
     )
 
 
@@ -265,6 +312,7 @@ def rule_params(settings: Settings) -> dict[str, Any]:
     return {
         "rule": settings.rule, "alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon,
         "gamma": settings.gamma, "composite": settings.composite, "overrides": settings.overrides or None,
+        "model_output": settings.model_output,
     }
 
 

@@ -30,7 +30,7 @@ REPORT_DIR = "report"
 ASSETS = ("report.css", "report.js", "scan.js", "niivue.umd.js", "LICENSE-niivue.txt")
 #: Summary columns the table shows (when the run has them), with how to sort them.
 TABLE_COLUMNS = (
-    ("scan_id", "scan", "text"), ("predicted_class", "predicted", "text"), ("predicted_prob", "p", "num"),
+    ("scan_id", "scan", "text"), ("predicted_class", "predicted", "text"), ("predicted_prob", "probability", "num"),
     ("target_class", "target", "text"), ("conservation_error", "conservation error", "num"),
     ("relevance_mass_accuracy", "mass accuracy", "num"), ("pointing_game", "pointing game", "text"),
     ("mask_volume_ml", "mask ml", "num"), ("top_region", "top region", "text"),
@@ -94,9 +94,18 @@ def _write_page(path: Path, text: str) -> None:
             return
     except OSError:
         pass
+    _write_via_tmp(path, data)
+
+
+def _write_via_tmp(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` by a rename; a write that fails (a full disk) leaves no temporary file."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_assets(target: Path) -> None:
@@ -108,9 +117,7 @@ def copy_assets(target: Path) -> None:
         dest = target / name
         if dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data:
             continue
-        tmp = target / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        _write_via_tmp(dest, data)
 
 
 def write_report(out: Path) -> Path:
@@ -272,7 +279,7 @@ def main_page(out: Path, run: Mapping[str, Any], summary: Sequence[Mapping[str, 
 <option value="doubtful">doubtful</option><option value="out">out</option></select></label>
 <label><input id="warnings-only" type="checkbox"> with warnings only</label>
 <span id="shown"></span></div>
-<table id="summary-table" class="data"><thead><tr></tr></thead><tbody></tbody></table>
+<div class="table-box"><table id="summary-table" class="data"><thead><tr></tr></thead><tbody></tbody></table></div>
 <div class="pager" data-for="table"><button type="button" data-step="-1">previous</button>
 <span class="where"></span><button type="button" data-step="1">next</button></div>
 <noscript><p>The table needs JavaScript; summary.csv holds the same rows.</p></noscript>

@@ -101,6 +101,7 @@
           }
           td.textContent = x === null ? v : formatNumber(x);
           if (col.type === "num") td.className = "num";
+          else if (col.key === "source") td.className = "path";
         }
       }
     }
