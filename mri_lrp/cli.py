@@ -221,6 +221,15 @@ def explain(
         help=f"Where files go: {one_of(LAYOUTS)} (flat: scans/<id>/; bids: a BIDS-derivatives dataset of BIDS "
         "inputs).",
         rich_help_panel=OUTPUTS)] = None,
+    reference: Annotated[str | None, typer.Option(
+        help="Input-fitness envelope from `mri-lrp calibrate` (or 'batch': the run's own scans, at least 20): "
+        "adds fitness (ok/doubtful/out) and distances to summary.csv.", rich_help_panel=INPUTS)] = None,
+    reference_any_model: Annotated[bool | None, typer.Option(
+        "--reference-any-model", help="Accept an envelope made with another checkpoint.",
+        rich_help_panel=INPUTS)] = None,
+    skip_unfit: Annotated[bool | None, typer.Option(
+        "--skip-unfit", help="Leave scans whose fitness is 'out' unexplained (listed in skipped.csv).",
+        rich_help_panel=INPUTS)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (scans, shard, model, input spec, rule per layer) and exit; "
         "writes nothing.", rich_help_panel=OUTPUTS)] = False,
@@ -372,11 +381,16 @@ def info(
     config: Annotated[str | None, typer.Option("--config", "-c", help=(
         "TOML file as for explain: its model, class names, input spec, rules and overrides are shown."))] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    reference: Annotated[str | None, typer.Option(
+        help="Print this input-fitness envelope (from `mri-lrp calibrate`) instead of the model.")] = None,
 ) -> None:
     """The model: classes, input spec, parameters, and the LRP rule each layer would get."""
     from mri_lrp.model.checkpoint import describe_model, load_checkpoint
     from mri_lrp.settings import load_config
 
+    if reference is not None:
+        _print_envelope(reference)
+        return
     try:
         given = {"checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint, "rule": rule,
                  "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "composite": composite,
@@ -406,6 +420,49 @@ def info(
         typer.echo(f"{key:>16}: {value}")
     _print_table([{"layer": la["name"], "type": la["type"], "rule": la["rule"]} for la in layers],
                  ["layer", "type", "rule"])
+
+
+def _print_envelope(path: str) -> None:
+    from mri_lrp.fitness.envelope import Envelope
+
+    try:
+        env = Envelope.load(path)
+    except SettingsError as e:
+        _fail(str(e))
+    for line in env.describe():
+        typer.echo(line)
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  mri-lrp calibrate train_scans/ --checkpoint best.pt --out envelope.npz
+
+  mri-lrp explain new_scans/ --checkpoint best.pt --reference envelope.npz
+""")
+def calibrate(
+    scans: Annotated[list[str], typer.Argument(help="Reference scans (the training or validation set).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The envelope file to write (.npz).")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_checkpoint: TrustOpt = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", help="TOML file as for explain: the model, input spec and scan filters.")] = None,
+) -> None:
+    """Record the reference envelope of a model's inputs, for `explain --reference` (input fitness)."""
+    from mri_lrp.pipeline.run import calibrate_scans
+    from mri_lrp.settings import build_settings
+
+    cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
+           "model_kwargs": None}
+    try:
+        cli["model_kwargs"] = _json_option(model_kwargs, "--model-kwargs")
+        settings = build_settings(cli, config)
+        if Path(out).is_dir():
+            raise SettingsError(f"{out}: --out is a folder; name the envelope file (e.g. envelope.npz)")
+        calibrate_scans(settings, out, lambda line: typer.echo(f"mri-lrp: {line}", err=True))
+    except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
+        _fail(str(e), hint=_checkpoint_hint(e))
 
 
 @app.command(epilog="""[bold]Examples[/bold]
@@ -525,6 +582,12 @@ def evaluate(
         "--config", "-c", help="TOML file of explain options (model, input spec, rule parameters).",
         rich_help_panel=INPUTS)] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUTS)] = "mri-lrp-eval",
+    reference: Annotated[str | None, typer.Option(
+        help="Input-fitness envelope (`mri-lrp calibrate`): report the share of scans flagged per class.",
+        rich_help_panel=INPUTS)] = None,
+    reference_any_model: Annotated[bool | None, typer.Option(
+        "--reference-any-model", help="Accept an envelope made with another checkpoint.",
+        rich_help_panel=INPUTS)] = None,
     quiet: Annotated[bool | None, typer.Option(
         "--quiet", "-q", help="Only failures and the ranking.", rich_help_panel=OUTPUTS)] = None,
 ) -> None:
@@ -538,7 +601,7 @@ def evaluate(
                "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "device": device,
                "batch_size": batch_size, "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma,
                "model_output": model_output, "target": target, "init": init, "masks": masks, "out": out,
-               "quiet": quiet, "workers": 0}
+               "quiet": quiet, "workers": 0, "reference": reference, "reference_any_model": reference_any_model}
         settings = build_settings(cli, config)
         options = EvaluateOptions(
             rules=tuple(r.strip() for r in rules.split(",") if r.strip()), cube=cube, steps=steps,

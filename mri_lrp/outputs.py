@@ -25,6 +25,8 @@ SUMMARY_COLUMNS = [
     "target_class", "target_prob", "output_relevance", "relevance_sum", "conservation_error",
     "absorbed", "top_region", "relevance_outside_head", "relevance_border",
     "relevance_mass_accuracy", "pointing_game", "mask_volume_ml",
+    "fitness", "input_coverage", "scan_inside", "feature_distance", "feature_percentile", "intensity_distance",
+    "fitness_reasons",
     "warnings", "status", "seconds", "modality", "series_description", "series_number", "protocol",
 ]
 FAILURE_COLUMNS = ["scan_id", "source", "stage", "error"]

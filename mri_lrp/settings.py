@@ -67,6 +67,9 @@ class Settings:
     derivatives: bool = False        # also walk a BIDS dataset's derivatives/ folder
     keep_uids: bool = False          # add study_uid / series_uid to the tables
     save_model_input: bool = False   # also write scans/<id>/model_input.nii.gz (what the network saw)
+    reference: str | None = None     # input-fitness envelope (.npz from `mri-lrp calibrate`)
+    reference_any_model: bool = False  # accept an envelope made with another checkpoint
+    skip_unfit: bool = False         # leave scans whose fitness is "out" unexplained (listed as skipped)
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
         """A short hash of everything that changes results: a resumed run redoes a scan when it differs."""
@@ -80,6 +83,9 @@ class Settings:
             payload["save_model_input"] = True
         if self.model_output is not None:  # another output explained (hashes without it unchanged)
             payload["model_output"] = self.model_output
+        if self.reference:  # fitness columns; a scan it left unexplained is not done
+            stamp = "batch" if self.reference == "batch" else _file_stamp(self.reference)
+            payload["reference"] = [stamp, self.skip_unfit]
         for name in ("atlas", "atlas_labels"):
             if payload[name]:
                 payload[name + "_stat"] = _file_stamp(payload[name])
@@ -134,8 +140,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except SettingsError as e:
         raise SettingsError(f"{p}: {e}") from None
     # Relative paths in a config file are relative to the file, so a config works from any directory.
-    for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks"):
-        if isinstance(out.get(name), str) and not os.path.isabs(out[name]):
+    for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks", "reference"):
+        if isinstance(out.get(name), str) and not os.path.isabs(out[name]) and out[name] != "batch":
             out[name] = str((p.parent / out[name]).resolve())
     if isinstance(out.get("scans"), str):
         out["scans"] = [out["scans"]]
@@ -295,6 +301,10 @@ def validate(s: Settings) -> None:
             re.compile(s.series)
         except re.error as e:
             raise SettingsError(f"--series: not a valid regular expression ({e})") from None
+    if s.reference not in (None, "batch") and not os.path.isfile(s.reference):
+        raise SettingsError(f"{s.reference}: --reference envelope not found (make one with `mri-lrp calibrate`)")
+    if s.skip_unfit and s.reference is None:
+        raise SettingsError("--skip-unfit needs --reference (the envelope that decides what is unfit)")
     if not s.modality.strip(" ,"):
         raise SettingsError("--modality: empty (give e.g. MR, or MR,CT, or any)")
     _validate_out(s.out)

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.errors import DiskFullError, SettingsError, is_disk_full
+from mri_lrp.fitness.calibrate import calibrate
+from mri_lrp.fitness.envelope import MIN_BATCH, MIN_REFERENCE, Envelope
+from mri_lrp.fitness.score import OUT_FACTOR, FitnessCheck, fitness_counts
 from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
 from mri_lrp.model.checkpoint import DEMO_NOTICE, LoadedModel, load_checkpoint
@@ -81,6 +85,7 @@ class Setup:
     target: int | str | None
     device: torch.device
     explainer: Explainer
+    fitness: FitnessCheck | None = None  # None until --reference batch has read the run's scans
 
 
 def prepare(settings: Settings, reporter: Reporter) -> Setup:
@@ -102,7 +107,9 @@ def prepare(settings: Settings, reporter: Reporter) -> Setup:
         reporter.note(f"model output explained: {explainer.output_choice}", always=True)
     if settings.atlas:
         cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
-    return Setup(loaded, target, device, explainer)
+    # A bad or foreign envelope too; --reference batch is built from the scans, inside the run.
+    fitness = None if settings.reference == "batch" else fitness_check(settings, loaded, explainer)
+    return Setup(loaded, target, device, explainer, fitness)
 
 
 def remove_empty_folders(top: Path) -> None:
@@ -143,6 +150,7 @@ def scan_writer(out: Path, settings: Settings, loaded: LoadedModel, fingerprint:
 def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: RunStats) -> int:
     t_start = time.time()
     loaded, target, device, explainer = setup.loaded, setup.target, setup.device, setup.explainer
+    fitness = setup.fitness or fitness_check(settings, loaded, explainer, reporter)  # --reference batch
     fingerprint = settings.fingerprint(loaded.sha256)
 
     refs, skipped = find_scans(settings, loaded)
@@ -178,13 +186,14 @@ def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: Run
 
     failures: list[dict[str, Any]] = []
     writer = scan_writer(out, settings, loaded, fingerprint, layout)
-    job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures)
+    job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures, fitness)
     with StopOnSignal() as stop:
         job.stop = stop
         job.run(todo)
     if job.disk_full:  # the tables would fail alike; a rerun resumes from the scans written
         raise DiskFullError(str(out), stats.written)
 
+    skipped = [*skipped, *(Skipped(r.source, f"not explained (--skip-unfit): {why}") for r, why in job.unfit)]
     summary, regions = collect_results(out, refs, fingerprint)
     write_csv(tables_dir / "summary.csv", summary, summary_columns(loaded.input_spec.channel_names))
     write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
@@ -195,6 +204,7 @@ def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: Run
     stats.done = len(summary)
     wall = time.time() - t_start
     manifest = run_manifest(settings, loaded, device, stats, wall, shard, fingerprint, skipped=skipped)
+    manifest["fitness"] = fitness_counts(summary, len(job.unfit))
     atomic_write_json(tables_dir / "run.json", manifest)
     atomic_write_json(history_path(tables_dir, t_start), manifest)
     if shard is None:  # a shard's tables are a part: the merge writes the report
@@ -218,6 +228,33 @@ def write_report_or_warn(out: Path, reporter: Reporter) -> None:
             raise
         reporter.note(f"warning: report.html not written ({type(e).__name__}: {e}); "
                       f"try `mri-lrp report {out}`", always=True)
+
+
+def calibrate_scans(settings: Settings, out: str | Path, note: Callable[[str], None],
+                    minimum: int = MIN_REFERENCE, trim: float | None = None) -> Envelope:
+    """The envelope of the scans the settings name, found and filtered as explain finds them
+    (`mri-lrp calibrate`, and `--reference batch`)."""
+    loaded = load_model(settings)
+    refs, skipped = find_scans(settings, loaded)
+    for s in skipped:
+        note(f"skipped {s.path}: {s.reason}")
+    return calibrate(loaded, refs, out, note, minimum=minimum, trim=trim)
+
+
+def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer,
+                  reporter: Reporter | None = None) -> FitnessCheck:
+    """The run's fitness checks, with the --reference envelope when given (refused when made for another
+    checkpoint, unless --reference-any-model). ``--reference batch`` first calibrates on the run's own scans
+    (at least MIN_BATCH of them; one extra read and forward pass per scan) into OUT/reference_batch.npz."""
+    envelope = None
+    if settings.reference == "batch":
+        note = (lambda line: reporter.note(f"reference batch: {line}")) if reporter else (lambda line: None)
+        envelope = calibrate_scans(settings, Path(settings.out) / "reference_batch.npz", note, minimum=MIN_BATCH,
+                                   trim=OUT_FACTOR)
+    elif settings.reference:
+        envelope = Envelope.load(settings.reference)
+        envelope.check_model(settings.reference, loaded.sha256, settings.reference_any_model)
+    return FitnessCheck(loaded.model, explainer, envelope)
 
 
 def load_model(settings: Settings) -> LoadedModel:

@@ -63,6 +63,7 @@ class WriteJob:
     identity: list[dict[str, Any]] = field(default_factory=list)  # the input files, recorded in the done marker
     dicom: dict[str, str] = field(default_factory=dict)           # DICOM facts from discovery, for the tables
     model_input: np.ndarray | None = None  # (X, Y, Z, C) model tensor, only with --save-model-input
+    fitness: dict[str, Any] = field(default_factory=dict)  # fitness.score.FITNESS_COLUMNS
 
     @classmethod
     def of(cls, res: Explained, with_input: bool = False) -> WriteJob:
@@ -70,7 +71,8 @@ class WriteJob:
         seen = model_volume(p.model_input.tensor, p.model_input.space) if with_input else None
         return cls(p.scan, p.ref, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
                    res.output_relevance, res.absorbed, res.output_abs, res.seconds, p.model_input.notes,
-                   list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen)
+                   list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen,
+                   res.fitness)
 
 
 def write_held(writer: ScanWriter, job: WriteJob) -> tuple[float, str]:
@@ -113,6 +115,7 @@ class ScanWriter:
         multi = len(res.targets) > 1
         maps, rows, files, vmax, total = [], [], [], 0.0, 0.0
         first: dict[str, Any] = {}
+        stamp = "; ".join(filter(None, [self.stamp, fitness_stamp(res.fitness)]))
         per_channel: list[np.ndarray] = []  # a multi-channel case: (C, I, J, K) per target
         for n, t in enumerate(res.targets):
             if scan.channels:
@@ -133,7 +136,7 @@ class ScanWriter:
                 if scan.channels else render_overlay
             vmax = max(vmax, draw(
                 where.overlay(suffix.lstrip("_")), scan.data, rel, scan.affine,
-                title=f"{scan.scan_id}: predicted {names[pred]} (p={res.probs[pred]:.2f})", stamp=self.stamp,
+                title=f"{scan.scan_id}: predicted {names[pred]} (p={res.probs[pred]:.2f})", stamp=stamp,
                 subtitle=f"relevance for {names[t]} (p={res.probs[t]:.2f}) · {self._rule_text()}",
                 mask=mask, image=scan.kind == "image",
             ))
@@ -181,7 +184,9 @@ class ScanWriter:
             **{f"spacing_{a}": round(float(v), 6) for a, v in zip("xyz", scan.spacing, strict=True)},
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
             **first, **probes,
+            **res.fitness,
             "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
+                                   *filter(None, [fitness_warning(res.fitness)]),
                                    *filter(None, [conservation_note(out_rel, total, out_abs),
                                                   padding_note(res.relevance, ctx, out_abs)]))),
             "status": "ok", "seconds": round(seconds, 3),
@@ -285,3 +290,17 @@ def padding_note(relevance: np.ndarray, space: ModelSpace, output_abs: float) ->
         return ""
     return (f"{abs(outside) / output_abs:.1%} of the relevance lies on zero padding past the scan (the model grid "
             "is larger than the scan's field of view) and is in no voxel of the relevance map")
+
+
+def fitness_warning(fit: dict[str, Any]) -> str:
+    """The summary warning of a scan whose input is unlike the model's (fitness out or doubtful), or ""."""
+    if fit.get("fitness") == "out":
+        return f"input fitness out: {fit['fitness_reasons']} (do not trust this prediction or its heatmap)"
+    if fit.get("fitness") == "doubtful":
+        return f"input fitness doubtful: {fit['fitness_reasons']}"
+    return ""
+
+
+def fitness_stamp(fit: dict[str, Any]) -> str:
+    """The overlay's stamp for a scan that is out for the model, or ""."""
+    return "INPUT UNLIKE THE MODEL'S: do not trust" if fit.get("fitness") == "out" else ""

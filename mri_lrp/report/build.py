@@ -35,6 +35,7 @@ TABLE_COLUMNS = (
     ("target_class", "target", "text"), ("conservation_error", "conservation error", "num"),
     ("relevance_mass_accuracy", "mass accuracy", "num"), ("pointing_game", "pointing game", "text"),
     ("mask_volume_ml", "mask ml", "num"), ("top_region", "top region", "text"),
+    ("fitness", "input fitness", "text"),
     ("warnings", "warnings", "text"), ("status", "status", "text"), ("source", "source", "text"),
 )
 _MASK_COLUMNS = ("relevance_mass_accuracy", "pointing_game", "mask_volume_ml")
@@ -277,6 +278,8 @@ def main_page(out: Path, run: Mapping[str, Any], summary: Sequence[Mapping[str, 
 <section id="summary"><h2>Summary</h2>
 <div class="controls"><label>Filter <input id="filter" type="search" placeholder="any text"></label>
 <label>Predicted class <select id="class-filter"><option value="">all</option>{options}</select></label>
+<label>Input fitness <select id="fitness-filter"><option value="">all</option><option value="ok">ok</option>
+<option value="doubtful">doubtful</option><option value="out">out</option></select></label>
 <label><input id="warnings-only" type="checkbox"> with warnings only</label>
 <span id="shown"></span></div>
 <div class="table-box"><table id="summary-table" class="data"><thead><tr></tr></thead><tbody></tbody></table></div>
