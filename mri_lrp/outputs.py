@@ -24,6 +24,7 @@ SUMMARY_COLUMNS = [
     "spacing_x", "spacing_y", "spacing_z", "predicted_class", "predicted_prob",
     "target_class", "target_prob", "output_relevance", "relevance_sum", "conservation_error",
     "absorbed", "top_region", "relevance_mass_accuracy", "pointing_game", "mask_volume_ml",
+    "folds", "fold_vote", "prob_std", "map_agreement", "region_agreement", "outlier_fold",  # fold ensembles
     "warnings", "status", "seconds", "modality", "series_description", "series_number", "protocol",
 ]
 FAILURE_COLUMNS = ["scan_id", "source", "stage", "error"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mri_lrp.folds import FoldMaps
 from mri_lrp.pipeline.read import Prepared
 
 
@@ -25,3 +26,4 @@ class Explained:
     absorbed: list[float]
     output_abs: list[float]            # Σ |R_out| per target: the conservation error's scale
     seconds: float
+    folds: FoldMaps | None = None      # a fold ensemble: each fold's maps; relevance and probs are their means

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from mri_lrp import __version__
+from mri_lrp.folds import FoldMaps
 from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.explained import Explained
+from mri_lrp.pipeline.fold_outputs import write_folds
 from mri_lrp.pipeline.layout import Layout
 from mri_lrp.pipeline.read import HELD
 from mri_lrp.regions import (
@@ -62,6 +64,7 @@ class WriteJob:
     identity: list[dict[str, Any]] = field(default_factory=list)  # the input files, recorded in the done marker
     dicom: dict[str, str] = field(default_factory=dict)           # DICOM facts from discovery, for the tables
     model_input: np.ndarray | None = None  # (X, Y, Z, C) model tensor, only with --save-model-input
+    folds: FoldMaps | None = None          # a fold ensemble: each fold's maps (relevance is their mean)
 
     @classmethod
     def of(cls, res: Explained, with_input: bool = False) -> WriteJob:
@@ -69,7 +72,8 @@ class WriteJob:
         seen = model_volume(p.model_input.tensor, p.model_input.space) if with_input else None
         return cls(p.scan, p.ref, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
                    res.output_relevance, res.absorbed, res.output_abs, res.seconds, p.model_input.notes,
-                   list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen)
+                   list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen,
+                   folds=res.folds)
 
 
 def write_held(writer: ScanWriter, job: WriteJob) -> tuple[float, str]:
@@ -166,6 +170,12 @@ class ScanWriter:
         shown = res.targets.index(pred) if pred in res.targets else 0  # the viewer shows the predicted class
         write_preview(scan_dir / PREVIEW_NAME, scan.volume, maps[shown], scan.affine, world=scan.kind != "image")
         files.append(PREVIEW_NAME)
+        fold = None if res.folds is None else write_folds(
+            res.folds, scan, ctx, where, partition, mask_part, voxel_ml, res.targets, names,
+            self._nifti_meta(scan, vmax))
+        if fold is not None:  # the mean's rows, then each fold's
+            rows = [*({**row, "fold": "mean"} for row in rows), *fold.region_rows]
+            files.extend(fold.files)
         write_csv(scan_dir / "regions.csv", rows, [*REGION_COLUMNS, "target_class"])
         files.append("regions.csv")
         seconds = res.seconds + (time.perf_counter() - t0)
@@ -177,14 +187,17 @@ class ScanWriter:
             **{f"spacing_{a}": round(float(v), 6) for a, v in zip("xyz", scan.spacing, strict=True)},
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
             **first,
+            **(fold.summary if fold is not None else {}),
             "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
                                    *filter(None, [conservation_note(out_rel, total, out_abs),
-                                                  padding_note(res.relevance, ctx, out_abs)]))),
+                                                  padding_note(res.relevance, ctx, out_abs)]),
+                                   *(fold.warnings if fold is not None else ()))),
             "status": "ok", "seconds": round(seconds, 3),
             **self._join_columns(res.dicom),
         }
         atomic_write_json(scan_dir / DONE_MARKER, {"fingerprint": self.fingerprint, "inputs": res.identity,
-                                                   "files": files, "summary": summary})
+                                                   "files": files, "summary": summary,
+                                                   **({"folds": fold.rows} if fold is not None else {})})
         return time.perf_counter() - t0, "ok"
 
     def _nifti_meta(self, scan: Scan, vmax: float) -> NiftiMeta:

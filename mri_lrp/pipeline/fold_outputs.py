@@ -1,0 +1,106 @@
+"""A fold ensemble's files and figures for one scan, beside the mean map the writer writes as for one model.
+
+``relevance.nii.gz`` (written by the scan writer from ``Explained.relevance``) is the mean of the folds' maps;
+here each fold's map goes to ``relevance_fold<k>.nii.gz`` and the voxel-wise standard deviation across folds
+(numpy's, ddof 0) to ``relevance_std.nii.gz``, all on the scan's grid with the writer's header; each fold adds
+its region rows (``fold`` = k, the mean's rows are ``mean``), its folds.csv row, and the scan's summary row
+gets the agreement columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mri_lrp.folds import (
+    FoldMaps,
+    kendall_w,
+    leave_one_out,
+    map_agreement,
+    outlier,
+    outlier_note,
+    split_note,
+    vote,
+)
+from mri_lrp.model.transform import ModelSpace, to_scan, to_scan_channels
+from mri_lrp.outputs import NiftiMeta, save_nifti
+from mri_lrp.pipeline.layout import ScanFiles
+from mri_lrp.regions import region_rows
+from mri_lrp.scans.scan import Scan
+
+FOLD_COLUMNS = ["scan_id", "fold", "checkpoint", "checkpoint_sha256", "predicted_class", "prob", "relevance_sum",
+                "map_correlation"]
+
+
+@dataclass
+class FoldOutputs:
+    """What the fold files add to a scan's outputs."""
+
+    files: list[str] = field(default_factory=list)              # as the done marker lists them
+    region_rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)       # the agreement columns of summary.csv
+    warnings: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)    # folds.csv rows
+
+
+def scan_map(relevance: np.ndarray, space: ModelSpace, channels: tuple[str, ...]) -> np.ndarray:
+    """One model-space map on the scan's grid (a case's channels summed, as the writer sums them)."""
+    if channels:
+        per = np.asarray(to_scan_channels(torch.from_numpy(relevance), space), dtype=np.float32)
+        return per.sum(axis=0, dtype=np.float64).astype(np.float32)
+    return to_scan(torch.from_numpy(relevance), space).astype(np.float32)
+
+
+def write_folds(folds: FoldMaps, scan: Scan, space: ModelSpace, where: ScanFiles, partition: Any, mask_part: Any,
+                voxel_ml: float, targets: list[int], class_names: list[str], meta: NiftiMeta) -> FoldOutputs:
+    """Each fold's map and the spread as files, each fold's region rows, folds.csv rows and the summary columns."""
+    k = len(folds.sources)
+    multi = len(targets) > 1
+    ensemble = int(np.argmax(folds.probs.mean(axis=0)))
+    shown = targets.index(ensemble) if ensemble in targets else 0  # the map that speaks for the scan
+    result = FoldOutputs()
+    maps = np.stack([np.stack([scan_map(folds.relevance[f, n], space, scan.channels) for n in range(len(targets))])
+                     for f in range(k)])  # (k, T, I, J, K)
+    for f in range(k):
+        path = where.relevance(f"fold{f}")
+        save_nifti(path, np.moveaxis(maps[f], 0, -1) if multi else maps[f, 0], scan.affine, meta)
+        result.files.append(where.listed(path))
+    spread = maps.astype(np.float64).std(axis=0)
+    save_nifti(where.relevance("std"), np.moveaxis(spread, 0, -1) if multi else spread[0], scan.affine, meta)
+    result.files.append(where.listed(where.relevance("std")))
+
+    ranked = []  # per fold: the region sums of the partition that covers the scan, for the shown map
+    for f in range(k):
+        for n, t in enumerate(targets):
+            rows = region_rows(scan.scan_id, maps[f, n], partition, voxel_ml, mask=mask_part)
+            for row in rows:
+                row["target_class"], row["channel"], row["fold"] = class_names[t], "all", str(f)
+            result.region_rows.extend(rows)
+            if n == shown:
+                ranked.append([float(r["relevance_sum"]) for r in rows if r["partition"] == partition.kind])
+
+    model_maps = folds.relevance[:, shown]
+    loo = leave_one_out(model_maps)
+    odd = outlier(loo)
+    w = kendall_w(np.asarray(ranked))
+    result.summary = {
+        "folds": k, "fold_vote": vote(folds.probs, ensemble),
+        "prob_std": float(folds.probs[:, ensemble].std()),
+        "map_agreement": map_agreement(model_maps),
+        "region_agreement": "" if np.isnan(w) else w,
+        "outlier_fold": "" if odd is None else odd,
+    }
+    result.warnings = [note for note in (split_note(folds.probs, ensemble, class_names),
+                                         outlier_note(odd, loo, folds.sources[odd]) if odd is not None else "")
+                       if note]
+    for f, source in enumerate(folds.sources):
+        result.rows.append({
+            "scan_id": scan.scan_id, "fold": f, "checkpoint": source.path, "checkpoint_sha256": source.sha256,
+            "predicted_class": class_names[int(np.argmax(folds.probs[f]))],
+            "prob": "" if multi else float(folds.probs[f, targets[0]]),
+            "relevance_sum": float(maps[f].sum(dtype=np.float64)), "map_correlation": loo[f],
+        })
+    return result
