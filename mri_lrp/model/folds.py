@@ -8,6 +8,7 @@ means something else to it. So every fold's input spec and class names must equa
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +42,16 @@ def check_folds(folds: Sequence[LoadedModel]) -> None:
             raise CheckpointError(str(fold.path), f"fold {k}: class names {fold.class_names} differ from fold 0's "
                                                   f"{first.class_names} ({first.path})")
         ours, theirs = first.input_spec.to_dict(), fold.input_spec.to_dict()
-        differ = [f"{key} {theirs.get(key)!r} (fold 0: {ours.get(key)!r})"
+        differ = [f"{key} {_shown(theirs.get(key))} (fold 0: {_shown(ours.get(key))})"
                   for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
         if differ:
             raise CheckpointError(str(fold.path), f"fold {k}: input spec differs from fold 0's ({first.path}): "
                                                   + ", ".join(differ))
+
+
+def _shown(value: Any) -> str:
+    """A spec value as a config would spell it (lists, not tuples; 'none' when unset)."""
+    return "none" if value is None else json.dumps(value, default=str)
 
 
 def fold_sources(folds: Sequence[LoadedModel]) -> tuple[FoldSource, ...]:
