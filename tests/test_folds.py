@@ -270,3 +270,19 @@ def test_agreement_figures_match_their_definitions() -> None:
     scores = -np.array([[1, 2, 3, 4], [2, 1, 3, 4], [1, 3, 2, 4]], dtype=float)
     assert kendall_w(scores) == pytest.approx(12 * 35 / (9 * 60))
     assert kendall_w(np.array([[1.0, 2.0], [2.0, 1.0]])) == pytest.approx(0.0)
+
+
+def test_explain_scan_with_a_list_of_checkpoints_returns_the_mean_each_fold_and_the_agreement(ensemble: dict) -> None:
+    from mri_lrp import explain_scan
+
+    scan = ensemble["scans"] / "scan0.nii.gz"
+    res = explain_scan(scan, checkpoint=[str(p) for p in ensemble["folds"]])
+    run_dir = ensemble["out"] / "scans" / "scan0"
+    assert res.fold_relevance.shape == (3, *res.relevance.shape)
+    for k in range(3):
+        np.testing.assert_allclose(res.fold_relevance[k], volume(run_dir / f"relevance_fold{k}.nii.gz"),
+                                   rtol=1e-5, atol=1e-6 * np.abs(res.fold_relevance).max())
+    np.testing.assert_allclose(res.relevance, res.fold_relevance.mean(axis=0), atol=1e-6 * np.abs(res.relevance).max())
+    assert res.agreement["folds"] == 3 and 0.8 < res.agreement["map_agreement"] <= 1
+    assert [r["fold"] for r in res.folds] == [0, 1, 2]
+    assert res.predicted_class == rows(ensemble["out"] / "summary.csv")[0]["predicted_class"]
