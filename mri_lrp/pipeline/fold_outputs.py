@@ -10,6 +10,7 @@ gets the agreement columns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from mri_lrp.model.transform import ModelSpace, to_scan, to_scan_channels
 from mri_lrp.outputs import NiftiMeta, save_nifti
 from mri_lrp.pipeline.layout import ScanFiles
 from mri_lrp.regions import region_rows
+from mri_lrp.render_folds import add_fold_strip
 from mri_lrp.scans.scan import Scan
 
 FOLD_COLUMNS = ["scan_id", "fold", "checkpoint", "checkpoint_sha256", "predicted_class", "prob", "relevance_sum",
@@ -55,8 +57,10 @@ def scan_map(relevance: np.ndarray, space: ModelSpace, channels: tuple[str, ...]
 
 
 def write_folds(folds: FoldMaps, scan: Scan, space: ModelSpace, where: ScanFiles, partition: Any, mask_part: Any,
-                voxel_ml: float, targets: list[int], class_names: list[str], meta: NiftiMeta) -> FoldOutputs:
-    """Each fold's map and the spread as files, each fold's region rows, folds.csv rows and the summary columns."""
+                voxel_ml: float, targets: list[int], class_names: list[str], meta: NiftiMeta, overlay: Path,
+                vmax: float) -> FoldOutputs:
+    """Each fold's map and the spread as files, each fold's region rows, folds.csv rows and the summary columns;
+    the ensemble class's overlay (at ``overlay``, colour limit ``vmax``) gains the row of fold panels."""
     k = len(folds.sources)
     multi = len(targets) > 1
     ensemble = int(np.argmax(folds.probs.mean(axis=0)))
@@ -86,6 +90,9 @@ def write_folds(folds: FoldMaps, scan: Scan, space: ModelSpace, where: ScanFiles
     loo = leave_one_out(model_maps)
     odd = outlier(loo)
     w = kendall_w(np.asarray(ranked))
+    add_fold_strip(overlay, scan.volume, maps[:, shown].mean(axis=0, dtype=np.float64), maps[:, shown],
+                   spread[shown], scan.affine, vmax,
+                   [*(f"fold {f}  r={r:.2f}" for f, r in enumerate(loo)), "spread (std)"])
     result.summary = {
         "folds": k, "fold_vote": vote(folds.probs, ensemble),
         "prob_std": float(folds.probs[:, ensemble].std()),

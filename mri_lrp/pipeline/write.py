@@ -172,7 +172,7 @@ class ScanWriter:
         files.append(PREVIEW_NAME)
         fold = None if res.folds is None else write_folds(
             res.folds, scan, ctx, where, partition, mask_part, voxel_ml, res.targets, names,
-            self._nifti_meta(scan, vmax))
+            self._nifti_meta(scan, vmax), where.overlay(_safe(names[res.targets[shown]]) if multi else ""), vmax)
         if fold is not None:  # the mean's rows, then each fold's
             rows = [*({**row, "fold": "mean"} for row in rows), *fold.region_rows]
             files.extend(fold.files)
