@@ -75,6 +75,26 @@ def test_a_fold_map_equals_a_one_checkpoint_run_of_that_fold_for_the_same_target
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
 
 
+
+def test_the_overlay_gains_a_row_of_fold_panels_and_the_scan_page_a_folds_section(ensemble: dict,
+                                                                                   tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = ensemble["out"]
+    single = tmp_path / "single"
+    assert run(ensemble["scans"], single, str(ensemble["folds"][0])) == 0
+    for row in rows(out / "summary.csv"):
+        with Image.open(out / "scans" / row["scan_id"] / "overlay.png") as fold_png, \
+                Image.open(single / "scans" / row["scan_id"] / "overlay.png") as one_png:
+            assert fold_png.width == one_png.width and fold_png.height > one_png.height + 40
+            strip = np.asarray(fold_png.convert("RGB"))[one_png.height:]
+            assert (strip[..., 0] > strip[..., 2] + 60).any()  # red relevance drawn in the fold panels
+        page = next((out / "report" / "scans").glob(f"{row['scan_id']}*.html")).read_text()
+        section = page.split('<section id="folds">', 1)[1].split("</section>", 1)[0]
+        assert section.count("<tr") == 1 + 3 and all(str(p) in section for p in ensemble["folds"])
+    assert not list((single / "report" / "scans").glob("*.html"))[0].read_text().count('id="folds"')
+
+
 def test_mean_and_std_maps_equal_numpys_over_the_fold_maps(ensemble: dict) -> None:
     out = ensemble["out"]
     for row in rows(out / "summary.csv"):

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import DONE_MARKER, atomic_write_text, read_csv
+from mri_lrp.report.folds import fold_section
 from mri_lrp.report.plots import heat_table, histogram_svg, strip_svg
 from mri_lrp.report.preview import PREVIEW_NAME
 
@@ -37,8 +38,8 @@ TABLE_COLUMNS = (
     ("warnings", "warnings", "text"), ("status", "status", "text"), ("source", "source", "text"),
 )
 _MASK_COLUMNS = ("relevance_mass_accuracy", "pointing_game", "mask_volume_ml")
-_REGION_COLUMNS = ("partition", "channel", "target_class", "region_name", "voxels", "volume_ml", "relevance_sum",
-                   "relevance_fraction", "relevance_density", "rank")
+_REGION_COLUMNS = ("partition", "channel", "target_class", "fold", "region_name", "voxels", "volume_ml",
+                   "relevance_sum", "relevance_fraction", "relevance_density", "rank")
 
 
 def _table(path: Path) -> list[dict[str, str]]:
@@ -134,6 +135,9 @@ def write_report(out: Path) -> Path:
     by_scan: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in regions:
         by_scan[row.get("scan_id", "")].append(row)
+    folds_by_scan: dict[str, list[dict[str, str]]] = defaultdict(list)  # a fold ensemble's folds.csv
+    for row in _table(out / "folds.csv"):
+        folds_by_scan[row.get("scan_id", "")].append(row)
     rows = []
     ids = [r.get("scan_id", "") for r in summary]
     for n, row in enumerate(summary):
@@ -144,7 +148,7 @@ def write_report(out: Path) -> Path:
         rows.append({**{k: row.get(k, "") for k, _, _ in TABLE_COLUMNS}, "_page": _href(page),
                      "_thumb": _href(overlays[0]) if overlays else ""})
         neighbours = (ids[n - 1] if n else None, ids[n + 1] if n + 1 < len(ids) else None)
-        html = scan_page(out, row, files, by_scan.get(scan_id, []), neighbours)
+        html = scan_page(out, row, files, by_scan.get(scan_id, []), neighbours, folds_by_scan.get(scan_id, []))
         _write_page(report_dir / "scans" / _scan_page_name(scan_id), html)
     page = out / REPORT_NAME
     atomic_write_text(page, main_page(out, run, summary, rows, failures, skipped, regions))
@@ -294,7 +298,7 @@ scan's page.</p><div id="gallery-grid" class="gallery"></div>
 
 
 def scan_page(out: Path, row: Mapping[str, str], files: Sequence[str], regions: Sequence[Mapping[str, str]],
-              neighbours: tuple[str | None, str | None]) -> str:
+              neighbours: tuple[str | None, str | None], folds: Sequence[Mapping[str, str]] = ()) -> str:
     """One scan's page: its summary row, overlays, region table and the slice viewer."""
     scan_id = row.get("scan_id", "")
     up = "../../"
@@ -330,6 +334,7 @@ it. The viewer shows a downsampled copy; the full map is the relevance volume be
 <section id="viewer-section"><h2>Slice viewer</h2>{viewer}</section>
 <section id="overlays"><h2>Overlays</h2><div class="overlays">{overlays or '<p class="empty">No overlay.</p>'}</div>
 </section>
+{fold_section(row, folds)}
 <section id="regions"><h2>Regions</h2>{_rows_table(regions, columns, "data regions", "No region rows.")}</section>
 <section id="files"><h2>Files</h2><ul>{links}</ul></section>
 </main>
