@@ -306,3 +306,36 @@ def test_explain_scan_with_a_list_of_checkpoints_returns_the_mean_each_fold_and_
     assert res.agreement["folds"] == 3 and 0.8 < res.agreement["map_agreement"] <= 1
     assert [r["fold"] for r in res.folds] == [0, 1, 2]
     assert res.predicted_class == rows(ensemble["out"] / "summary.csv")[0]["predicted_class"]
+
+
+def test_evaluate_with_folds_adds_each_rules_fold_stability_and_ranks_unstable_rules_lower(tmp_path: Path) -> None:
+    from mri_lrp.evaluate import EvaluateOptions, run_evaluate
+    from mri_lrp.evaluate.run import rank_rules
+    from mri_lrp.lrp import Explainer
+    from mri_lrp.progress import Reporter
+    from mri_lrp.settings import build_settings
+
+    folds = make_folds(tmp_path / "folds", 3)
+    scans = make_scans(tmp_path / "scans", 1)
+    options = EvaluateOptions(rules=("alphabeta", "epsilon"), cube=2, steps=3, random_repeats=1, sanity_scans=0)
+    for name, given in (("ens", [str(p) for p in folds]), ("one", [str(folds[0])])):
+        settings = build_settings({"scans": [str(scans)], "checkpoint": given, "out": str(tmp_path / name),
+                                   "workers": 0})
+        assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
+    ranking = {r["rule"]: r for r in rows(tmp_path / "ens" / "ranking.csv")}
+    faith = rows(tmp_path / "ens" / "faithfulness.csv")
+    x = torch.from_numpy(volume(scans / "scan0.nii.gz")).float()
+    x = ((x - x[x != 0].mean()) / x[x != 0].std(correction=0))[None, None]
+    nets = [load_checkpoint(p).model for p in folds]
+    with torch.no_grad():
+        target = int(torch.stack([torch.softmax(n(x), dim=1) for n in nets]).mean(0).argmax())
+    for rule in ("alphabeta", "epsilon"):
+        maps = np.stack([Explainer(n, rule=rule)(x, target=target).relevance[0].numpy() for n in nets])
+        got = [float(r["value"]) for r in faith if r["rule"] == rule and r["metric"] == "fold_stability"]
+        assert got == [pytest.approx(map_agreement(maps), abs=1e-4)]
+        assert float(ranking[rule]["fold_stability"]) == pytest.approx(got[0], rel=1e-5)
+    assert "fold_stability" not in rows(tmp_path / "one" / "ranking.csv")[0]
+    faith_rows = [{"rule": rule, "scan_id": "s", "metric": metric, "value": value}
+                  for rule, abpc, stable in (("sharp", 0.5, 0.2), ("steady", 0.3, 0.9))
+                  for metric, value in (("abpc", abpc), ("fold_stability", stable))]
+    assert [r["rule"] for r in rank_rules(faith_rows, [], ("sharp", "steady"))] == ["steady", "sharp"]
