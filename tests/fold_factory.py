@@ -20,12 +20,12 @@ CLASSES = ["a", "b", "c"]
 KWARGS = {"num_classes": 3, "width": 4, "depth": 2}
 
 
-def base_net(seed: int = 0) -> nn.Module:
+def base_net(seed: int = 0, architecture: str = "cnn3d") -> nn.Module:
     torch.manual_seed(seed)
-    net = build_model("cnn3d", **KWARGS)
+    net = build_model(architecture, **KWARGS)
     with torch.no_grad():  # BatchNorm statistics that are not the identity, so merging them is exercised
         for m in net.modules():
-            if isinstance(m, nn.BatchNorm3d):
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
@@ -33,9 +33,9 @@ def base_net(seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def fold_net(base: nn.Module, k: int, noise: float = 0.05) -> nn.Module:
+def fold_net(base: nn.Module, k: int, noise: float = 0.05, architecture: str = "cnn3d") -> nn.Module:
     """Fold k: the base network's weights with a small seeded change, like a retrained fold that agrees."""
-    net = build_model("cnn3d", **KWARGS)
+    net = build_model(architecture, **KWARGS)
     net.load_state_dict(base.state_dict())
     g = torch.Generator().manual_seed(100 + k)
     with torch.no_grad():
@@ -46,20 +46,21 @@ def fold_net(base: nn.Module, k: int, noise: float = 0.05) -> nn.Module:
 
 
 def save_fold(path: Path, net: nn.Module, class_names: list[str] | None = None,
-              spec: InputSpec | None = None) -> Path:
+              spec: InputSpec | None = None, architecture: str = "cnn3d") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, net, architecture="cnn3d", kwargs=KWARGS, class_names=class_names or CLASSES,
+    save_checkpoint(path, net, architecture=architecture, kwargs=KWARGS, class_names=class_names or CLASSES,
                     input_spec=spec or InputSpec(dims=3, orientation="RAS"))
     return path
 
 
-def make_folds(folder: Path, k: int = 3, redrawn: int | None = None, **save: Any) -> list[Path]:
+def make_folds(folder: Path, k: int = 3, redrawn: int | None = None, architecture: str = "cnn3d",
+               **save: Any) -> list[Path]:
     """k fold checkpoints under folder/fold_<k>/model.pt; ``redrawn`` gets freshly drawn weights."""
-    base = base_net()
+    base = base_net(architecture=architecture)
     paths = []
     for f in range(k):
-        net = base_net(seed=1000 + f) if f == redrawn else fold_net(base, f)
-        paths.append(save_fold(folder / f"fold_{f}" / "model.pt", net, **save))
+        net = base_net(1000 + f, architecture) if f == redrawn else fold_net(base, f, architecture=architecture)
+        paths.append(save_fold(folder / f"fold_{f}" / "model.pt", net, architecture=architecture, **save))
     return paths
 
 

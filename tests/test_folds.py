@@ -137,6 +137,33 @@ def test_ensemble_tables_carry_every_fold_and_the_agreement(ensemble: dict) -> N
     assert [f["path"] for f in manifest["folds"]] == [str(p) for p in folds]
 
 
+@pytest.mark.parametrize("case", ["slice model", "target all"])
+def test_slice_models_and_target_all_give_each_fold_and_the_mean(tmp_path: Path, case: str) -> None:
+    if case == "slice model":
+        folds = make_folds(tmp_path / "folds", 3, architecture="cnn2d",
+                           spec=InputSpec(dims=2, shape=(8, 8), orientation="RAS"))
+        options, volumes = {}, 1
+    else:
+        folds = make_folds(tmp_path / "folds", 3)
+        options, volumes = {"target": "all"}, len(CLASSES)
+    scans = make_scans(tmp_path / "scans", 1)
+    out = tmp_path / "out"
+    assert run(scans, out, [str(p) for p in folds], **options) == 0
+    scan_dir = out / "scans" / "scan0"
+    maps = np.stack([volume(scan_dir / f"relevance_fold{k}.nii.gz") for k in range(3)])
+    assert maps.shape[1:4] == (8, 8, 8) and (maps.shape[4] if maps.ndim == 5 else 1) == volumes
+    assert np.abs(maps).max() > 0
+    scale = np.abs(maps).max()
+    assert np.abs(volume(scan_dir / "relevance.nii.gz") - maps.mean(axis=0)).max() <= 1e-6 * scale
+    assert np.abs(volume(scan_dir / "relevance_std.nii.gz") - maps.std(axis=0)).max() <= 1e-6 * scale
+    regions = rows(out / "regions.csv")
+    per_fold = [r for r in regions if r["fold"] == "1" and r["partition"] == "builtin"]
+    assert {r["target_class"] for r in per_fold} == (set(CLASSES) if volumes > 1 else {rows(out / "summary.csv")[0][
+        "predicted_class"]})
+    assert sum(float(r["relevance_sum"]) for r in per_fold) == pytest.approx(maps[1].sum(), rel=1e-4)
+    assert len(rows(out / "folds.csv")) == 3
+
+
 def test_a_redrawn_fold_is_the_outlier_and_the_warning_names_it(tmp_path: Path) -> None:
     folds = make_folds(tmp_path / "folds", 4, redrawn=2)
     scans = make_scans(tmp_path / "scans", 2)
@@ -259,7 +286,7 @@ def test_shards_of_a_fold_run_merge_into_the_unsharded_tables(tmp_path: Path) ->
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
     assert run(scans, whole, paths) == 0
     for i in range(2):
-        assert run(scans, sharded, paths, shard=f"{i}/2") == 0
+        assert run(scans, sharded, paths, shard=f"{i}/2", workers=1) == 0  # worker processes write them
         assert (sharded / "parts" / f"shard-{i}-of-2" / "folds.csv").is_file()
     assert merge_outputs([sharded], sharded).ok
     for table in ("folds.csv", "summary.csv", "regions.csv"):
