@@ -1,11 +1,11 @@
 """A fold ensemble in one run against as many one-checkpoint runs, on the same generated scans.
 
-    python benchmarks/folds_speed.py [--n 32] [--size 128] [--model-grid 64] [--folds 3,5] [--repeats 3]
-                                     [--data DIR] [--json OUT]
+    python benchmarks/folds_speed.py [--n 32] [--size 128] [--model-grid 48] [--width 4] [--depth 3]
+                                     [--folds 3,5] [--repeats 3] [--data DIR] [--json OUT]
 
 Writes ``--n`` phantom heads of ``--size``³ at 1.5 mm (as ``pipeline_speed.py`` does) and k checkpoints of the
-zoo's ``cnn3d`` (one seeded network with a small seeded change per fold, as retrained folds would differ). For
-each k: ``mri-lrp explain --checkpoint f0 ... --checkpoint f{k-1}`` once, against k separate
+zoo's ``cnn3d`` (``--width``, ``--depth``; one seeded network with a small seeded change per fold, as retrained
+folds would differ). For each k: ``mri-lrp explain --checkpoint f0 ... --checkpoint f{k-1}`` once, against k separate
 ``mri-lrp explain --checkpoint fi --target <the ensemble's class>`` runs one after the other (the same maps:
 a fold run explains the ensemble's class). Every run is its own cold process with the default workers; the
 wall is from start to exit (interpreter, imports, model loading, worker processes included), best of
@@ -33,10 +33,11 @@ from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.zoo import build_model
 
 
-def make_folds(folder: Path, k: int, size: int, grid: int) -> list[Path]:
+def make_folds(folder: Path, k: int, size: int, grid: int, width: int, depth: int) -> list[Path]:
     """k fold checkpoints: one seeded network, each fold's weights changed by 5 % noise of its own seed."""
+    kwargs = {"num_classes": len(CLASSES), "width": width, "depth": depth}
     torch.manual_seed(0)
-    base = build_model("cnn3d", num_classes=len(CLASSES))
+    base = build_model("cnn3d", **kwargs)
     for module in base.modules():
         if isinstance(module, torch.nn.BatchNorm3d):
             module.running_mean.uniform_(-0.2, 0.2)
@@ -48,13 +49,13 @@ def make_folds(folder: Path, k: int, size: int, grid: int) -> list[Path]:
     for f in range(k):
         path = folder / f"fold_{f}.pt"
         if not path.exists():
-            net = build_model("cnn3d", num_classes=len(CLASSES))
+            net = build_model("cnn3d", **kwargs)
             net.load_state_dict(base.state_dict())
             g = torch.Generator().manual_seed(f + 1)
             with torch.no_grad():
                 for p in net.parameters():
                     p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=g))
-            save_checkpoint(path, net.eval(), architecture="cnn3d", kwargs={"num_classes": len(CLASSES)},
+            save_checkpoint(path, net.eval(), architecture="cnn3d", kwargs=kwargs,
                             class_names=CLASSES, input_spec=spec)
         paths.append(path)
     return paths
@@ -81,7 +82,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--model-grid", type=int, default=64)
+    ap.add_argument("--model-grid", type=int, default=48)
+    ap.add_argument("--width", type=int, default=4, help="cnn3d channels of the first block")
+    ap.add_argument("--depth", type=int, default=3, help="cnn3d blocks")
     ap.add_argument("--folds", default="3,5")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None, help="keep the scans and checkpoints here")
@@ -93,7 +96,8 @@ def main() -> None:
         data = args.data or Path(tmp)
         scans = data / f"scans_{args.size}"
         make_scans(scans, args.n, args.size)
-        folds = make_folds(data / f"folds_{args.size}_{args.model_grid}", max(counts), args.size, args.model_grid)
+        folds = make_folds(data / f"folds_{args.size}_{args.model_grid}_{args.width}_{args.depth}", max(counts),
+                           args.size, args.model_grid, args.width, args.depth)
         results = []
         for k in counts:
             one, separate = [], []
@@ -111,6 +115,7 @@ def main() -> None:
                       f"({one[-1] / separate[-1]:.2f}x); one run's stages {stages}", flush=True)
             best_one, best_sep = min(one), min(separate)
             results.append({"folds": k, "scans": args.n, "size": args.size, "model_grid": args.model_grid,
+                            "width": args.width, "depth": args.depth,
                             "one_run_s": [round(v, 2) for v in one], "separate_runs_s": [round(v, 2) for v in separate],
                             "best_one_run_s": round(best_one, 2), "best_separate_s": round(best_sep, 2),
                             "ratio": round(best_one / best_sep, 3)})
