@@ -366,3 +366,16 @@ def test_evaluate_with_folds_adds_each_rules_fold_stability_and_ranks_unstable_r
                   for rule, abpc, stable in (("sharp", 0.5, 0.2), ("steady", 0.3, 0.9))
                   for metric, value in (("abpc", abpc), ("fold_stability", stable))]
     assert [r["rule"] for r in rank_rules(faith_rows, [], ("sharp", "steady"))] == ["steady", "sharp"]
+
+
+def test_dry_run_lists_the_folds_after_loading_and_checking_them(tmp_path: Path) -> None:
+    from mri_lrp.pipeline.plan import make_plan
+    from mri_lrp.settings import build_settings
+
+    folds = make_folds(tmp_path / "folds", 2)
+    scans = make_scans(tmp_path / "scans", 1)
+    lines = make_plan(build_settings({"scans": [str(scans)], "checkpoint": [str(p) for p in folds]})).lines()
+    assert any(line.startswith("fold ensemble: 2 checkpoints") and str(folds[1]) in line for line in lines)
+    bad = save_fold(tmp_path / "bad.pt", base_net(), class_names=["a", "b", "x"])
+    with pytest.raises(CheckpointError, match="fold 1: class names"):
+        make_plan(build_settings({"scans": [str(scans)], "checkpoint": [str(folds[0]), str(bad)]}))
