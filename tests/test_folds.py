@@ -93,6 +93,8 @@ def test_the_overlay_gains_a_row_of_fold_panels_and_the_scan_page_a_folds_sectio
         section = page.split('<section id="folds">', 1)[1].split("</section>", 1)[0]
         assert section.count("<tr") == 1 + 3 and all(str(p) in section for p in ensemble["folds"])
     assert not list((single / "report" / "scans").glob("*.html"))[0].read_text().count('id="folds"')
+    assert '"key":"map_agreement"' in (out / "report.html").read_text()
+    assert '"key":"map_agreement"' not in (single / "report.html").read_text()
 
 
 def test_mean_and_std_maps_equal_numpys_over_the_fold_maps(ensemble: dict) -> None:

@@ -35,9 +35,11 @@ TABLE_COLUMNS = (
     ("target_class", "target", "text"), ("conservation_error", "conservation error", "num"),
     ("relevance_mass_accuracy", "mass accuracy", "num"), ("pointing_game", "pointing game", "text"),
     ("mask_volume_ml", "mask ml", "num"), ("top_region", "top region", "text"),
+    ("fold_vote", "fold vote", "num"), ("map_agreement", "fold agreement", "num"),
     ("warnings", "warnings", "text"), ("status", "status", "text"), ("source", "source", "text"),
 )
 _MASK_COLUMNS = ("relevance_mass_accuracy", "pointing_game", "mask_volume_ml")
+_FOLD_COLUMNS = ("fold_vote", "map_agreement")  # a fold ensemble's
 _REGION_COLUMNS = ("partition", "channel", "target_class", "fold", "region_name", "voxels", "volume_ml",
                    "relevance_sum", "relevance_fraction", "relevance_density", "rank")
 
@@ -159,8 +161,9 @@ def _columns(summary: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     """The table's columns: mask metrics only when some scan has a mask, no column the run lacks."""
     present = set(summary[0]) if summary else {c for c, _, _ in TABLE_COLUMNS}
     has_mask = any(r.get("relevance_mass_accuracy") not in (None, "") for r in summary)
+    has_folds = any(r.get("folds") not in (None, "") for r in summary)
     return [{"key": key, "label": label, "type": kind} for key, label, kind in TABLE_COLUMNS
-            if key in present and (has_mask or key not in _MASK_COLUMNS)]
+            if key in present and (has_mask or key not in _MASK_COLUMNS) and (has_folds or key not in _FOLD_COLUMNS)]
 
 
 def _kv_table(items: Mapping[str, Any], cls: str = "kv") -> str:
