@@ -1,10 +1,11 @@
 """A fold ensemble's files and figures for one scan, beside the mean map the writer writes as for one model.
 
-``relevance.nii.gz`` (written by the scan writer from ``Explained.relevance``) is the mean of the folds' maps;
-here each fold's map goes to ``relevance_fold<k>.nii.gz`` and the voxel-wise standard deviation across folds
-(numpy's, ddof 0) to ``relevance_std.nii.gz``, all on the scan's grid with the writer's header; each fold adds
-its region rows (``fold`` = k, the mean's rows are ``mean``), its folds.csv row, and the scan's summary row
-gets the agreement columns.
+``relevance.nii.gz`` (written by the scan writer) is the mean of the folds' maps on the scan's grid, which
+``scan_maps`` maps back once each (by linearity, the mean of ``Explained.relevance`` mapped back). Here each
+fold's map goes to ``relevance_fold<k>.nii.gz`` and the voxel-wise standard deviation across folds (numpy's,
+ddof 0) to ``relevance_std.nii.gz``, all on the scan's grid with the writer's header; each fold adds its region
+rows (``fold`` = k, the mean's rows are ``mean``), its folds.csv row, and the scan's summary row gets the
+agreement columns.
 """
 
 from __future__ import annotations
@@ -48,26 +49,29 @@ class FoldOutputs:
     rows: list[dict[str, Any]] = field(default_factory=list)    # folds.csv rows
 
 
-def scan_map(relevance: np.ndarray, space: ModelSpace, channels: tuple[str, ...]) -> np.ndarray:
-    """One model-space map on the scan's grid (a case's channels summed, as the writer sums them)."""
-    if channels:
-        per = np.asarray(to_scan_channels(torch.from_numpy(relevance), space), dtype=np.float32)
-        return per.sum(axis=0, dtype=np.float64).astype(np.float32)
-    return to_scan(torch.from_numpy(relevance), space).astype(np.float32)
+def scan_maps(folds: FoldMaps, space: ModelSpace, channels: tuple[str, ...]) -> np.ndarray:
+    """float32 (k, T, I, J, K): every fold's maps on the scan's grid (a case's channels summed, as the writer
+    sums them). The writer's mean map is their mean, so each map goes back through the resampling once."""
+    def one(relevance: np.ndarray) -> np.ndarray:
+        if channels:
+            per = np.asarray(to_scan_channels(torch.from_numpy(relevance), space), dtype=np.float32)
+            return per.sum(axis=0, dtype=np.float64).astype(np.float32)
+        return to_scan(torch.from_numpy(relevance), space).astype(np.float32)
+
+    return np.stack([np.stack([one(r) for r in fold]) for fold in folds.relevance])
 
 
-def write_folds(folds: FoldMaps, scan: Scan, space: ModelSpace, where: ScanFiles, partition: Any, mask_part: Any,
+def write_folds(folds: FoldMaps, maps: np.ndarray, scan: Scan, where: ScanFiles, partition: Any, mask_part: Any,
                 voxel_ml: float, targets: list[int], class_names: list[str], meta: NiftiMeta, overlay: Path,
                 vmax: float) -> FoldOutputs:
-    """Each fold's map and the spread as files, each fold's region rows, folds.csv rows and the summary columns;
-    the ensemble class's overlay (at ``overlay``, colour limit ``vmax``) gains the row of fold panels."""
+    """Each fold's map (``maps``, from ``scan_maps``) and the spread as files, each fold's region rows, folds.csv
+    rows and the summary columns; the ensemble class's overlay (at ``overlay``, colour limit ``vmax``) gains the
+    row of fold panels."""
     k = len(folds.sources)
     multi = len(targets) > 1
     ensemble = int(np.argmax(folds.probs.mean(axis=0)))
     shown = targets.index(ensemble) if ensemble in targets else 0  # the map that speaks for the scan
     result = FoldOutputs()
-    maps = np.stack([np.stack([scan_map(folds.relevance[f, n], space, scan.channels) for n in range(len(targets))])
-                     for f in range(k)])  # (k, T, I, J, K)
     for f in range(k):
         path = where.relevance(f"fold{f}")
         save_nifti(path, np.moveaxis(maps[f], 0, -1) if multi else maps[f, 0], scan.affine, meta)

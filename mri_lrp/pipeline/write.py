@@ -17,7 +17,7 @@ from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.explained import Explained
-from mri_lrp.pipeline.fold_outputs import write_folds
+from mri_lrp.pipeline.fold_outputs import scan_maps, write_folds
 from mri_lrp.pipeline.layout import Layout
 from mri_lrp.pipeline.read import HELD
 from mri_lrp.regions import (
@@ -117,10 +117,13 @@ class ScanWriter:
         maps, rows, files, vmax, total = [], [], [], 0.0, 0.0
         first: dict[str, Any] = {}
         per_channel: list[np.ndarray] = []  # a multi-channel case: (C, I, J, K) per target
+        fold_maps = None if res.folds is None else scan_maps(res.folds, ctx, scan.channels)  # (k, T, I, J, K)
         for n, t in enumerate(res.targets):
             if scan.channels:
                 per_channel.append(channel_maps(res.relevance[n], ctx))
                 rel = per_channel[-1].sum(axis=0, dtype=np.float64).astype(np.float32)
+            elif fold_maps is not None:  # the folds' mean, from their maps on the scan grid (each mapped back once)
+                rel = fold_maps[:, n].mean(axis=0, dtype=np.float64).astype(np.float32)
             else:
                 rel = to_scan(torch.from_numpy(res.relevance[n]), ctx).astype(np.float32)
             maps.append(rel)
@@ -170,8 +173,8 @@ class ScanWriter:
         shown = res.targets.index(pred) if pred in res.targets else 0  # the viewer shows the predicted class
         write_preview(scan_dir / PREVIEW_NAME, scan.volume, maps[shown], scan.affine, world=scan.kind != "image")
         files.append(PREVIEW_NAME)
-        fold = None if res.folds is None else write_folds(
-            res.folds, scan, ctx, where, partition, mask_part, voxel_ml, res.targets, names,
+        fold = None if fold_maps is None else write_folds(
+            res.folds, fold_maps, scan, where, partition, mask_part, voxel_ml, res.targets, names,
             self._nifti_meta(scan, vmax), where.overlay(_safe(names[res.targets[shown]]) if multi else ""), vmax)
         if fold is not None:  # the mean's rows, then each fold's
             rows = [*({**row, "fold": "mean"} for row in rows), *fold.region_rows]
