@@ -104,7 +104,7 @@ EXPLAIN_EXAMPLES = """[bold]Examples[/bold]
 #: Options `explain` and `evaluate` share, spelled once.
 ScansArg = Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")]
 CheckpointOpt = Annotated[list[str] | None, typer.Option(
-    help="Model checkpoint (default: the shipped demo model); repeat it or give a quoted glob "
+    metavar="<path>", help="Model checkpoint (default: the shipped demo model); repeat it or give a quoted glob "
     "('folds/fold_*/model.pt') to explain a fold ensemble.", rich_help_panel=MODEL)]
 ModelOpt = Annotated[str | None, typer.Option(
     help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)]
