@@ -77,13 +77,14 @@ def make_scans(folder: Path, n: int = 2, size: int = 8) -> Path:
 
 
 def run(scans: Path, out: Path, checkpoint: list[str] | str, **options: Any) -> int:
-    """`mri-lrp explain` in this process (the same settings and run as the command line), quiet."""
+    """`mri-lrp explain` in this process (the same settings and run as the command line), quiet; on the CPU, where
+    the float64 reference's tolerance holds (a GPU may run convolutions in TF32)."""
     from mri_lrp.pipeline import run_explain
     from mri_lrp.progress import Reporter
     from mri_lrp.settings import build_settings
 
     settings = build_settings({"scans": [str(scans)], "checkpoint": checkpoint, "out": str(out), "workers": 0,
-                               **options})
+                               "device": "cpu", **options})
     return run_explain(settings, Reporter(quiet=True, stream=io.StringIO()))
 
 

@@ -325,7 +325,7 @@ def test_explain_scan_with_a_list_of_checkpoints_returns_the_mean_each_fold_and_
     from mri_lrp import explain_scan
 
     scan = ensemble["scans"] / "scan0.nii.gz"
-    res = explain_scan(scan, checkpoint=[str(p) for p in ensemble["folds"]])
+    res = explain_scan(scan, checkpoint=[str(p) for p in ensemble["folds"]], device="cpu")
     run_dir = ensemble["out"] / "scans" / "scan0"
     assert res.fold_relevance.shape == (3, *res.relevance.shape)
     for k in range(3):
@@ -349,7 +349,7 @@ def test_evaluate_with_folds_adds_each_rules_fold_stability_and_ranks_unstable_r
     options = EvaluateOptions(rules=("alphabeta", "epsilon"), cube=2, steps=3, random_repeats=1, sanity_scans=0)
     for name, given in (("ens", [str(p) for p in folds]), ("one", [str(folds[0])])):
         settings = build_settings({"scans": [str(scans)], "checkpoint": given, "out": str(tmp_path / name),
-                                   "workers": 0})
+                                   "workers": 0, "device": "cpu"})
         assert run_evaluate(settings, options, Reporter(quiet=True)) == 0
     ranking = {r["rule"]: r for r in rows(tmp_path / "ens" / "ranking.csv")}
     faith = rows(tmp_path / "ens" / "faithfulness.csv")
