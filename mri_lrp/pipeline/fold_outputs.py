@@ -61,6 +61,17 @@ def scan_maps(folds: FoldMaps, space: ModelSpace, channels: tuple[str, ...]) -> 
     return np.stack([np.stack([one(r) for r in fold]) for fold in folds.relevance])
 
 
+def mean_and_spread(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and the standard deviation (ddof 0) over the first axis, accumulated in float64 one fold at a
+    time (a float64 copy of every fold's map would be k scans' worth of memory)."""
+    mean = maps.mean(axis=0, dtype=np.float64)
+    square = np.zeros_like(mean)
+    for fold in maps:
+        d = fold - mean
+        square += d * d
+    return mean, np.sqrt(square / len(maps))
+
+
 def write_folds(folds: FoldMaps, maps: np.ndarray, scan: Scan, where: ScanFiles, partition: Any, mask_part: Any,
                 voxel_ml: float, targets: list[int], class_names: list[str], meta: NiftiMeta, overlay: Path,
                 vmax: float) -> FoldOutputs:
@@ -76,7 +87,7 @@ def write_folds(folds: FoldMaps, maps: np.ndarray, scan: Scan, where: ScanFiles,
         path = where.relevance(f"fold{f}")
         save_nifti(path, np.moveaxis(maps[f], 0, -1) if multi else maps[f, 0], scan.affine, meta)
         result.files.append(where.listed(path))
-    spread = maps.astype(np.float64).std(axis=0)
+    mean, spread = mean_and_spread(maps)
     save_nifti(where.relevance("std"), np.moveaxis(spread, 0, -1) if multi else spread[0], scan.affine, meta)
     result.files.append(where.listed(where.relevance("std")))
 
@@ -94,7 +105,7 @@ def write_folds(folds: FoldMaps, maps: np.ndarray, scan: Scan, where: ScanFiles,
     loo = leave_one_out(model_maps)
     odd = outlier(loo)
     w = kendall_w(np.asarray(ranked))
-    add_fold_strip(overlay, scan.volume, maps[:, shown].mean(axis=0, dtype=np.float64), maps[:, shown],
+    add_fold_strip(overlay, scan.volume, mean[shown], maps[:, shown],
                    spread[shown], scan.affine, vmax,
                    [*(f"fold {f}  r={r:.2f}" for f, r in enumerate(loo)), "spread (std)"])
     result.summary = {
