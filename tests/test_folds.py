@@ -381,3 +381,26 @@ def test_dry_run_lists_the_folds_after_loading_and_checking_them(tmp_path: Path)
     bad = save_fold(tmp_path / "bad.pt", base_net(), class_names=["a", "b", "x"])
     with pytest.raises(CheckpointError, match="fold 1: class names"):
         make_plan(build_settings({"scans": [str(scans)], "checkpoint": [str(folds[0]), str(bad)]}))
+
+
+def test_each_scan_is_read_and_preprocessed_once_for_every_fold(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import mri_lrp.pipeline.read as read
+
+    calls: dict[str, list[str]] = {"read_scan": [], "to_model": []}
+
+    def counting(name: str):  # noqa: ANN202 - wraps either function with its own signature
+        real = getattr(read, name)
+
+        def wrapper(first, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            calls[name].append(first.scan_id)
+            return real(first, *args, **kwargs)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(read, name, counting(name))
+    folds = make_folds(tmp_path / "folds", 4)
+    scans = make_scans(tmp_path / "scans", 3)
+    assert run(scans, tmp_path / "out", [str(p) for p in folds]) == 0
+    assert {name: sorted(ids) for name, ids in calls.items()} == {name: ["scan0", "scan1", "scan2"] for name in calls}
+    assert len(rows(tmp_path / "out" / "folds.csv")) == 3 * 4
