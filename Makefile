@@ -27,10 +27,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
-# torchvision/timm networks: their own venv (torch 2.14.1 + torchvision + timm, from the local wheels).
+# torchvision/timm networks and the ViT parity with LXT: their own venv (torch 2.14.1 + torchvision + timm + LXT).
 test-vision:
 	bash scripts/make_vision_venv.sh
-	.venv-vision/bin/pytest -q -m slow tests/test_zoo_torchvision.py
+	.venv-vision/bin/pytest -q -m slow tests/test_zoo_torchvision.py tests/test_lrp_lxt.py
 
 # The slow set's report-in-a-browser and BIDS-validator tests: Debian's chromium (needs root) and npm packages.
 browser-deps:

@@ -12,14 +12,21 @@ import typer
 from typer.core import TyperCommand
 
 from mri_lrp import __version__
-from mri_lrp.errors import CheckpointError, MriLrpError, SettingsError, UnsupportedLayerError
+from mri_lrp.errors import (
+    CheckpointError,
+    DiskFullError,
+    MriLrpError,
+    SettingsError,
+    UnsupportedLayerError,
+    is_disk_full,
+)
 from mri_lrp.evaluate.perturb import BASELINES
 from mri_lrp.lrp import COMPOSITES, RULES
 from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
 from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, LAYOUTS, TARGET_KEYWORDS, Settings, input_spec_options
 
-EXIT_USAGE, EXIT_UNEXPECTED = 2, 1
+EXIT_USAGE, EXIT_UNEXPECTED, EXIT_SOME_FAILED = 2, 1, 3
 
 #: The panels `explain --help` groups its options into (every option names one with rich_help_panel=).
 MODEL, RULES_PANEL, INPUTS, OUTPUTS, REGIONS, CLUSTER = "Model", "Rules", "Inputs", "Outputs", "Regions", "Cluster"
@@ -75,6 +82,11 @@ def _fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> None
     raise typer.Exit(code)
 
 
+def _error_text(error: Exception, out: str) -> str:
+    """An error's line; a full disk names the output folder (a failed write's OSError names no file)."""
+    return f"{out}: no space left on device" if is_disk_full(error) else str(error)
+
+
 def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -113,6 +125,9 @@ TrustOpt = Annotated[bool | None, typer.Option(
     "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
     rich_help_panel=MODEL)]
 DeviceOpt = Annotated[str | None, typer.Option(help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)]
+ModelOutputOpt = Annotated[str | None, typer.Option(
+    help="Which output holds the logits when forward returns a tuple or list (INDEX) or a dict (KEY); "
+    "default: the first of a tuple or list.", rich_help_panel=MODEL)]
 AlphaOpt = Annotated[float | None, typer.Option(
     help="αβ rule: weight of positive contributions.", rich_help_panel=RULES_PANEL)]
 BetaOpt = Annotated[float | None, typer.Option(
@@ -131,6 +146,7 @@ def explain(
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_checkpoint: TrustOpt = None,
+    model_output: ModelOutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Scans per device batch: auto | N.", rich_help_panel=MODEL)] = None,
@@ -208,9 +224,21 @@ def explain(
         help=f"Where files go: {one_of(LAYOUTS)} (flat: scans/<id>/; bids: a BIDS-derivatives dataset of BIDS "
         "inputs).",
         rich_help_panel=OUTPUTS)] = None,
+    reference: Annotated[str | None, typer.Option(
+        help="Input-fitness envelope from `mri-lrp calibrate` (or 'batch': the run's own scans, at least 20): "
+        "adds fitness (ok/doubtful/out) and distances to summary.csv.", rich_help_panel=INPUTS)] = None,
+    reference_any_model: Annotated[bool | None, typer.Option(
+        "--reference-any-model", help="Accept an envelope made with another checkpoint.",
+        rich_help_panel=INPUTS)] = None,
+    skip_unfit: Annotated[bool | None, typer.Option(
+        "--skip-unfit", help="Leave scans whose fitness is 'out' unexplained (listed in skipped.csv).",
+        rich_help_panel=INPUTS)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (scans, shard, model, input spec, rule per layer) and exit; "
         "writes nothing.", rich_help_panel=OUTPUTS)] = False,
+    cohort: Annotated[bool, typer.Option(
+        "--cohort", help="At the end, run `mri-lrp cohort OUT` (clusters per class, shortcut flags, group maps).",
+        rich_help_panel=OUTPUTS)] = False,
     workers: Annotated[int | None, typer.Option(
         "--workers", "-j", help="Worker processes, each reading scans and writing their outputs: at least this "
         "many, more where the cores allow (0: everything in this process).", rich_help_panel=CLUSTER)] = None,
@@ -220,7 +248,7 @@ def explain(
 ) -> None:
     """Explain every scan found: heatmap overlays, relevance volumes and region tables."""
     cli = dict(locals())
-    for name in ("config", "dry_run", *INPUT_SPEC_OPTIONS):
+    for name in ("config", "dry_run", "cohort", *INPUT_SPEC_OPTIONS):
         cli.pop(name)
     from mri_lrp.pipeline import run_explain
     from mri_lrp.progress import Reporter
@@ -234,7 +262,43 @@ def explain(
         code = _dry_run(settings) if dry_run else run_explain(settings, Reporter(quiet=settings.quiet))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
         _fail(str(e), hint=_checkpoint_hint(e))
+    except DiskFullError as e:  # some scans written: as a run with failures; none: the output is unusable
+        _fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
+    if cohort and not dry_run and code in (0, 3):
+        _cohort_after_explain(settings)
     raise typer.Exit(code)
+
+
+def _cohort_after_explain(settings: Any) -> None:
+    """explain --cohort: the analysis of the finished run; a shard's part waits for the merge. A cohort that
+    cannot be made costs a warning, never the run's exit code."""
+    import os
+
+    from mri_lrp.cohort.run import run_cohort
+    from mri_lrp.shard import shard_from_env
+
+    if settings.shard or shard_from_env(os.environ):
+        typer.echo("mri-lrp: cohort: a shard's part; run `mri-lrp cohort` on the merged output", err=True)
+        return
+    try:
+        typer.echo(run_cohort(settings.out).describe())
+    except SettingsError as e:
+        typer.echo(f"mri-lrp: warning: cohort not written: {e}", err=True)
+        return
+    except Exception as e:  # noqa: BLE001 - the run's results stand; the analysis is a view of them
+        typer.echo(f"mri-lrp: warning: cohort not written ({type(e).__name__}: {e}); try `mri-lrp cohort "
+                   f"{settings.out}`", err=True)
+        return
+    _refresh_report(Path(settings.out))
+
+
+def _refresh_report(out: Path) -> None:
+    from mri_lrp.report import write_report
+
+    try:
+        write_report(out)
+    except Exception as e:  # noqa: BLE001 - the cohort files stand; the page is a view of them
+        typer.echo(f"mri-lrp: warning: report.html not rebuilt ({type(e).__name__}: {e})", err=True)
 
 
 def _dry_run(settings: Any) -> int:
@@ -309,6 +373,8 @@ def info(
     model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
     model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
     trust_checkpoint: Annotated[bool | None, typer.Option("--trust-checkpoint")] = None,
+    model_output: Annotated[str | None, typer.Option(
+        help="Which output holds the logits: INDEX of a tuple or list, KEY of a dict.")] = None,
     rule: Annotated[str | None, typer.Option(help=f"Rule to show per layer: {one_of(RULES)}.")] = None,
     alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
     beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
@@ -318,23 +384,28 @@ def info(
     config: Annotated[str | None, typer.Option("--config", "-c", help=(
         "TOML file as for explain: its model, class names, input spec, rules and overrides are shown."))] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    reference: Annotated[str | None, typer.Option(
+        help="Print this input-fitness envelope (from `mri-lrp calibrate`) instead of the model.")] = None,
 ) -> None:
     """The model: classes, input spec, parameters, and the LRP rule each layer would get."""
     from mri_lrp.model.checkpoint import describe_model, load_checkpoint
     from mri_lrp.settings import load_config
 
+    if reference is not None:
+        _print_envelope(reference)
+        return
     try:
         given = {"checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint, "rule": rule,
                  "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "composite": composite,
-                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma}
+                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma, "model_output": model_output}
         values = load_config(config) if config else {}
         values.update({k: v for k, v in given.items() if v is not None})
         loaded = load_checkpoint(
             values.get("checkpoint"), model=values.get("model"), model_kwargs=values.get("model_kwargs"),
             class_names=values.get("class_names"),
             input_spec=values.get("input_spec") or None,
-            trust_checkpoint=bool(values.get("trust_checkpoint", False)))
-        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma") if k in values}
+            trust_checkpoint=bool(values.get("trust_checkpoint", False)), model_output=values.get("model_output"))
+        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma", "model_output") if k in values}
         with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's warning dump
             warnings.simplefilter("always")
             desc = describe_model(loaded, rule=values.get("rule", "alphabeta"),
@@ -352,6 +423,49 @@ def info(
         typer.echo(f"{key:>16}: {value}")
     _print_table([{"layer": la["name"], "type": la["type"], "rule": la["rule"]} for la in layers],
                  ["layer", "type", "rule"])
+
+
+def _print_envelope(path: str) -> None:
+    from mri_lrp.fitness.envelope import Envelope
+
+    try:
+        env = Envelope.load(path)
+    except SettingsError as e:
+        _fail(str(e))
+    for line in env.describe():
+        typer.echo(line)
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  mri-lrp calibrate train_scans/ --checkpoint best.pt --out envelope.npz
+
+  mri-lrp explain new_scans/ --checkpoint best.pt --reference envelope.npz
+""")
+def calibrate(
+    scans: Annotated[list[str], typer.Argument(help="Reference scans (the training or validation set).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The envelope file to write (.npz).")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_checkpoint: TrustOpt = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", help="TOML file as for explain: the model, input spec and scan filters.")] = None,
+) -> None:
+    """Record the reference envelope of a model's inputs, for `explain --reference` (input fitness)."""
+    from mri_lrp.pipeline.run import calibrate_scans
+    from mri_lrp.settings import build_settings
+
+    cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
+           "model_kwargs": None}
+    try:
+        cli["model_kwargs"] = _json_option(model_kwargs, "--model-kwargs")
+        settings = build_settings(cli, config)
+        if Path(out).is_dir():
+            raise SettingsError(f"{out}: --out is a folder; name the envelope file (e.g. envelope.npz)")
+        calibrate_scans(settings, out, lambda line: typer.echo(f"mri-lrp: {line}", err=True))
+    except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
+        _fail(str(e), hint=_checkpoint_hint(e))
 
 
 @app.command(epilog="""[bold]Examples[/bold]
@@ -375,7 +489,7 @@ def merge(
     try:
         report = merge_outputs([Path(d) for d in out_dirs], Path(out), allow_mixed=allow_mixed)
     except (SettingsError, OSError) as e:
-        _fail(str(e))
+        _fail(_error_text(e, out))
     typer.echo(report.describe())
     raise typer.Exit(0 if report.ok else 3)
 
@@ -392,8 +506,35 @@ def report(
     try:
         page = write_report(Path(out))
     except (SettingsError, OSError) as e:
-        _fail(str(e))
+        _fail(_error_text(e, out))
     typer.echo(f"wrote {page}")
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  mri-lrp cohort results/
+
+  mri-lrp cohort results/ --metadata sites.csv --clusters 3
+""")
+def cohort(
+    out: Annotated[str, typer.Argument(help="A finished run's output folder (of explain or merge).")],
+    metadata: Annotated[str | None, typer.Option(
+        "--metadata", "-m", help="CSV/TSV of per-scan facts (site, vendor...) keyed by scan_id, case_id, source "
+        "or participant_id.")] = None,
+    clusters: Annotated[int | None, typer.Option(
+        "--clusters", "-k", help="Clusters per class (default: from the eigengap).")] = None,
+) -> None:
+    """Spectral relevance analysis of a run: clusters per class, shortcut flags, group maps (OUT/cohort/)."""
+    from mri_lrp.cohort.run import run_cohort
+
+    if not Path(out).is_dir():
+        _fail(f"{out}: no such folder")
+    try:
+        result = run_cohort(Path(out), clusters=clusters, metadata=metadata)
+    except (SettingsError, OSError) as e:
+        _fail(str(e))
+    typer.echo(result.describe())
+    _refresh_report(Path(out))
 
 
 @app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]
@@ -411,6 +552,7 @@ def evaluate(
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_checkpoint: TrustOpt = None,
+    model_output: ModelOutputOpt = None,
     device: DeviceOpt = None,
     batch_size: Annotated[str | None, typer.Option(
         "--batch-size", "-b", help="Perturbed inputs per device batch: auto | N.", rich_help_panel=MODEL)] = None,
@@ -443,6 +585,12 @@ def evaluate(
         "--config", "-c", help="TOML file of explain options (model, input spec, rule parameters).",
         rich_help_panel=INPUTS)] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUTS)] = "mri-lrp-eval",
+    reference: Annotated[str | None, typer.Option(
+        help="Input-fitness envelope (`mri-lrp calibrate`): report the share of scans flagged per class.",
+        rich_help_panel=INPUTS)] = None,
+    reference_any_model: Annotated[bool | None, typer.Option(
+        "--reference-any-model", help="Accept an envelope made with another checkpoint.",
+        rich_help_panel=INPUTS)] = None,
     quiet: Annotated[bool | None, typer.Option(
         "--quiet", "-q", help="Only failures and the ranking.", rich_help_panel=OUTPUTS)] = None,
 ) -> None:
@@ -455,7 +603,8 @@ def evaluate(
         cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
                "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "device": device,
                "batch_size": batch_size, "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma,
-               "target": target, "init": init, "masks": masks, "out": out, "quiet": quiet, "workers": 0}
+               "model_output": model_output, "target": target, "init": init, "masks": masks, "out": out,
+               "quiet": quiet, "workers": 0, "reference": reference, "reference_any_model": reference_any_model}
         settings = build_settings(cli, config)
         options = EvaluateOptions(
             rules=tuple(r.strip() for r in rules.split(",") if r.strip()), cube=cube, steps=steps,
@@ -533,6 +682,10 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if os.environ.get("MRI_LRP_DEBUG"):
             raise
+        if is_disk_full(e):  # a command without a message of its own for it (merge, report, evaluate)
+            where = os.path.dirname(e.filename) if isinstance(getattr(e, "filename", None), str) else "output"
+            typer.echo(f"mri-lrp: error: {where or '.'}: no space left on device", err=True)
+            sys.exit(EXIT_USAGE)
         typer.echo(f"mri-lrp: unexpected error: {type(e).__name__}: {e} (set MRI_LRP_DEBUG=1 for details)",
                    err=True)
         sys.exit(EXIT_UNEXPECTED)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class MriLrpError(Exception):
     """Base class: an expected failure with a one-line, user-facing message."""
@@ -47,3 +49,21 @@ class UnsupportedLayerError(MriLrpError):
 
 class SettingsError(MriLrpError):
     """A bad option or config value (a usage error, exit code 2)."""
+
+
+class DiskFullError(MriLrpError):
+    """The output's disk is full: the scans written so far are kept, and a rerun resumes after them."""
+
+    def __init__(self, folder: str, written: int) -> None:
+        self.folder = str(folder)
+        self.written = written
+        done = f"{written} scan(s) written by this run are kept; " if written else "nothing was written; "
+        super().__init__(f"{self.folder}: no space left on device ({done}free some space and run again)")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.folder, self.written))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an error is a write that found no space (or no quota) left."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

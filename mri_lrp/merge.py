@@ -274,7 +274,11 @@ def _link_file(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copy2(src, tmp)
+        try:
+            shutil.copy2(src, tmp)
+        except BaseException:  # a full disk: no half copy left behind
+            tmp.unlink(missing_ok=True)
+            raise
     os.replace(tmp, dst)
 
 
@@ -443,7 +447,7 @@ def merge_outputs(out_dirs: list[Path], out: Path, allow_mixed: bool = False) ->
 def _run_document(sets: list[_TableSet], report: MergeReport) -> dict:
     """The merged run.json: counts from the merged tables, summed timings, settings shared by all parts."""
     runs = [s.run for s in sets if s.run is not None]
-    per_part = ("counts", "shard", "parts", "started", _RUN_MERGED_KEY, *TIMING_KEYS)
+    per_part = ("counts", "shard", "parts", "started", "fitness", _RUN_MERGED_KEY, *TIMING_KEYS)
     shared = {
         key: value
         for key, value in (runs[0].items() if runs else [])
@@ -467,6 +471,8 @@ def _run_document(sets: list[_TableSet], report: MergeReport) -> dict:
             "recovered": len(report.recovered),
         },
         **timings,
+        **({"fitness": _sum_numbers([run["fitness"] for run in runs if isinstance(run.get("fitness"), dict)])}
+           if any(isinstance(run.get("fitness"), dict) for run in runs) else {}),
         "complete": report.ok,
         "missing": list(report.missing),
         "duplicates": list(report.duplicates),

@@ -23,7 +23,10 @@ SUMMARY_COLUMNS = [
     "scan_id", "source", "kind", "shape", "spacing_mm", "shape_x", "shape_y", "shape_z",
     "spacing_x", "spacing_y", "spacing_z", "predicted_class", "predicted_prob",
     "target_class", "target_prob", "output_relevance", "relevance_sum", "conservation_error",
-    "absorbed", "top_region", "relevance_mass_accuracy", "pointing_game", "mask_volume_ml",
+    "absorbed", "top_region", "relevance_outside_head", "relevance_border",
+    "relevance_mass_accuracy", "pointing_game", "mask_volume_ml",
+    "fitness", "input_coverage", "scan_inside", "feature_distance", "feature_percentile", "intensity_distance",
+    "fitness_reasons",
     "folds", "fold_vote", "prob_std", "map_agreement", "region_agreement", "outlier_fold",  # fold ensembles
     "warnings", "status", "seconds", "modality", "series_description", "series_number", "protocol",
 ]

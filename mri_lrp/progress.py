@@ -61,10 +61,14 @@ class Reporter:
         """A line for the log; ``always`` keeps it under --quiet (warnings a cron user must see)."""
         self._line(message, always=always)
 
-    def finish(self, stats: Any, wall: float) -> None:
+    def stop(self) -> None:
+        """End the progress bar (a run that stops on an error leaves the terminal as it found it)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def finish(self, stats: Any, wall: float) -> None:
+        self.stop()
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in stats.stage_seconds.items())
         self._line(
             f"done {stats.done - stats.resumed} · resumed {stats.resumed} · failed {stats.failed} · "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mri_lrp.errors import SettingsError
+from mri_lrp.model.logits import check_selector
 
 TARGET_KEYWORDS = ("predicted", "all")
 INIT_MODES = ("prob", "logit", "sglrp")
@@ -34,6 +35,7 @@ class Settings:
     model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     trust_checkpoint: bool = False
+    model_output: str | None = None  # index or key of the logits when forward returns a tuple, list or dict
     class_names: tuple[str, ...] | None = None
     input_spec: dict[str, Any] | None = None
     rule: str = "alphabeta"
@@ -66,6 +68,9 @@ class Settings:
     derivatives: bool = False        # also walk a BIDS dataset's derivatives/ folder
     keep_uids: bool = False          # add study_uid / series_uid to the tables
     save_model_input: bool = False   # also write scans/<id>/model_input.nii.gz (what the network saw)
+    reference: str | None = None     # input-fitness envelope (.npz from `mri-lrp calibrate`)
+    reference_any_model: bool = False  # accept an envelope made with another checkpoint
+    skip_unfit: bool = False         # leave scans whose fitness is "out" unexplained (listed as skipped)
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
         """A short hash of everything that changes results: a resumed run redoes a scan when it differs."""
@@ -77,6 +82,11 @@ class Settings:
             payload["keep_uids"] = True
         if self.save_model_input:  # one more file per scan: a done scan without it is not done
             payload["save_model_input"] = True
+        if self.model_output is not None:  # another output explained (hashes without it unchanged)
+            payload["model_output"] = self.model_output
+        if self.reference:  # fitness columns; a scan it left unexplained is not done
+            stamp = "batch" if self.reference == "batch" else _file_stamp(self.reference)
+            payload["reference"] = [stamp, self.skip_unfit]
         for name in ("atlas", "atlas_labels"):
             if payload[name]:
                 payload[name + "_stat"] = _file_stamp(payload[name])
@@ -134,8 +144,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except SettingsError as e:
         raise SettingsError(f"{p}: {e}") from None
     # Relative paths in a config file are relative to the file, so a config works from any directory.
-    for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks"):
-        if isinstance(out.get(name), str) and not os.path.isabs(out[name]):
+    for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks", "reference"):
+        if isinstance(out.get(name), str) and not os.path.isabs(out[name]) and out[name] != "batch":
             out[name] = str((p.parent / out[name]).resolve())
     if "checkpoints" in out:  # paths or globs, relative to the file too
         out["checkpoints"] = [c if os.path.isabs(c) else str(p.parent / c) for c in out["checkpoints"]]
@@ -157,7 +167,8 @@ _CONFIG_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
                                                "derivatives", "keep_uids", "save_model_input")},
     **{n: ("a table", (dict,)) for n in ("model_kwargs", "overrides", "input_spec")},
     "workers": ("a whole number", (int,)), "volume": ("a whole number", (int,)),
-    "target": ("a class name or index", (str, int)), "batch_size": ("'auto' or a whole number", (str, int)),
+    "target": ("a class name or index", (str, int)), "model_output": ("an index or a key", (str, int)),
+    "batch_size": ("'auto' or a whole number", (str, int)),
     "scans": ("a path or a list of paths", (str, list)), "class_names": ("a list of names", (list,)),
     "checkpoints": ("a list of paths or globs", (list,)),
 }
@@ -171,7 +182,7 @@ def _check_config_type(path: Path, key: str, name: str, value: Any) -> Any:
         wrong = not all(isinstance(v, str) for v in value)
     if wrong:
         raise SettingsError(f"{path}: option '{key}' must be {expected}, got {value!r}")
-    return str(value) if name == "target" else value
+    return str(value) if name in ("target", "model_output") else value
 
 
 def build_settings(cli: dict[str, Any], config_path: str | None = None,
@@ -281,6 +292,7 @@ def validate(s: Settings) -> None:
         _validate_input_spec(s.input_spec)
     if s.overrides:
         _validate_overrides(s.overrides)
+    check_selector(s.model_output)
     if s.init not in INIT_MODES:
         raise SettingsError(f"--init: must be one of {', '.join(INIT_MODES)}, got '{s.init}'")
     if not s.target:
@@ -326,6 +338,10 @@ def validate(s: Settings) -> None:
             re.compile(s.series)
         except re.error as e:
             raise SettingsError(f"--series: not a valid regular expression ({e})") from None
+    if s.reference not in (None, "batch") and not os.path.isfile(s.reference):
+        raise SettingsError(f"{s.reference}: --reference envelope not found (make one with `mri-lrp calibrate`)")
+    if s.skip_unfit and s.reference is None:
+        raise SettingsError("--skip-unfit needs --reference (the envelope that decides what is unfit)")
     if not s.modality.strip(" ,"):
         raise SettingsError("--modality: empty (give e.g. MR, or MR,CT, or any)")
     _validate_out(s.out)

@@ -105,6 +105,32 @@ def globbed(root: Path, case: str = "patient07", seed: int = 0) -> np.ndarray:
     return vols
 
 
+def per_patient(root: Path, case: str = "patient_A", seed: int = 0) -> np.ndarray:
+    """A clinic export, one folder per patient: the names differ in what follows the sequence."""
+    vols = channel_volumes(seed)
+    for c, name in enumerate(("T1_pre", "T1_post_gd", "T2_tse", "FLAIR_3d")):
+        save(vols[c], root / case / f"{name}.nii.gz")
+    return vols
+
+
+def flat_prefixed(root: Path, case: str = "P1", seed: int = 0) -> np.ndarray:
+    """Every patient's files in one folder, told apart by a prefix."""
+    vols = channel_volumes(seed)
+    for c, tag in enumerate(("T1pre", "T1post", "T2", "FLAIR")):
+        save(vols[c], root / "export" / f"{case}_{tag}.nii.gz")
+    return vols
+
+
+#: The [input_spec.channel_files] globs a user writes for each own layout.
+OWN_GLOBS = {
+    "per_patient": {"t1": "T1_pre*", "t1ce": "T1_post*", "t2": "T2_*", "flair": "FLAIR*"},
+    "per_sequence": {"t1": "T1/*.nii.gz", "t1ce": "T1_contrast/*.nii.gz", "t2": "T2/*.nii.gz",
+                     "flair": "FLAIR/*.nii.gz"},
+    "flat_prefixed": {"t1": "*_T1pre.nii.gz", "t1ce": "*_T1post.nii.gz", "t2": "*_T2.nii.gz",
+                      "flair": "*_FLAIR.nii.gz"},
+    "dicom": {"t1": "T1 AX SE", "t1ce": "*post gd*", "t2": "T2 *", "flair": "*FLAIR"},
+}
+
 GLOBS = {"t1": "T1/*.nii.gz", "t1ce": "T1_contrast/*.nii.gz", "t2": "T2/*.nii.gz", "flair": "FLAIR/*.nii.gz"}
 
 DESCRIPTIONS = ("T1 AX SE", "T1 AX POST GD", "T2 AX TSE", "AX T2 FLAIR")

@@ -276,3 +276,57 @@ def tilted(geometry: Geometry, degrees: float) -> Geometry:
     step = np.asarray(geometry.slice_step)
     shift = np.tan(np.radians(degrees)) * np.linalg.norm(step) * np.asarray(geometry.col_dir)
     return replace(geometry, slice_step=tuple(step + shift))  # type: ignore[arg-type]
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def write_screenshot(path: Path | str, series: GeneratedSeries, rows: int = 24, cols: int = 32) -> Path:
+    """A secondary-capture screenshot (no geometry, ImageType DERIVED\\SECONDARY) filed under ``series``' UID,
+    as some viewers save a measurement back into the series they were showing."""
+    ds = template()
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                    "SliceLocation"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    sop_uid = _uid("screenshot", series.series_uid)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series.series_uid
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.Rows, ds.Columns = rows, cols
+    ds.PixelData = np.arange(rows * cols, dtype="<i2").tobytes()
+    path = Path(path)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def siemens_csa_image_header() -> bytes | None:
+    """The CSA image header (0029,1010) of a real Siemens MOSAIC diffusion file that ships in nibabel's tests,
+    or None where that data is not installed."""
+    import gzip
+
+    import nibabel
+
+    path = Path(nibabel.__file__).parent / "nicom" / "tests" / "data" / "siemens_dwi_1000.dcm.gz"
+    if not path.is_file():
+        return None
+    with gzip.open(path) as f:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+    return bytes(ds.private_block(0x0029, "SIEMENS CSA HEADER")[0x10].value)
+
+
+def mark_mosaic(series: GeneratedSeries, how: str, count: int = 36) -> None:
+    """Make each file of ``series`` a Siemens MOSAIC as scanners and anonymisers leave them: ``how`` is
+    "image_type" (ImageType ends in MOSAIC), "mr_header" ((0019,100A) NumberOfImagesInMosaic only) or "csa"
+    (only the CSA image header says so)."""
+    csa = siemens_csa_image_header() if how == "csa" else None
+    for path in series.paths:
+        ds = pydicom.dcmread(path)
+        if how == "image_type":
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE", "ND", "MOSAIC"]
+        elif how == "mr_header":
+            ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0A, "US", count)
+        else:
+            ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True).add_new(0x10, "OB", csa)
+        ds.save_as(path, enforce_file_format=True)

@@ -39,6 +39,42 @@ class SqueezeExcite(nn.Module):
         return x * g
 
 
+class AddConstant(nn.Module):
+    """y = x + c, or c − x when `negate` (a ViT's position embedding): c is a parameter, a bias outside any layer."""
+
+    def __init__(self, shape: tuple[int, ...], negate: bool = False) -> None:
+        super().__init__()
+        self.constant = nn.Parameter(torch.empty(shape).uniform_(-1.0, 1.0))
+        self.negate = negate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.constant - x if self.negate else x + self.constant
+
+
+def bias_add_shares(rule: dict | None, part: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per element of y = part + c (part = ±x, c constant): the share of R that part gets, written from how each
+    rule treats a layer's bias, as a layer with one input of weight 1 per output. LRP-0 and ε include the bias:
+    part / (part + c) (ε-stabilised); γ and αβ / z⁺ include it only with include_bias (γ: weight 1 + γ, bias
+    c + γc⁺; αβ: c joins the side of its own sign, the identity's relevance is not scaled by α or β); every
+    other rule (and no rule) leaves it out: share 1."""
+    shares = torch.ones(part.numel(), dtype=torch.float64)
+    if rule is None:
+        return shares
+    name = rule["rule"]
+    for j, (x, b) in enumerate(zip(part.tolist(), c.tolist(), strict=True)):
+        if name == "zero":
+            shares[j] = x / (x + b) if x + b != 0 else 0.0
+        elif name == "epsilon":
+            shares[j] = x / _stab(x + b, rule.get("epsilon", 1e-6))
+        elif name == "gamma" and rule.get("include_bias", False):
+            g = rule.get("gamma", 0.25)
+            shares[j] = (1 + g) * x / _stab((1 + g) * x + b + g * max(b, 0.0), rule.get("epsilon", 1e-6))
+        elif name in ("alphabeta", "zplus") and rule.get("include_bias", False):
+            z = x + (max(b, 0.0) if x >= 0 else min(b, 0.0))
+            shares[j] = x / z if z != 0 else 0.0
+    return shares
+
+
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 COPIES = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad2d, nn.ReplicationPad1d,
           nn.ReplicationPad2d, nn.ReplicationPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d)
@@ -140,10 +176,12 @@ def init_relevance(logits: torch.Tensor, target: int, init: str) -> torch.Tensor
 
 
 def reference_lrp(model: nn.Sequential, x: torch.Tensor, rules: list[dict], target: int | None = None,
-                  init: str = "prob", norm_epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                  init: str = "prob", norm_epsilon: float = 1e-6,
+                  constant_rule: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(relevance of x, output relevance) for ONE sample x (no batch dim) of a sequential float64 model.
 
-    `rules` holds one rule dict per conv/linear layer (or Sequential block), in order. Normalisation layers get
+    `rules` holds one rule dict per conv/linear layer (or Sequential block), in order; `constant_rule` is the
+    rule whose bias treatment each AddConstant follows (None: relevance passes it unchanged). Normalisation layers get
     the ε rule on their frozen-σ matrix with `norm_epsilon`; padding and nearest upsampling return relevance to
     the copied input; other upsampling gets LRP-0 on its matrix; activations and gates pass it unchanged.
     """
@@ -171,6 +209,9 @@ def reference_lrp(model: nn.Sequential, x: torch.Tensor, rules: list[dict], targ
             mats.append(("layer", W, b, {"rule": "zero"}, in_shape))
         elif isinstance(layer, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
             mats.append(("max", layer, in_shape))
+        elif isinstance(layer, AddConstant):
+            sign = -1.0 if layer.negate else 1.0
+            mats.append(("bias", sign, layer.constant.detach().double().reshape(-1)))
         else:  # ReLU, GELU, Tanh, ..., SqueezeExcite, Flatten: relevance passes unchanged / is reshaped
             mats.append(("same", None, in_shape))
         with torch.no_grad():
@@ -186,6 +227,9 @@ def reference_lrp(model: nn.Sequential, x: torch.Tensor, rules: list[dict], targ
             r = rule_matrix(rule, W, b, flat_a).T @ r
         elif kind == "copy":
             r = rest[0].T @ r
+        elif kind == "bias":
+            sign, c = rest
+            r = bias_add_shares(constant_rule, sign * flat_a, c) * r
         elif kind == "max":
             layer, in_shape = rest
             pool = type(layer).__name__[-2:]

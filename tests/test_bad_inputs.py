@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import os
 import struct
@@ -148,6 +149,7 @@ def test_a_text_file_as_checkpoint_is_one_line_and_exit_2(tmp_path: Path) -> Non
     lines = res.stderr.decode().strip().splitlines()
     assert lines == [f"mri-lrp: error: {notes}: not a readable PyTorch checkpoint: a text file (it starts with "
                      "'a'); give the file that torch.save wrote"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_night_of_bad_inputs_gives_one_row_each_and_reruns_cleanly(tmp_path: Path) -> None:
@@ -184,3 +186,174 @@ def test_mixed_spacing_lists_the_steps_found(tmp_path: Path) -> None:
     with pytest.raises(ScanError) as err:
         read_scan(one_ref(tmp_path / "s"))
     assert err.value.reason == "irregular slice spacing: steps of 1.500 to 3.000 mm (4 of 1.50 mm, 4 of 3.00 mm)"
+
+
+def _bad_checkpoint(kind: str, folder: Path) -> Path:
+    """A checkpoint as users get them wrong: cut short, notes, nothing, a whole pickled model, bare weights."""
+    import torch
+
+    from mri_lrp.model.checkpoint import DEMO_CHECKPOINT
+    from mri_lrp.model.zoo import build_model
+
+    path = folder / f"{kind}.pt"
+    model = build_model("cnn3d", in_channels=1, num_classes=4, width=4)
+    if kind == "truncated":
+        raw = DEMO_CHECKPOINT.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    elif kind == "text":
+        path.write_text("the weights are on the shared drive\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "pickled":
+        torch.save(model, path)
+    else:
+        torch.save(model.state_dict(), path)
+    return path
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[str]]:
+    """The console entry point in this process: its exit code and the lines it wrote to stderr."""
+    from mri_lrp.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mri-lrp", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    return stopped.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("truncated", "not a readable PyTorch checkpoint: a zip archive without its end (truncated"),
+    ("text", "not a readable PyTorch checkpoint: a text file (it starts with 'the weights are on"),
+    ("empty", "empty file"),
+    ("pickled", "holds a pickled Python object (mri_lrp.model.zoo."),
+    ("bare", "holds a plain state_dict with no architecture; name it with --model"),
+])
+def test_a_bad_checkpoint_exits_2_with_one_line_and_creates_no_out_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, kind: str,
+        says: str) -> None:
+    checkpoint = _bad_checkpoint(kind, tmp_path)
+    out = tmp_path / "out"
+    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "sub-02_T1w.nii.gz"),
+                      "--checkpoint", str(checkpoint), "--out", str(out), "--quiet", "--workers", "0")
+    assert code == 2
+    assert err == [f"mri-lrp: error: {checkpoint}: {err[0].split(': ', 3)[-1]}"] and says in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--target", "nonsense"], "--target: 'nonsense' is not a class of this model (glioma, meningioma"),
+    (["--target", "7"], "--target: class index 7 is out of range (the model has 4 classes)"),
+    (["--rule", "alphabeta", "--alpha=-1", "--beta", "1"], "--alpha: must be a number >= 0"),
+    (["--config", "CONFIG"], "override 'classifier': unknown LRP rule 'nonsense'"),
+    (["--atlas", "ATLAS", "--atlas-labels", "LABELS"], "atlas.nii.gz"),
+    (["--layout", "bids"], "no sub-<label>"),
+])
+def test_a_usage_error_exits_2_with_one_line_and_creates_no_out_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str],
+        says: str) -> None:
+    atlas, labels, config = tmp_path / "atlas.nii.gz", tmp_path / "labels.csv", tmp_path / "rules.toml"
+    atlas.write_text("not an image\n")
+    labels.write_text("index,name\n1,left\n")
+    config.write_text('[overrides]\n"classifier" = "nonsense"\n')
+    args = [{"ATLAS": str(atlas), "LABELS": str(labels), "CONFIG": str(config)}.get(a, a) for a in args]
+    scans = tmp_path / "scans"  # no sub-<label> in the path
+    write_volume(scans / "head.nii.gz", (12, 12, 12), seed=1)
+    out = tmp_path / "out"
+    code, err = _main(monkeypatch, capsys, "explain", str(scans), "--out", str(out), "--quiet", "--workers", "0",
+                      *args)
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("mri-lrp: error: ") and says in err[0], err
+    assert not out.exists()
+
+
+def test_a_usage_error_leaves_an_existing_out_folder_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    (out / "scans").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine\n")
+    write_volume(tmp_path / "scans" / "head.nii.gz", (12, 12, 12), seed=1)  # no sub-<label>: no BIDS name
+    code, _ = _main(monkeypatch, capsys, "explain", str(tmp_path / "scans"), "--layout", "bids", "--out", str(out),
+                    "--quiet", "--workers", "0")
+    assert code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "scans"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A folder on a tmpfs of its own, mounted for the test: ``small_disk(kib)`` sizes it (as root; skipped
+    where mounting is not allowed)."""
+    mounts: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                             capture_output=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=True)  # lazily: a file left open cannot block it
+
+
+def _fill(disk: Path) -> None:
+    """Take every free byte of ``disk``."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
+def test_a_disk_that_fills_up_mid_run_stops_with_one_line_exit_3_and_no_temporary_file(
+        small_disk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    disk = small_disk(4096)  # a sample scan's outputs take about 2.5 MiB: the first fits, the next does not
+    out = disk / "out"
+    scans = [str(ROOT / "sample_scans" / f"sub-0{n}_T1w.nii.gz") for n in (2, 4, 5)]
+    code, err = _main(monkeypatch, capsys, "explain", *scans, "--out", str(out), "--workers", "0", "--quiet")
+    assert code == 3, err
+    assert err[-1].startswith(f"mri-lrp: error: {out}: no space left on device (1 scan(s) written"), err
+    assert not any("Traceback" in line or "unexpected" in line for line in err)
+    assert [p.name for p in out.rglob("result.json")] == ["result.json"]
+    assert not [p for p in disk.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_disk_full_at_the_start_is_one_line_exit_2_and_leaves_no_out_folder(
+        small_disk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    disk = small_disk(256)
+    _fill(disk)
+    out = disk / "out"
+    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "sub-02_T1w.nii.gz"),
+                      "--out", str(out), "--workers", "0", "--quiet")
+    assert code == 2
+    assert err == [f"mri-lrp: error: {out}: no space left on device (nothing was written; free some space and "
+                   "run again)"]
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_report_assets_that_do_not_fit_leave_no_temporary_file(small_disk) -> None:  # type: ignore[no-untyped-def]
+    from mri_lrp.report.build import copy_assets
+
+    disk = small_disk(512)  # the viewer script alone is over 2 MiB
+    with pytest.raises(OSError) as failed:
+        copy_assets(disk / "assets")
+    assert failed.value.errno == errno.ENOSPC
+    assert not [p for p in disk.rglob("*") if ".tmp" in p.name]
+
+
+def test_report_on_a_full_disk_is_one_line_naming_the_folder_and_leaves_no_temporary_file(
+        small_disk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    from report_fixtures import make_run
+
+    disk = small_disk(1024)  # the tables fit; the report's 2 MiB viewer script does not
+    out = disk / "out"
+    make_run(out, scans=2)
+    code, err = _main(monkeypatch, capsys, "report", str(out))
+    assert code == 2
+    (line,) = err
+    assert line == f"mri-lrp: error: {out}: no space left on device"
+    assert not [p for p in disk.rglob("*") if ".tmp" in p.name]

@@ -9,12 +9,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from case_factory import AFFINE, GLOBS, LAYOUTS, NAMES, SHAPE, box, brats2021, channel_volumes, label_map, save
+from case_factory import (
+    AFFINE,
+    GLOBS,
+    LAYOUTS,
+    NAMES,
+    OWN_GLOBS,
+    SHAPE,
+    box,
+    brats2021,
+    channel_volumes,
+    dicom_study,
+    flat_prefixed,
+    globbed,
+    label_map,
+    per_patient,
+    save,
+)
 
 from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.scans import discover, read_scan
-from mri_lrp.scans.cases import ChannelPlan, description_sequence, sequence_of
+from mri_lrp.scans.cases import ChannelPlan, channel_files_text, description_sequence, sequence_of
 from mri_lrp.scans.channels import resample_linear
 
 PLAN = ChannelPlan(4, NAMES)
@@ -410,3 +426,71 @@ def test_numbered_files_outside_nnunet_folders_are_single_images_not_channels(tm
     refs, _ = cases(tmp_path)
     assert len(refs) == 4 and not any(r.parts for r in refs)
     assert all(any("fits no case" in n for n in r.notes) for r in refs)
+
+
+OWN_LAYOUTS = {  # layout -> (builder, the case ids of two patients: None for one DICOM study)
+    "per_patient": (per_patient, ("patient_A", "patient_B")),
+    "per_sequence": (globbed, ("patient07", "patient08")),
+    "flat_prefixed": (flat_prefixed, ("export__P1", "export__P2")),
+    "dicom": (dicom_study, None),
+}
+
+
+def _inspect_cases(root: Path, config: Path) -> dict[str, dict]:
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+
+    res = CliRunner().invoke(app, ["inspect", str(root), "--config", str(config), "--json"])
+    assert res.exit_code == 0, res.output
+    return {r["scan_id"]: r for r in json.loads(res.output) if r["kind"] != "skipped"}
+
+
+@pytest.mark.parametrize("layout", sorted(OWN_LAYOUTS))
+def test_channel_globs_group_each_own_layout_into_its_cases_as_inspect_shows(tmp_path: Path, layout: str) -> None:
+    build, ids = OWN_LAYOUTS[layout]
+    data = tmp_path / "data"
+    if ids is None:
+        expected = {"study": build(data)}
+    else:
+        expected = {ids[0]: build(data, ids[0].rpartition("__")[2], seed=0),
+                    ids[1]: build(data, ids[1].rpartition("__")[2], seed=1)}
+    globs = OWN_GLOBS[layout]
+    config = tmp_path / "c.toml"
+    config.write_text('[input_spec]\nchannels = 4\nchannel_names = ["t1", "t1ce", "t2", "flair"]\n'
+                      "[input_spec.channel_files]\n" + "".join(f'{k} = "{v}"\n' for k, v in globs.items()))
+    rows = _inspect_cases(data, config)
+    assert len(rows) == len(expected), rows
+    assert all(r["status"] == "ok" and r["channels"] == list(NAMES) for r in rows.values()), rows
+    if ids is not None:
+        assert sorted(rows) == sorted(ids)
+    refs, _ = cases(data, ChannelPlan(4, NAMES, tuple(globs.items())))
+    for ref in refs:
+        listed = rows[ref.scan_id]["channel_files"]
+        assert [part.split(" = ")[0] for part in listed.split(", ")] == list(NAMES)
+        want = expected["study"] if ids is None else expected[ref.scan_id]
+        np.testing.assert_array_equal(read_scan(ref).data, want)
+
+
+def test_a_folder_per_patient_is_one_case_whatever_each_glob_matched(tmp_path: Path) -> None:
+    per_patient(tmp_path, "patient_A")
+    (ref,), skipped = cases(tmp_path, ChannelPlan(4, NAMES, tuple(OWN_GLOBS["per_patient"].items())))
+    assert ref.error == "" and ref.scan_id == "patient_A" and not skipped
+    assert channel_files_text(ref) == ("t1 = T1_pre.nii.gz, t1ce = T1_post_gd.nii.gz, t2 = T2_tse.nii.gz, "
+                                       "flair = FLAIR_3d.nii.gz")
+
+
+def test_a_patient_folder_with_two_files_for_one_channel_fails_naming_both(tmp_path: Path) -> None:
+    per_patient(tmp_path, "patient_A")
+    save(channel_volumes()[0], tmp_path / "patient_A" / "T1_pre_repeat.nii.gz")
+    (ref,), _ = cases(tmp_path, ChannelPlan(4, NAMES, tuple(OWN_GLOBS["per_patient"].items())))
+    assert "several files for one channel (t1: T1_pre.nii.gz, T1_pre_repeat.nii.gz)" in ref.error
+
+
+def test_a_flat_folder_keeps_an_incomplete_prefix_apart_from_the_complete_ones(tmp_path: Path) -> None:
+    flat_prefixed(tmp_path, "P1")
+    flat_prefixed(tmp_path, "P2")
+    next(tmp_path.rglob("P2_FLAIR.nii.gz")).unlink()
+    refs, _ = cases(tmp_path, ChannelPlan(4, NAMES, tuple(OWN_GLOBS["flat_prefixed"].items())))
+    assert [(r.scan_id, r.error) for r in refs][0] == ("export__P1", "")
+    assert refs[1].scan_id == "export__P2" and "missing channel(s) flair" in refs[1].error

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from mri_lrp.errors import CheckpointError, ScanError, SettingsError, UnsupportedLayerError
+from mri_lrp.errors import CheckpointError, DiskFullError, ScanError, SettingsError, UnsupportedLayerError
 
 
 @pytest.mark.parametrize("error", [
@@ -14,6 +14,7 @@ from mri_lrp.errors import CheckpointError, ScanError, SettingsError, Unsupporte
     CheckpointError("m.pt", "not a checkpoint"),
     UnsupportedLayerError("sigmoid", "gate.1"),
     SettingsError("--beta: must be >= 0"),
+    DiskFullError("results", 3),
 ])
 def test_errors_survive_pickling_with_their_fields_and_message(error: Exception) -> None:
     back = pickle.loads(pickle.dumps(error))

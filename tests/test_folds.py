@@ -255,7 +255,7 @@ def test_a_one_checkpoint_run_writes_no_fold_files_and_leaves_the_fold_columns_e
     summary = rows(out / "summary.csv")
     assert list(summary[0]) == SUMMARY_COLUMNS and all(summary[0][c] == "" for c in FOLD_SUMMARY)
     scan_dir = out / "scans" / summary[0]["scan_id"]
-    assert not list(scan_dir.glob("relevance_*.nii.gz"))
+    assert not [*scan_dir.glob("relevance_fold*"), *scan_dir.glob("relevance_std*")]
     assert "fold" not in rows(out / "regions.csv")[0]
     marker = json.loads((scan_dir / "result.json").read_text())
     assert "folds" not in marker and not set(FOLD_SUMMARY) & set(marker["summary"])

@@ -20,7 +20,7 @@ from mri_lrp.lrp.attention import (
     scaled_dot_product_attention,
 )
 from mri_lrp.lrp.ops import Tracker
-from mri_lrp.lrp.rules import Affine
+from mri_lrp.lrp.rules import Affine, Epsilon
 
 D = torch.float64
 
@@ -164,6 +164,37 @@ def test_scaled_dot_product_attention_masks_match_torch(mask_kind: str) -> None:
     got = _relevance(lambda a, b, c: scaled_dot_product_attention(1e-9, None, a, b, c, **kwargs), (q, k, v),
                      torch.randn(2, 2, 4, 3, dtype=D))
     assert all(torch.isfinite(g).all() for g in got)
+
+
+def test_float_attention_mask_is_a_bias_that_keeps_its_epsilon_share() -> None:
+    """A float mask added to the scores (a relative position bias) takes x / (x + m + ε sign) of the relevance at
+    the softmax input, element by element; a boolean mask takes nothing."""
+    torch.manual_seed(8)
+    eps = 1e-9
+    q, k, v = (torch.randn(2, 2, 4, 3, dtype=D) for _ in range(3))
+    mask, r = torch.randn(4, 4, dtype=D), torch.randn(2, 2, 4, 3, dtype=D)
+    tracker = Tracker(2)
+    got = _relevance(lambda a, b, c: scaled_dot_product_attention(eps, tracker, a, b, c, attn_mask=mask,
+                                                                  bias_rule=Epsilon(eps)), (q, k, v), r)
+    scale = 3 ** -0.5
+    scores = q @ k.transpose(-2, -1) * scale
+    x = scores + mask
+    r_a, r_v = _matmul_reference(torch.softmax(x, -1), v, r, eps)
+    r_x = _softmax_reference(x, r_a)
+    r_scores = torch.zeros_like(r_x)
+    for idx in itertools.product(*(range(n) for n in x.shape)):
+        r_scores[idx] = float(scores[idx]) / (float(x[idx]) + (eps if x[idx] >= 0 else -eps)) * float(r_x[idx])
+    r_q, r_kt = _matmul_reference(q, k.transpose(-2, -1) * scale, r_scores, eps)
+    for g, want in zip(got, (r_q, r_kt.transpose(-2, -1), r_v), strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-8, atol=1e-10)
+    kept = (r_x - r_scores).sum(dim=(1, 2, 3))
+    assert kept.abs().min() > 1e-3 * r.abs().sum()  # the mask's share is real: passing it on whole would fail
+    boolean = _relevance(lambda a, b, c: scaled_dot_product_attention(eps, Tracker(2), a, b, c,
+                                                                      attn_mask=torch.ones(4, 4, dtype=torch.bool),
+                                                                      bias_rule=Epsilon(eps)), (q, k, v), r)
+    unmasked = _relevance(lambda a, b, c: scaled_dot_product_attention(eps, None, a, b, c), (q, k, v), r)
+    for g, want in zip(boolean, unmasked, strict=True):  # a boolean mask only forbids positions
+        torch.testing.assert_close(g, want, rtol=0, atol=0)
 
 
 def _epsilon_linear(layer: Affine, x: torch.Tensor, r: torch.Tensor, eps: float) -> torch.Tensor:

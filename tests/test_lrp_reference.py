@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lrp_reference import reference_lrp
+from lrp_reference import AddConstant, reference_lrp
 from torch import nn
 
 from mri_lrp.lrp import Explainer
@@ -47,10 +47,12 @@ RULES = [
 ]
 
 
-def _compare(net: nn.Sequential, x: torch.Tensor, rules: list[dict], explainer: Explainer, init: str) -> None:
+def _compare(net: nn.Sequential, x: torch.Tensor, rules: list[dict], explainer: Explainer, init: str,
+             constant_rule: dict | None = None) -> None:
     got = explainer(x, init=init)
     for i in range(x.shape[0]):
-        want, r_out = reference_lrp(net, x[i], rules, target=int(got.target[i]), init=init)
+        want, r_out = reference_lrp(net, x[i], rules, target=int(got.target[i]), init=init,
+                                    constant_rule=constant_rule)
         scale = want.abs().max()
         assert (got.relevance[i] - want).abs().max() <= 1e-6 * scale
         assert torch.allclose(got.output_relevance[i], r_out.sum(), rtol=1e-9, atol=1e-12)
@@ -86,3 +88,43 @@ def test_composite_with_override_matches_reference_layer_by_layer() -> None:
     rules = [{"rule": "box", "epsilon": 0.01}, {"rule": "gamma", "epsilon": 0.01}, {"rule": "epsilon", "epsilon": 0.01},
              {"rule": "zero"}]
     _compare(net, x, rules, explainer, "prob")
+
+
+def _with_constant_add(negate: bool, bias: bool = True) -> nn.Sequential:
+    """conv → + c (or c − ·) → ReLU → linear: a position embedding between two layers."""
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=bias), AddConstant((3, 8, 8), negate), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(192, 3, bias=bias)).double()
+
+
+@pytest.mark.parametrize("negate", [False, True], ids=["x+c", "c-x"])
+@pytest.mark.parametrize("spec", RULES, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+def test_constant_add_is_a_bias_to_every_rule_as_in_the_dense_reference(spec: dict, negate: bool) -> None:
+    net = _with_constant_add(negate)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    explainer = Explainer(net, rule=spec["rule"], **{k: v for k, v in spec.items() if k != "rule"})
+    _compare(net, x, [spec, spec], explainer, "prob", constant_rule=spec)
+
+
+def test_composite_gives_a_constant_add_the_epsilon_share_of_its_dense_layers() -> None:
+    net = _with_constant_add(False)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    explainer = Explainer(net, composite="epsilon-plus", epsilon=0.01)
+    epsilon = {"rule": "epsilon", "epsilon": 0.01}
+    _compare(net, x, [{"rule": "zplus"}, epsilon], explainer, "prob", constant_rule=epsilon)
+
+
+@pytest.mark.parametrize("rule", ["zero", "alphabeta"])
+def test_absorbed_counts_what_a_constant_add_keeps(rule: str) -> None:
+    """`absorbed` is what the reference loses: under LRP-0 (bias-free layers conserve) exactly the constant's share,
+    under αβ 1/0 (which leaves the constant out) only what empty positive sides lost."""
+    net = _with_constant_add(False, bias=False)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    spec = {"rule": rule, "alpha": 1.0, "beta": 0.0}
+    got = Explainer(net, rule=rule, alpha=1.0, beta=0.0)(x)
+    for i in range(2):
+        want, r_out = reference_lrp(net, x[i], [spec, spec], target=int(got.target[i]), constant_rule=spec)
+        kept = float(r_out.sum() - want.sum())
+        assert got.absorbed[i].item() == pytest.approx(kept, rel=1e-9, abs=1e-12)
+        if rule == "zero":  # the constant kept a real share
+            assert abs(kept) > 1e-3 * float(r_out.abs().sum())

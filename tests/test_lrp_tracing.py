@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from einops.layers.torch import Rearrange, Reduce
 from torch import nn
 
-from mri_lrp.errors import UnsupportedLayerError
-from mri_lrp.lrp import Explainer
+from mri_lrp.errors import SettingsError, UnsupportedLayerError
+from mri_lrp.lrp import Explainer, explain
 
 monai_nets = pytest.importorskip("monai.networks.nets")
 
@@ -60,9 +60,48 @@ def test_monai_vit_describes_attention_and_rearrange() -> None:
     assert ("einsum", "uniform rule") in kinds
 
 
-def test_model_returning_a_tuple_is_told_to_return_the_logits() -> None:
-    with pytest.raises(UnsupportedLayerError, match=r"forward returns tuple of 2 values.*returns the logits"):
-        Explainer(_vit().eval())
+def test_monai_vit_returning_logits_and_hidden_states_explains_its_logits_unasked() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 32, 32, 32)
+    vit = _vit().eval()
+    explainer = Explainer(vit)
+    assert explainer.output_choice.startswith("element 0 of a tuple of 2 values (picked unasked")
+    assert explainer.describe()[-1] == ("output", "output", f"explained: {explainer.output_choice}")
+    wrapped = Explainer(Logits(vit))(x)
+    assert torch.equal(explainer(x).relevance, wrapped.relevance)
+    with pytest.raises(UnsupportedLayerError, match=r"element 1 of a tuple of 2 values, is a list, not a tensor"):
+        Explainer(vit, model_output=1)
+
+
+class Heads(nn.Module):
+    """A classifier whose forward returns a dict: features and logits (no biases, so LRP-ε conserves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.fc = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = F.relu(self.conv(x)).mean((2, 3))
+        return {"features": features, "logits": self.fc(features)}
+
+
+def test_dict_output_explains_the_key_model_output_names_and_refuses_to_guess() -> None:
+    torch.manual_seed(0)
+    model = Heads().eval()
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(UnsupportedLayerError, match=r"returns a dict \(keys features, logits\).*model_output"):
+        Explainer(model)
+    e = explain(model, x, rule="epsilon", model_output="logits")
+    torch.testing.assert_close(e.logits, model(x)["logits"])
+    assert e.conservation_error.max() <= 1e-4
+    with pytest.raises(SettingsError, match=r"model_output 'scores': no such key; .*keys features, logits"):
+        Explainer(model, model_output="scores")
+
+
+def test_model_output_for_a_model_with_one_output_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"forward returns one value.*leave model_output unset"):
+        Explainer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), model_output=0)
 
 
 def _bn_stats(model: nn.Module) -> nn.Module:

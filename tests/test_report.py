@@ -55,6 +55,16 @@ def test_report_lists_every_scan_failure_skipped_input_and_the_run_settings(tmp_
     assert settings["sha256"] == "ab" * 32
 
 
+def test_the_probability_column_says_probability_and_the_table_sits_in_its_own_scrolling_box(tmp_path: Path) -> None:
+    make_run(tmp_path / "out", scans=3)
+    main = write_report(tmp_path / "out")
+    labels = {c["key"]: c["label"] for c in json.loads(parse_page(main).scripts["columns-data"])}
+    assert labels["predicted_prob"] == "probability"
+    assert '<div class="table-box"><table id="summary-table"' in main.read_text(encoding="utf-8")
+    css = (tmp_path / "out" / "report" / "assets" / "report.css").read_text(encoding="utf-8")
+    assert ".table-box { max-width: 100%; max-height: 80vh; overflow: auto;" in css
+
+
 def test_mask_columns_and_the_mass_accuracy_plot_appear_only_when_masks_were_given(tmp_path: Path) -> None:
     make_run(tmp_path / "masked", scans=4, masks=True)
     make_run(tmp_path / "plain", scans=4, masks=False)

@@ -68,6 +68,7 @@ def test_the_sample_report_works_in_a_browser_opened_from_disk(sample_run: Path,
     seen = drive(sample_run / "report.html", tmp_path / "viewer.png")
     assert seen["errors"] == [] and seen["network"] == []
     assert seen["rows_on_page"] == 4 and seen["shown"] == "4 of 4 scans"
+    assert_inside_the_page_at_1400_px(seen["at_1400"])
     # the demo model's notice is on every row: clipped to two lines (full text on hover), not a screen per row
     assert max(seen["row_heights"]) < 80 and all("DEMO MODEL" in t for t in seen["warning_titles"])
     assert seen["failures"] == ["broken"] and seen["skipped"] >= 1
@@ -87,6 +88,32 @@ def test_the_sample_report_works_in_a_browser_opened_from_disk(sample_run: Path,
     assert grey.mean() > 0.3 and (pixels.max(axis=-1) > 0.5).mean() > 0.05  # the scan, in grey
     red = (pixels[..., 0] > 0.5) & (pixels[..., 1] < 0.35) & (pixels[..., 2] < 0.35)
     assert red.sum() > 10  # and relevance over it
+
+
+def assert_inside_the_page_at_1400_px(wide: dict) -> None:
+    """The summary table's box ends inside a 1400 px window and the page never scrolls sideways."""
+    assert wide["viewport"] == 1400
+    assert wide["box_right"] <= wide["viewport"] and wide["page_width"] <= wide["viewport"], wide
+    assert wide["box_scrolls"] == "auto"
+    assert "probability" in wide["headers"] and "p" not in wide["headers"]
+
+
+def test_a_table_of_long_paths_and_ids_scrolls_in_its_box_not_past_the_page_at_1400_px(tmp_path: Path) -> None:
+    from mri_lrp.outputs import read_csv, write_csv
+
+    out = tmp_path / "long"
+    make_run(out, scans=5)
+    rows = read_csv(out / "summary.csv")
+    deep = "/".join(["a_folder_name_as_a_pacs_export_writes_it"] * 6)
+    for row in rows:
+        row["source"] = f"{deep}/{row['scan_id']}_{'x' * 60}.nii.gz"
+        row["top_region"] = "left_" * 30 + "region"
+    write_csv(out / "summary.csv", rows, list(rows[0]))
+    seen = drive(write_report(out), tmp_path / "viewer.png")
+    assert seen["errors"] == [] and seen["network"] == []
+    wide = seen["at_1400"]
+    assert_inside_the_page_at_1400_px(wide)
+    assert wide["table_width"] > wide["viewport"]  # wider than the window: it scrolls inside its own box
 
 
 def test_a_2000_scan_report_is_built_in_seconds_and_stays_responsive(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -263,3 +264,61 @@ def test_patient_identifiers_never_reach_ids_or_metadata(tmp_path):
     text = repr((scan.scan_id, scan.source, scan.metadata, scan.warnings))
     assert fac.PATIENT_NAME.split("^")[0] not in text and fac.PATIENT_ID not in text and "1970" not in text
     assert scan.scan_id == "exam__s1" and scan.source == "exam"
+
+
+# --- files dropped from a series, and MOSAIC files -------------------------------------------------------------
+
+def _filtered(root: Path):  # type: ignore[no-untyped-def]
+    """What explain keeps of ``root`` and what it skips, as {path: reason}, under the default filters."""
+    from mri_lrp.scans.filters import ScanFilter, apply_filter
+
+    refs, skipped = discover([root])
+    kept, filtered = apply_filter(refs, ScanFilter())
+    return kept, {s.path: s.reason for s in [*skipped, *filtered]}
+
+
+def test_a_screenshot_filed_under_an_mr_series_is_skipped_by_its_own_file_name(tmp_path):
+    series = fac.write_series(tmp_path / "series", fac.AXIAL, 6, rows=16, cols=16)
+    shot = fac.write_screenshot(tmp_path / "series" / "IM_screenshot", series)
+    kept, reasons = _filtered(tmp_path)
+    assert list(reasons) == [str(shot)]
+    assert reasons[str(shot)].startswith("derived image (ImageType DERIVED")
+    (ref,) = kept
+    assert str(shot) not in ref.paths
+    np.testing.assert_array_equal(read_scan(ref).data, series.volume)
+
+
+def test_skipped_csv_of_a_run_names_the_screenshot_file_dropped_from_a_series(tmp_path):
+    from typer.testing import CliRunner
+
+    from mri_lrp.cli import app
+    from mri_lrp.outputs import read_csv
+
+    series = fac.write_series(tmp_path / "scans" / "series", fac.AXIAL, 6, rows=16, cols=16)
+    shot = fac.write_screenshot(tmp_path / "scans" / "series" / "IM_screenshot", series)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["explain", str(tmp_path / "scans"), "--out", str(out), "--workers", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    assert [(r["path"], r["reason"][:13]) for r in read_csv(out / "skipped.csv")] == [(str(shot), "derived image")]
+
+
+@pytest.mark.parametrize(("how", "says"), [
+    ("image_type", "ImageType MOSAIC"),
+    ("mr_header", "(0019,100A) NumberOfImagesInMosaic 36"),
+    ("csa", "CSA header NumberOfImagesInMosaic 48"),
+])
+def test_a_siemens_mosaic_series_is_skipped_as_a_mosaic_not_as_a_pilot(tmp_path, how: str, says: str) -> None:
+    if how == "csa" and fac.siemens_csa_image_header() is None:
+        pytest.skip("nibabel's Siemens test file is not installed")
+    mosaic = fac.write_series(tmp_path / "dwi", fac.AXIAL, 2, rows=32, cols=32, description="ep2d_diff_mosaic")
+    fac.mark_mosaic(mosaic, how)
+    plain = fac.write_series(tmp_path / "t1", fac.AXIAL, 2, rows=32, cols=32, description="T1 two slices")
+    kept, reasons = _filtered(tmp_path)
+    assert not kept
+    assert reasons[str(tmp_path / "dwi")] == (f"Siemens MOSAIC image ({says}: many slices tiled in one image), "
+                                              "which is not read: convert the series to NIfTI first (e.g. with "
+                                              "dcm2niix)")
+    assert "2 slices: a pilot" in reasons[str(plain.folder)]
+    refs, _ = discover([tmp_path / "dwi"])
+    with pytest.raises(ScanError, match=r"Siemens MOSAIC images \(" + re.escape(says)):
+        read_scan(refs[0])

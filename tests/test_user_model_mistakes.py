@@ -48,6 +48,7 @@ def _config(tmp_path: Path, text: str) -> Path:
     ('[overrides]\n"*" = {rule = "alphabeta", alpha = "x"}', "override '*': rule 'alphabeta': alpha must be a number"),
     ('[overrides]\n"*" = {rule = "epsilon", epsilon = -1}', "epsilon must be >= 0"),
     ('[overrides]\n"features.*" = "nosuch"', "override 'features.*': unknown LRP rule 'nosuch'"),
+    ("model_output = true", "option 'model_output' must be an index or a key"),
 ])
 def test_config_value_of_the_wrong_type_is_a_settings_error_naming_file_and_option(
         tmp_path: Path, toml: str, says: str) -> None:
@@ -61,6 +62,20 @@ def test_integer_target_in_a_config_is_read_as_a_class_index(tmp_path: Path) -> 
     config = _config(tmp_path, "target = 2\n")
     settings = build_settings({"scans": [str(SCAN)], "out": str(tmp_path / "out")}, str(config))
     assert settings.target == "2"
+
+
+def test_integer_model_output_in_a_config_is_read_as_an_index(tmp_path: Path) -> None:
+    config = _config(tmp_path, "model_output = 0\n")
+    settings = build_settings({"scans": [str(SCAN)], "out": str(tmp_path / "out")}, str(config))
+    assert settings.model_output == "0"
+
+
+def test_model_output_for_a_model_with_one_output_exits_2_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "mri_lrp.cli", "explain", str(SCAN), "--model-output", "logits",
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "model_output 'logits': forward returns one value" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_rule_parameter_of_the_wrong_type_is_refused_by_name() -> None:

@@ -29,6 +29,7 @@ from mri_lrp.evaluate.sanity import (
     spearman,
     ssim,
 )
+from mri_lrp.fitness.score import flagged_by_class
 from mri_lrp.lrp import COMPOSITES, RULES, Explainer
 from mri_lrp.model.checkpoint import LoadedModel
 from mri_lrp.model.transform import to_scan
@@ -36,6 +37,7 @@ from mri_lrp.outputs import FAILURE_COLUMNS, atomic_write_json, write_csv
 from mri_lrp.pipeline.read import Prepared, prepare
 from mri_lrp.pipeline.run import (
     find_scans,
+    fitness_check,
     load_ensemble,
     load_model,
     model_notices,
@@ -115,6 +117,8 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
         raise SettingsError("--target all: evaluate one class per scan (predicted, a name or an index)")
     explainers = {name: _explainer(model, name, settings) for name in options.rules}
     other_folds = {name: [_explainer(f.model.to(device), name, settings) for f in folds[1:]] for name in options.rules}
+    fitness = fitness_check(settings, loaded, explainers[options.rules[0]])  # features: the first rule's pass
+    fit_rows: list[dict[str, Any]] = []
     refs, skipped = find_scans(settings, loaded)  # explain's filters and multi-channel cases
     for item in skipped:
         reporter.note(f"skipped {item.path}: {item.reason}")
@@ -148,6 +152,11 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
             scan_warnings[ref.scan_id] = notes
             for note in notes:
                 reporter.note(f"warning: {ref.scan_id}: {note}", always=True)
+        refused = fitness.refuse(prepared.model_input)
+        if refused:
+            failures.append({"scan_id": ref.scan_id, "source": ref.source, "stage": "preprocess", "error": refused})
+            reporter.scan_failed(ref.scan_id, f"{ref.location}: {refused}")
+            continue
         x = prepared.model_input.tensor.to(device)
         batch = x if spec.dims == 2 else x.unsqueeze(0)
         first = options.rules[0]
@@ -157,6 +166,11 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
         for name, explainer in explainers.items():
             t0 = time.perf_counter()
             relevance = _relevance(explainer, batch, t, settings.init, spec.dims)
+            if name == options.rules[0]:
+                feats = fitness.features(batch.shape[0])
+                fit = fitness.assess(prepared.model_input, prepared.raw,
+                                     None if feats is None else feats.mean(axis=0))
+                fit_rows.append({"scan_id": ref.scan_id, "class": loaded.class_names[t], **fit})
             scorer = _Scorer(explainer, spec.dims, t)
             per_input = max(1, batch_size // (x.shape[0] if spec.dims == 2 else 1))
             v = as_volume(x, spec.dims)
@@ -189,8 +203,13 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     if sanity:
         plot_sanity(out / "sanity.png", sanity, options.rules)
     manifest = _manifest(settings, options, loaded, refs, failures, ranking, time.time() - t_start)
+    by_class = flagged_by_class(fit_rows)
     atomic_write_json(out / "evaluation.json", {**manifest, "skipped": [[k.path, k.reason] for k in skipped],
-                                                "warnings": scan_warnings})
+                                                "warnings": scan_warnings, "fitness_by_class": by_class,
+                                                "fitness": fit_rows})
+    for cls, counts in by_class.items():
+        reporter.note(f"input fitness, class {cls}: {counts['flagged_share']:.0%} of {counts['scans']} scans flagged "
+                      f"({counts['out']} out, {counts['doubtful']} doubtful)", always=True)
     if (out / "report.html").is_file():  # evaluated into an explain run's folder: its report gains a section
         from mri_lrp.report import write_report
 
@@ -202,7 +221,8 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
 
 
 def _explainer(model: torch.nn.Module, name: str, settings: Settings) -> Explainer:
-    params = {"alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon, "gamma": settings.gamma}
+    params = {"alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon, "gamma": settings.gamma,
+              "model_output": settings.model_output}
     if name in COMPOSITES:
         return Explainer(model, composite=name, **params)
     return Explainer(model, rule=name, **params)

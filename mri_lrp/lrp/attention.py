@@ -10,6 +10,8 @@ half and half.
   with a constant matrix), that operand gets all of it.
 - `nn.MultiheadAttention` and `F.scaled_dot_product_attention` are re-expressed with these two ops (and the
   conv/linear rule of each projection), so no attention weight is ever treated as a constant.
+- A float mask or a relative position bias added to the scores is a bias to the rule an add of a constant
+  follows (see layers.py); a boolean or causal mask only forbids positions, and relevance passes it unchanged.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from torch.overrides import TorchFunctionMode
 from mri_lrp.errors import UnsupportedLayerError
 from mri_lrp.lrp import layers  # noqa: F401 - the built-in kinds first: the softmax kind below replaces theirs
 from mri_lrp.lrp.kinds import Build, RunContext, Site, Step, register
-from mri_lrp.lrp.ops import LayerRule, PassThrough, Routed, Tracker
-from mri_lrp.lrp.rules import Affine, stabilise
+from mri_lrp.lrp.ops import LayerRule, PassThrough, Routed, Tracker, add_constant
+from mri_lrp.lrp.rules import Affine, Rule, stabilise
 
 Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,8 +104,12 @@ def additive_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
-              epsilon: float, tracker: Tracker | None, is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q kᵀ · scale + mask) v, every step carrying relevance; returns (output, attention weights)."""
+              epsilon: float, tracker: Tracker | None, is_causal: bool = False,
+              bias_rule: Rule | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kᵀ · scale + mask) v, every step carrying relevance; returns (output, attention weights).
+
+    A float mask is a bias added to the scores (a relative position bias, ALiBi): it follows `bias_rule`'s
+    treatment of a bias. A boolean or causal mask only forbids positions: relevance passes it unchanged."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = Bilinear.apply(q, k, _scores(scale), (True, True), epsilon, tracker)
     if is_causal:
@@ -112,7 +118,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         scores = scores + additive_mask(causal, scores)
     extra = additive_mask(mask, scores)
     if extra is not None:
-        scores = scores + extra  # a constant added: relevance passes to the scores unchanged (plain gradient)
+        scores = add_constant(scores, extra, bias_rule if mask.is_floating_point() else None, tracker,
+                              "attention mask")
     weights = Softmax.apply(scores, -1, tracker)
     return Bilinear.apply(weights, v, _mix, (True, True), epsilon, tracker), weights
 
@@ -120,12 +127,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 def scaled_dot_product_attention(epsilon: float, tracker: Tracker | None, query: torch.Tensor, key: torch.Tensor,
                                  value: torch.Tensor, attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: float | None = None,
-                                 enable_gqa: bool = False) -> torch.Tensor:
-    """`F.scaled_dot_product_attention` (dropout is off: the explained network is the eval-mode one)."""
+                                 enable_gqa: bool = False, *, bias_rule: Rule | None = None) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` (dropout is off: the explained network is the eval-mode one); a float
+    attn_mask is a bias to `bias_rule`."""
     if enable_gqa and key.shape[-3] != query.shape[-3]:
         groups = query.shape[-3] // key.shape[-3]
         key, value = key.repeat_interleave(groups, -3), value.repeat_interleave(groups, -3)
-    return attention(query, key, value, attn_mask, scale, epsilon, tracker, is_causal)[0]
+    return attention(query, key, value, attn_mask, scale, epsilon, tracker, is_causal, bias_rule)[0]
 
 
 def multihead_projections(module: nn.MultiheadAttention, name: str) -> list[tuple[str, Affine]]:
@@ -149,10 +157,12 @@ def multihead_attention(module: nn.MultiheadAttention, project: Callable[[int, t
                         epsilon: float, tracker: Tracker | None, query: torch.Tensor, key: torch.Tensor,
                         value: torch.Tensor, key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                         attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                        is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        is_causal: bool = False, *,
+                        bias_rule: Rule | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`nn.MultiheadAttention.forward` in eval mode, written with the relevance-carrying ops.
 
-    `project(i, x)` applies projection i of `multihead_projections` (0-2: q, k, v; 3: output) with its rule.
+    `project(i, x)` applies projection i of `multihead_projections` (0-2: q, k, v; 3: output) with its rule; a
+    float attn_mask is a bias to `bias_rule` (a boolean one, and key padding, only forbid positions).
     """
     batched = query.dim() == 3
     if not batched:
@@ -168,7 +178,9 @@ def multihead_attention(module: nn.MultiheadAttention, project: Callable[[int, t
 
     q, k, v = heads(project(0, query)), heads(project(1, key)), heads(project(2, value))
     mask = _multihead_mask(attn_mask, key_padding_mask, b, h, n, k.shape[2], q)
-    out, weights = attention(q, k, v, mask, None, epsilon, tracker, is_causal and attn_mask is None)
+    float_mask = attn_mask is not None and attn_mask.is_floating_point()
+    out, weights = attention(q, k, v, mask, None, epsilon, tracker, is_causal and attn_mask is None,
+                             bias_rule if float_mask else None)
     out = project(3, out.transpose(1, 2).reshape(b, n, -1))
     if not module.batch_first:
         out = out.transpose(0, 1)
@@ -265,7 +277,8 @@ def _sdpa(b: Build) -> Step:
     dropout = b.arg(4, "dropout_p", 0.0)
     note = " (dropout_p ignored: the explained network is the eval-mode one)" if dropout else ""
     b.row(f"AttnLRP: uniform rule on q·kᵀ and A·v (epsilon={eps:g}), softmax linearised{note}")
-    return lambda a, k, c: scaled_dot_product_attention(eps, c.tracker, *a, **k)
+    rule = b.options.constant_rule
+    return lambda a, k, c: scaled_dot_product_attention(eps, c.tracker, *a, **k, bias_rule=rule)
 
 
 @register("multi-head attention", modules=(nn.MultiheadAttention,))
@@ -286,17 +299,18 @@ def _multihead(b: Build) -> Step:
         state.sites.append(Site(name, "Linear", layer, first=first and not name.endswith("out_proj")))
         state.rows.append((name, "Linear", indices[-1]))
     state.site_of[b.node] = indices[-1]
-    eps = b.options.residual_epsilon
+    eps, rule = b.options.residual_epsilon, b.options.constant_rule
     b.row(f"AttnLRP: uniform rule on q·kᵀ and A·v (epsilon={eps:g}), softmax linearised")
     sites = state.sites
 
     def step(a: tuple, k: dict, c: RunContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         def project(i: int, t: torch.Tensor) -> torch.Tensor:
             return LayerRule.apply(t, sites[indices[i]].layer, c.rules[indices[i]], c.tracker)
-        return multihead_attention(module, project, eps, c.tracker, *a, **k)
+        return multihead_attention(module, project, eps, c.tracker, *a, **k, bias_rule=rule)
     return step
 
 
+_ADDS = (torch.add, torch.Tensor.add, torch.Tensor.__add__)
 _SCALINGS = (torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.div,
              torch.Tensor.div, torch.Tensor.__truediv__)
 
@@ -307,9 +321,10 @@ class _WindowOps(TorchFunctionMode):
     outermost: they are regrouped per sample around each op, so the tracker gives each sample what it absorbed."""
 
     def __init__(self, batch: int, linear: dict[int, Callable[[torch.Tensor], torch.Tensor]], epsilon: float,
-                 tracker: Tracker) -> None:
+                 tracker: Tracker, bias_rule: Rule | None) -> None:
         super().__init__()
         self.batch, self.linear, self.epsilon, self.tracker = batch, linear, epsilon, tracker
+        self.bias_rule = bias_rule
 
     def _grouped(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(self.batch, -1, *t.shape[1:])
@@ -337,6 +352,10 @@ class _WindowOps(TorchFunctionMode):
             return PassThrough.apply(args[0], lambda t: func(t, *args[1:], **kwargs), "mul", "window attention")
         if func in (F.pad, torch._C._nn.pad):
             return Routed.apply(args[0], lambda t: func(t, *args[1:], **kwargs), self.tracker)
+        if func in _ADDS and len(args) == 2 and not kwargs and isinstance(args[0], torch.Tensor) \
+                and args[0].requires_grad and not (isinstance(args[1], torch.Tensor) and args[1].requires_grad):
+            # the relative position bias and the shift mask added to the scores: constants, a bias to the rule
+            return add_constant(args[0], args[1], self.bias_rule, self.tracker, "window attention")
         return func(*args, **kwargs)
 
 
@@ -357,7 +376,7 @@ def _shifted_window(b: Build) -> Step:
         state.sites.append(Site(f"{path}.{part}", "Linear", layer, first=first and part == "qkv"))
         state.rows.append((f"{path}.{part}", "Linear", indices[-1]))
     state.site_of[b.node] = indices[-1]
-    eps = b.options.residual_epsilon
+    eps, rule = b.options.residual_epsilon, b.options.constant_rule
     b.row(f"AttnLRP: uniform rule on q·kᵀ and A·v (epsilon={eps:g}), softmax linearised, windows routed")
     fn, sites = b.fn, state.sites
 
@@ -365,7 +384,7 @@ def _shifted_window(b: Build) -> Step:
         def layer(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
             return lambda t: LayerRule.apply(t, sites[i].layer, c.rules[i], c.tracker)
         linear = {id(a[1]): layer(indices[0]), id(a[2]): layer(indices[1])}
-        with _WindowOps(a[0].shape[0], linear, eps, c.tracker):
+        with _WindowOps(a[0].shape[0], linear, eps, c.tracker, rule):
             return fn(*a, **k)
     return step
 

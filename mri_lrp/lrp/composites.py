@@ -73,6 +73,19 @@ def check_overrides(overrides: Any) -> None:
             raise SettingsError(f"override '{pattern}': {exc}") from None
 
 
+def constant_rule(rule: str = "alphabeta", composite: str | None = None,
+                  params: Mapping[str, Any] | None = None) -> Rule:
+    """The rule an add of a constant (a bias outside any layer) follows: the one rule, or a composite's rule
+    for dense layers (ε in every built-in composite, as LXT treats such an add). Overrides name conv/linear
+    layers, so they do not change it."""
+    if composite is None and rule.lower() in COMPOSITES:
+        composite = rule
+    if composite is not None and composite.lower() in COMPOSITES:
+        preset = COMPOSITES[composite.lower()]
+        return make_rule(preset.linear, {**(params or {}), **preset.fixed.get(preset.linear, {})})
+    return make_rule(rule, dict(params or {}))
+
+
 def assign(sites: list[Site], rule: str = "alphabeta", composite: str | None = None,
            overrides: Mapping[str, str | Mapping[str, Any]] | None = None,
            params: Mapping[str, Any] | None = None) -> list[Rule]:

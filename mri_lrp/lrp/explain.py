@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from mri_lrp.errors import SettingsError, UnsupportedLayerError
-from mri_lrp.lrp.composites import assign
+from mri_lrp.lrp.composites import assign, constant_rule
 from mri_lrp.lrp.graph import LrpGraph, RunContext, build
 from mri_lrp.lrp.ops import Tracker
 from mri_lrp.lrp.rules import AlphaBeta
+from mri_lrp.model.logits import HOW, element
 
 INITS = ("prob", "logit", "sglrp")
 #: Share of the output relevance an explanation may lose or create before it carries a warning. Rules that
@@ -78,9 +79,11 @@ class Explainer:
     """Trace, merge BatchNorm and assign rules once; then call it on as many batches as needed.
 
     Parameters beyond the rule choice: alpha, beta, epsilon, gamma, include_bias, low, high (rule
-    parameters), batchnorm ("pass" or "epsilon": the rule for BatchNorm that cannot be merged) and
-    residual_epsilon (the stabiliser of residual additions). Merged BatchNorm layers are snapshots of the
-    weights at build time: build a new Explainer after changing the model.
+    parameters), batchnorm ("pass" or "epsilon": the rule for BatchNorm that cannot be merged),
+    residual_epsilon (the stabiliser of residual additions) and model_output (which output holds the logits
+    when the forward returns a tuple, list or dict: an index or a key; default the first of a tuple or list,
+    checked to be one score per class; `output_choice` says which was taken). Merged BatchNorm layers are
+    snapshots of the weights at build time: build a new Explainer after changing the model.
     """
 
     def __init__(self, model: nn.Module, rule: str = "alphabeta", composite: str | None = None,
@@ -89,7 +92,10 @@ class Explainer:
         if batchnorm not in ("pass", "epsilon"):
             raise SettingsError(f"batchnorm rule must be 'pass' or 'epsilon', got {batchnorm!r}")
         residual_epsilon = float(params.pop("residual_epsilon", 1e-6))
-        self.graph: LrpGraph = build(model, batchnorm, residual_epsilon, float(params.get("epsilon", 1e-6)))
+        model_output = params.pop("model_output", None)
+        self._picked_unasked = model_output is None  # then the first of several outputs must be class scores
+        self.graph: LrpGraph = build(model, batchnorm, residual_epsilon, float(params.get("epsilon", 1e-6)),
+                                     model_output, constant_rule(rule, composite, params))
         if not self.graph.sites:
             raise UnsupportedLayerError("model", type(model).__name__, "no conv or linear layer to explain")
         self.rules = assign(self.graph.sites, rule, composite, overrides, params)
@@ -100,7 +106,8 @@ class Explainer:
                           f"not conserved (each layer scales it by {alpha - beta:g})", stacklevel=2)
 
     def describe(self) -> list[tuple[str, str, str]]:
-        """(layer name, layer type, what relevance does there) in graph order, each layer once."""
+        """(layer name, layer type, what relevance does there) in graph order, each layer once; last, which
+        output is explained when the forward returns several."""
         out, seen = [], set()
         for name, type_name, what in self.graph.rows:
             text = self.rules[what].describe() if isinstance(what, int) else what
@@ -109,6 +116,8 @@ class Explainer:
             if (name, text) not in seen:
                 seen.add((name, text))
                 out.append((name, type_name, text))
+        if self.output_choice:
+            out.append(("output", "output", f"explained: {self.output_choice}"))
         return out
 
     def __call__(self, x: torch.Tensor, target: Target = None, init: str = "prob",
@@ -128,6 +137,11 @@ class Explainer:
         tracker = Tracker(xr.shape[0])
         with torch.enable_grad():
             logits = self._forward(xr, tracker)
+            if class_names is not None and self._picked_unasked and self.output_choice \
+                    and logits.shape[1] != len(class_names):
+                raise UnsupportedLayerError("output", "output", f"{element(self.output_choice)} has "
+                                            f"{logits.shape[1]} entries, not one per class ({len(class_names)} "
+                                            f"class names); set {HOW} to the logits")
             targets = resolve_target(target, logits.detach(), class_names)
             r_out = output_relevance(logits.detach(), targets, init)
             relevance = torch.autograd.grad(logits, xr, r_out, allow_unused=True)[0]
@@ -149,12 +163,19 @@ class Explainer:
         with torch.no_grad():
             return self._forward(x.detach(), Tracker(x.shape[0]))
 
+    @property
+    def output_choice(self) -> str:
+        """Which output is explained when the forward returns several ("" when it returns one tensor)."""
+        return self.graph.output_choice
+
     def _forward(self, x: torch.Tensor, tracker: Tracker) -> torch.Tensor:
         logits = self.graph.run(x, RunContext(self.rules, tracker))
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise UnsupportedLayerError("output", "output", f"expected class scores of shape (batch, classes), "
-                                        f"got {shape}")
+            chosen = f"the explained output, {element(self.output_choice)}, " if self.output_choice else ""
+            raise UnsupportedLayerError("output", "output", f"{chosen}expected class scores of shape "
+                                        f"(batch, classes), got {shape}" +
+                                        (f"; set {HOW} to the logits" if chosen else ""))
         return logits
 
 
@@ -210,13 +231,16 @@ def output_relevance(logits: torch.Tensor, target: torch.Tensor, init: str = "pr
 def explain(model: nn.Module, x: torch.Tensor, rule: str = "alphabeta", alpha: float = 2.0, beta: float = 1.0,
             epsilon: float = 1e-6, gamma: float = 0.25, target: Target = None, init: str = "prob",
             composite: str | None = None, overrides: Mapping[str, Any] | None = None,
-            class_names: Sequence[str] | None = None, **rule_kwargs: Any) -> Explanation:
+            class_names: Sequence[str] | None = None, model_output: int | str | None = None,
+            **rule_kwargs: Any) -> Explanation:
     """LRP relevance of `x` (batch first, 2D or 3D, any device/dtype) for `model`'s target class.
 
+    `model_output` says which output holds the logits when the forward returns a tuple, list (an index) or
+    dict (a key); by default the first element of a tuple or list, which must hold one score per class.
     Warns (UserWarning) when a sample lost or created more than CONSERVATION_TOLERANCE of its output relevance.
     """
     options = {"rule": rule, "composite": composite, "overrides": overrides, "alpha": alpha, "beta": beta,
-               "epsilon": epsilon, "gamma": gamma, **rule_kwargs}
+               "epsilon": epsilon, "gamma": gamma, "model_output": model_output, **rule_kwargs}
     result = _explainer_for(model, options)(x, target=target, init=init, class_names=class_names)
     notes = result.notes()
     bad = [i for i, n in enumerate(notes) if n]

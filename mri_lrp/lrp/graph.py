@@ -32,6 +32,7 @@ from mri_lrp.lrp.kinds import (
     name_of,
     node_kind,
 )
+from mri_lrp.lrp.rules import Rule
 
 META = {"size", "dim", "numel", "getattr", "len"}
 META_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda"}
@@ -50,6 +51,7 @@ class LrpGraph:
     sites: list[Site]
     rows: list[tuple[str, str, str | int]]  # (name, type, text or index into sites)
     last_use: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
+    output_choice: str = ""  # which of several outputs is explained ("" when the forward returns one)
 
     def run(self, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         """Forward through the rewritten ops; the backward of the result carries relevance."""
@@ -69,9 +71,13 @@ def trace(model: nn.Module) -> fx.Graph:
 
 
 def build(model: nn.Module, batchnorm: str = "pass", residual_epsilon: float = 1e-6,
-          epsilon: float = 1e-6) -> LrpGraph:
-    """Rewrite the traced model into LRP ops. `batchnorm` is the rule for BN that cannot be merged."""
+          epsilon: float = 1e-6, model_output: str | int | None = None,
+          constant_rule: Rule | None = None) -> LrpGraph:
+    """Rewrite the traced model into LRP ops. `batchnorm` is the rule for BN that cannot be merged;
+    `model_output` picks the logits of a forward that returns several values (see tracing.select_output);
+    `constant_rule` is the rule whose bias treatment an add of a constant follows (None: relevance passes)."""
     graph = trace(model)
+    output_choice = tracing.select_output(graph, model_output)
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     output_node = next(n for n in nodes if n.op == "output")
@@ -89,7 +95,7 @@ def build(model: nn.Module, batchnorm: str = "pass", residual_epsilon: float = 1
         skipped.add(result)
         result = result.args[0]
 
-    state = BuildState(model, Options(batchnorm, epsilon, residual_epsilon), dep={placeholders[0]})
+    state = BuildState(model, Options(batchnorm, epsilon, residual_epsilon, constant_rule), dep={placeholders[0]})
     steps: list[tuple[fx.Node, Step]] = []
     for node in nodes:
         if node.op == "output" or node in skipped:
@@ -117,7 +123,7 @@ def build(model: nn.Module, batchnorm: str = "pass", residual_epsilon: float = 1
     if result.op == "placeholder":
         raise UnsupportedLayerError("output", "output", "the model returns its input unchanged")
     last_use = _last_uses(nodes, result)
-    return LrpGraph(steps, placeholders[0], result, state.sites, state.rows, last_use)
+    return LrpGraph(steps, placeholders[0], result, state.sites, state.rows, last_use, output_choice)
 
 
 def _step(node: fx.Node, state: BuildState) -> Step:

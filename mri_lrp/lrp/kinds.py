@@ -62,6 +62,7 @@ class Options:
     batchnorm: str = "pass"            # rule for BatchNorm that cannot be merged: "pass" or "epsilon"
     epsilon: float = 1e-6              # ε of element-wise ε maps and normalisation layers
     residual_epsilon: float = 1e-6     # stabiliser of residual additions
+    constant_rule: Rule | None = None  # whose bias treatment an add of a constant follows (None: it passes)
 
 
 @dataclass

@@ -16,7 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from mri_lrp.lrp.kinds import Build, RunContext, Step, name_of, register
-from mri_lrp.lrp.ops import ElementwiseEpsilon, Gate, LayerRule, Normalise, PassThrough, PositiveLinear, Routed, Sum
+from mri_lrp.lrp.ops import (
+    ConstantAdd,
+    ElementwiseEpsilon,
+    Gate,
+    LayerRule,
+    Normalise,
+    PassThrough,
+    PositiveLinear,
+    Routed,
+    Sum,
+)
 from mri_lrp.lrp.rules import Affine
 
 Z_RULE = "z-rule (share in proportion to each input)"
@@ -435,9 +445,7 @@ def _add(b: Build) -> Step:
     deps = b.tensor_deps
     op, where = b.op, b.where
     if len(deps) == 1:
-        b.row("pass-through (constant operand)")
-        i, make = deps[0], b.bound(deps[0])
-        return lambda a, k, c: PassThrough.apply(a[i], make(a, k), op, where)
+        return _constant_add(b, deps[0])
     if deps == [0, 1]:
         sign = ADD[name_of(b.node)] * float(b.node.kwargs.get("alpha", 1.0))
         eps = b.options.residual_epsilon
@@ -445,6 +453,20 @@ def _add(b: Build) -> Step:
         return lambda a, k, c: Sum.apply(a[0], a[1], sign, eps, c.tracker, where)
     b.refuse()
     return _plain(b.fn)  # unreachable
+
+
+def _constant_add(b: Build, i: int) -> Step:
+    """x + c, x − c or c − x with c a parameter or constant: a bias, treated as the rule treats a layer's bias
+    (kept out by αβ, z⁺ and γ unless include_bias; given its share by LRP-0 and ε)."""
+    rule, op, where, make = b.options.constant_rule, b.op, b.where, b.bound(i)
+    if rule is None or not rule.includes_bias():
+        left_out = f": a bias, left out by {rule.name}" if rule is not None else ""
+        b.row(f"pass-through (constant operand{left_out})")
+        return lambda a, k, c: PassThrough.apply(a[i], make(a, k), op, where)
+    scale = float(b.node.kwargs.get("alpha", 1.0)) if i == 1 else 1.0  # torch.add's alpha scales the second
+    coefficient = -scale if (name_of(b.node) == "sub" and i == 1) else scale
+    b.row(f"bias (constant operand) under {rule.describe()}: the constant keeps its share")
+    return lambda a, k, c: ConstantAdd.apply(a[i], make(a, k), coefficient, rule, c.tracker, where)
 
 
 def _gate_source(b: Build, node: fx.Node) -> bool:

@@ -72,6 +72,39 @@ class PassThrough(torch.autograd.Function):
         return r, None, None, None
 
 
+class ConstantAdd(torch.autograd.Function):
+    """y = s·x + c with c constant (a parameter or literal added outside any layer: a ViT's position
+    embedding): a bias to the rule. Where the rule includes a layer's bias (LRP-0, ε, ...) c keeps its share,
+    R_x = s·x / y · R under LRP-0, and it is recorded as absorbed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], coefficient: float,
+                rule: Rule, tracker: Tracker, where: str) -> torch.Tensor:
+        y = fn(x)
+        if y.shape != x.shape:
+            raise UnsupportedLayerError("add", where, f"broadcasts its input {tuple(x.shape)} to "
+                                        f"{tuple(y.shape)}: no LRP rule")
+        ctx.save_for_backward(x, y)
+        ctx.coefficient, ctx.rule, ctx.tracker = coefficient, rule, tracker
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
+        x, y = ctx.saved_tensors
+        r_in = ctx.rule.bias_share(x * ctx.coefficient, y, r)
+        ctx.tracker.record(r, r_in)
+        return r_in, None, None, None, None, None
+
+
+def add_constant(x: torch.Tensor, constant: torch.Tensor | float, rule: Rule | None, tracker: Tracker | None,
+                 where: str) -> torch.Tensor:
+    """x + constant, the constant a bias to `rule` (ConstantAdd) where the rule includes biases; elsewhere (and
+    without a tracker: no relevance wanted) a plain add, whose gradient passes relevance unchanged."""
+    if rule is None or tracker is None or not rule.includes_bias():
+        return x + constant
+    return ConstantAdd.apply(x, lambda t: t + constant, 1.0, rule, tracker, where)
+
+
 class ElementwiseEpsilon(torch.autograd.Function):
     """LRP-ε on an element-wise affine map y = s·x + t: R_x = s·x / (y + ε sign y) · R (the shift absorbs)."""
 

@@ -102,6 +102,16 @@ class Rule:
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def includes_bias(self) -> bool:
+        """Whether a bias takes a share of the relevance under this rule (False: the rule leaves it out)."""
+        return False
+
+    def bias_share(self, part: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Relevance of `part` in z = part + c, c a constant added outside any layer (a ViT's position
+        embedding): one contribution and a bias, element by element. Only called where `includes_bias()`;
+        elsewhere the constant is left out as the rule leaves out a layer's bias, and relevance passes."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """One line with the rule and its parameters (shown by `mri-lrp info`)."""
         args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
@@ -119,6 +129,12 @@ class Epsilon(Rule):
         w, _ = layer.params(a)
         return layer.transpose(r / stabilise(z, self.epsilon), w, a).mul_(a)
 
+    def includes_bias(self) -> bool:
+        return True
+
+    def bias_share(self, part: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return part * r / stabilise(z, self.epsilon)
+
 
 @dataclass(frozen=True)
 class Zero(Rule):
@@ -129,6 +145,12 @@ class Zero(Rule):
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, _ = layer.params(a)
         return layer.transpose(safe_divide(r, z), w, a).mul_(a)
+
+    def includes_bias(self) -> bool:
+        return True
+
+    def bias_share(self, part: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return part * safe_divide(r, z)
 
 
 @dataclass(frozen=True)
@@ -147,6 +169,15 @@ class Gamma(Rule):
             b + self.gamma * b.clamp(min=0) if (self.include_bias and b is not None) else None))
         zg = layer.forward(a, wg, bg)
         return a * layer.transpose(r / stabilise(zg, self.epsilon), wg, a)
+
+    def includes_bias(self) -> bool:
+        return self.include_bias
+
+    def bias_share(self, part: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The weight 1 becomes 1 + γ, the constant c + γc⁺, as for a layer's weights and bias."""
+        c = z - part
+        boosted = part * (1.0 + self.gamma)
+        return boosted * r / stabilise(boosted + c + self.gamma * c.clamp(min=0), self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -169,6 +200,17 @@ class AlphaBeta(Rule):
 
     def scale(self) -> float:
         return self.alpha - self.beta
+
+    def includes_bias(self) -> bool:
+        return self.include_bias
+
+    def bias_share(self, part: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The constant joins the side of its own sign: where it has the sign of `part`, the two share that
+        side's relevance; where it has the other sign, `part` is alone on its side and keeps all of it. (The
+        identity carries relevance at weight 1, not α or β: an add is no layer to rescale relevance.)"""
+        c = z - part
+        same = torch.where(part >= 0, c.clamp(min=0), c.clamp(max=0))
+        return part * safe_divide(r, part + same)
 
     def relevance(self, layer: Affine, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         w, b = layer.params(a)

@@ -29,6 +29,7 @@ from torch import nn
 from mri_lrp.errors import UnsupportedLayerError
 from mri_lrp.lrp.kinds import Build, Step, is_leaf, register
 from mri_lrp.lrp.ops import PositiveLinear
+from mri_lrp.model.logits import HOW, choose, element, kind_of
 
 try:  # einops is optional: only models that use it need it
     import einops
@@ -118,7 +119,6 @@ def trace(model: nn.Module, leaf: Callable[[nn.Module], bool] = is_leaf) -> fx.G
     except Exception as exc:  # noqa: BLE001 - any tracing failure means the same thing to the user
         raise _trace_error(model, exc) from exc
     _fold_identities(graph)
-    _check_output(graph, model)
     return graph
 
 
@@ -194,19 +194,17 @@ def _shape_length(node: fx.Node, root: nn.Module) -> int | None:
     return len(range(rank)[index]) if index is not None else rank
 
 
-def _check_output(graph: fx.Graph, model: nn.Module) -> None:
-    """A forward that returns several values (MONAI's ViT returns (logits, hidden states)) is refused plainly."""
+def select_output(graph: fx.Graph, model_output: str | int | None = None) -> str:
+    """Make the graph return only the class scores of a forward that returns several values (MONAI's ViT
+    returns (logits, hidden states)): the element `model_output` names, else the first of a tuple or list
+    (see mri_lrp.model.logits). Returns how it was chosen ("" for a forward that returns one value)."""
     output = next(n for n in graph.nodes if n.op == "output")
-    result = output.args[0]
-    if isinstance(result, (tuple, list)):
-        raise UnsupportedLayerError("output", type(model).__name__,
-                                    f"forward returns {type(result).__name__} of {len(result)} values, not one "
-                                    f"tensor of class scores; wrap the model in a module whose forward returns "
-                                    f"the logits (e.g. `return self.net(x)[0]`)")
-    if isinstance(result, dict):
-        raise UnsupportedLayerError("output", type(model).__name__,
-                                    f"forward returns a dict (keys {sorted(map(str, result))}), not one tensor of "
-                                    f"class scores; wrap the model in a module whose forward returns the logits")
+    chosen, how = choose(output.args[0], model_output)
+    if how and not isinstance(chosen, fx.Node):
+        raise UnsupportedLayerError("output", "output", f"the chosen output, {element(how)}, is a {kind_of(chosen)}, "
+                                    f"not a tensor of class scores; set {HOW} to the logits")
+    output.args = (chosen,)
+    return how
 
 
 # --- einops: its layers and functions as single calls -----------------------------------------------------

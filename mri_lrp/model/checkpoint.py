@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from mri_lrp import __version__
-from mri_lrp.errors import CheckpointError, SettingsError
+from mri_lrp.errors import CheckpointError, SettingsError, UnsupportedLayerError
+from mri_lrp.model.logits import HOW, choose, element, kind_of
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.zoo import build_model
 from mri_lrp.outputs import atomic_path
@@ -126,14 +127,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, architect
 def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | None = None,
                     model_kwargs: dict[str, Any] | None = None, class_names: list[str] | None = None,
                     input_spec: InputSpec | dict[str, Any] | None = None,
-                    trust_checkpoint: bool = False) -> LoadedModel:
+                    trust_checkpoint: bool = False, model_output: str | int | None = None) -> LoadedModel:
     """Load a checkpoint (the shipped demo model when ``path`` is None) into a model in eval mode.
 
     ``model``/``model_kwargs`` name the architecture for plain state_dicts (and override the one stored in
     our format); ``class_names``/``input_spec`` override or supply what the file does not say. An
     ``input_spec`` dict updates the file's spec (or the default one) key by key, so a user who states only
-    the shape keeps the checkpoint's spacing and normalisation. Every problem is a ``CheckpointError``
-    naming the file and the reason.
+    the shape keeps the checkpoint's spacing and normalisation. ``model_output`` picks the logits of a
+    forward that returns several values (an index or key; the first of a tuple or list by default). Every
+    problem is a ``CheckpointError`` naming the file and the reason.
     """
     path = Path(DEMO_CHECKPOINT if path is None else path)
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -144,7 +146,7 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | 
     sha256 = _sha256(path)
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        loaded = _load_ours(path, obj, sha256, model, model_kwargs, class_names, input_spec)
+        loaded = _load_ours(path, obj, sha256, model, model_kwargs, class_names, input_spec, model_output)
         loaded.is_demo = _is_demo(path, sha256)
         return loaded
     pickled = obj if isinstance(obj, nn.Module) else _nested_module(obj)
@@ -163,7 +165,7 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | 
     net = net.cpu().eval()
     spec = _updated_spec(path, default_input_spec(net, path), input_spec)
     _check_spec_fits(path, net, spec)
-    names = _check_outputs(path, net, spec, class_names)
+    names = _check_outputs(path, net, spec, class_names, model_output)
     return LoadedModel(net, names, spec, architecture, sha256, path, source, dict(model_kwargs or {}),
                        is_demo=_is_demo(path, sha256), assumed=_assumed(path, spec, input_spec, class_names, names))
 
@@ -210,6 +212,9 @@ def _read(path: Path, trust: bool) -> Any:
     if text is not None:
         raise _err(path, f"not a readable PyTorch checkpoint: a text file (it starts with {text!r}); give the "
                          "file that torch.save wrote")
+    if _truncated_zip(path):
+        raise _err(path, "not a readable PyTorch checkpoint: a zip archive without its end (truncated, or still "
+                         "being copied); copy the file again")
     if _is_torchscript(path):
         raise _err(path, "is a TorchScript archive; LRP needs the Python module structure, so "
                          "save model.state_dict() (or use save_checkpoint) from the original "
@@ -284,6 +289,12 @@ def _raw_pickle_global(path: Path) -> str | None:
     return (foreign or names or [None])[0]
 
 
+def _truncated_zip(path: Path) -> bool:
+    """A file that starts as the zip archive torch.save writes but lacks the archive's closing directory."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
 def _is_torchscript(path: Path) -> bool:
     """TorchScript archives are zip files carrying compiled code (``code/``) and ``constants.pkl``."""
     if not zipfile.is_zipfile(path):
@@ -297,7 +308,8 @@ def _is_torchscript(path: Path) -> bool:
 
 def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
                model_kwargs: dict[str, Any] | None, class_names: list[str] | None,
-               input_spec: InputSpec | dict[str, Any] | None) -> LoadedModel:
+               input_spec: InputSpec | dict[str, Any] | None,
+               model_output: str | int | None = None) -> LoadedModel:
     """Rebuild a model from our format's metadata (flags given by the user take precedence)."""
     version = obj.get("version")
     if not isinstance(version, int) or version > VERSION:
@@ -319,9 +331,9 @@ def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
     net = resolve_architecture(architecture, kwargs or {}, path)
     _load_weights(path, net, state_dict, architecture)
     net.eval()
-    if model is not None or class_names is not None or input_spec is not None:
+    if model is not None or class_names is not None or input_spec is not None or model_output is not None:
         _check_spec_fits(path, net, spec)
-        names = _check_outputs(path, net, spec, names)
+        names = _check_outputs(path, net, spec, names, model_output)
     return LoadedModel(net, names, spec, architecture, sha256, path, "mri-lrp", dict(kwargs or {}), extra)
 
 
@@ -487,8 +499,12 @@ def _check_spec_fits(path: Path, net: nn.Module, spec: InputSpec) -> None:
                              f"{conv.in_channels} channel(s)")
 
 
-def count_outputs(net: nn.Module, spec: InputSpec) -> int | None:
-    """Number of class scores: a dry forward pass on zeros of the spec's shape, else the last Linear."""
+def count_outputs(net: nn.Module, spec: InputSpec, model_output: str | int | None = None,
+                  path: str | os.PathLike[str] = "<model>") -> int | None:
+    """Number of class scores: a dry forward pass on zeros of the spec's shape, else the last Linear.
+
+    A forward that returns several values is counted at the element `model_output` names (the first of a
+    tuple or list by default, see mri_lrp.model.logits); an element that is not (batch, classes) is refused."""
     shape = spec.shape or (PROBE_SIZE[spec.dims],) * spec.dims
     first = next(iter(net.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
@@ -497,19 +513,29 @@ def count_outputs(net: nn.Module, spec: InputSpec) -> int | None:
     try:
         with torch.no_grad():
             out = net(torch.zeros((1, spec.channels, *shape), device=device))
-        if isinstance(out, torch.Tensor) and out.ndim == 2:
-            return int(out.shape[1])
     except Exception:  # any model may reject the probe size; fall back to its last Linear
-        pass
+        out = None
     finally:
         net.train(was_training)
+    if out is not None:
+        try:
+            scores, how = choose(out, model_output)
+        except UnsupportedLayerError as exc:
+            raise _err(path, exc.reason) from None
+        if isinstance(scores, torch.Tensor) and scores.ndim == 2:
+            return int(scores.shape[1])
+        if how:
+            found = f"of shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else f"a {kind_of(scores)}"
+            raise _err(path, f"the explained output, {element(how)}, is {found}, not class scores of "
+                             f"shape (batch, classes); set {HOW} to the logits")
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None
 
 
-def _check_outputs(path: Path, net: nn.Module, spec: InputSpec, class_names: list[str] | None) -> list[str]:
+def _check_outputs(path: Path, net: nn.Module, spec: InputSpec, class_names: list[str] | None,
+                   model_output: str | int | None = None) -> list[str]:
     """Class names that match the model's outputs: the given ones (checked) or class_0 ... class_{K-1}."""
-    n = count_outputs(net, spec)
+    n = count_outputs(net, spec, model_output, path)
     if n == 1:  # softmax over one score is always 1: every scan would be 'class_0, p=1' whatever it shows
         raise _err(path, "the model has a single output (a one-logit binary classifier?); explanations need "
                          "one score per class, so give it two outputs (e.g. [-z, z]) and re-save it")

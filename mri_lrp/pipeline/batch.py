@@ -10,9 +10,11 @@ from contextlib import closing
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
-from mri_lrp.errors import ScanError
+from mri_lrp.errors import ScanError, is_disk_full
+from mri_lrp.fitness.score import FitnessCheck
 from mri_lrp.lrp import Explainer
 from mri_lrp.lrp.explain import conservation_note, warm_up_autograd
 from mri_lrp.model.checkpoint import LoadedModel
@@ -32,10 +34,13 @@ CPU_AUTO_BATCH, CUDA_AUTO_BATCH = 2, 32
 class Job:
     def __init__(self, settings: Settings, loaded: LoadedModel, explainer: Explainer, target: int | str | None,
                  device: torch.device, reporter: Reporter, stats: RunStats, writer: ScanWriter,
-                 failures: list[dict[str, Any]]) -> None:
+                 failures: list[dict[str, Any]], fitness: FitnessCheck | None = None) -> None:
         self.settings, self.loaded, self.explainer = settings, loaded, explainer
         self.target, self.device, self.reporter, self.stats = target, device, reporter, stats
         self.writer, self.failures = writer, failures
+        # Model-free checks always; with --reference, the reference distances too.
+        self.fitness = fitness or FitnessCheck(loaded.model, explainer)
+        self.unfit: list[tuple[ScanRef, str]] = []  # left unexplained by --skip-unfit, with the reason
         self.spec = loaded.input_spec
         fixed = settings.batch_size_value
         self.batch_size = fixed or (CUDA_AUTO_BATCH if device.type == "cuda" else CPU_AUTO_BATCH)
@@ -44,6 +49,7 @@ class Job:
         stats.stages = self.plan.to_json()
         self.stop: threading.Event = threading.Event()
         self.conservation_noted = False
+        self.disk_full = False  # a write found no space left: no further scan is started
         self._lock = threading.RLock()  # writes are recorded from the workers' result threads
         self._written = threading.Condition()  # guards _outstanding: writes submitted and not yet recorded
         self._outstanding = 0
@@ -88,6 +94,8 @@ class Job:
     def _stream(self, todo: list[ScanRef]) -> None:
         def hand_off(results: list[Explained]) -> None:
             for res in results:
+                if not self._fit_to_write(res):
+                    continue
                 self._note_conservation(res)
                 self._submit_write(res.prepared, WriteJob.of(res, self.settings.save_model_input))
             with self._written:  # bounded: memory flat in the scan count
@@ -105,6 +113,10 @@ class Job:
                     self._fail(ref, item.stage, item.reason)
                     continue
                 self.stats.add("read", item.seconds)
+                refused = self.fitness.refuse(item.model_input)
+                if refused:
+                    self._drop(item, "preprocess", refused)
+                    continue
                 if self.spec.dims == 2:
                     hand_off(self._explain_slices(item))
                     continue
@@ -120,6 +132,10 @@ class Job:
     def explain_one(self, prepared: Prepared) -> Explained | None:
         """One prepared scan through the same device path as a batch (``explain_scan`` uses it); None when it
         failed, with the failure recorded as in a run."""
+        refused = self.fitness.refuse(prepared.model_input)
+        if refused:
+            self._drop(prepared, "preprocess", refused)
+            return None
         results = self._explain_slices(prepared) if self.spec.dims == 2 else self._explain_volumes([prepared])
         return results[0] if results else None
 
@@ -158,9 +174,28 @@ class Job:
 
     def _explain_failed(self, prepared: Prepared, error: str) -> None:
         """A scan that will not be written: recorded, and forgotten by the worker that holds it."""
-        self._fail(prepared.ref, "explain", error)
+        self._drop(prepared, "explain", error)
+
+    def _drop(self, prepared: Prepared, stage: str, error: str) -> None:
+        self._fail(prepared.ref, stage, error)
         if self._workers is not None and prepared.worker is not None:
             self._workers.submit(prepared.worker, release, prepared.ref.scan_id)
+
+    def _fit_to_write(self, res: Explained) -> bool:
+        """Log a scan that is out for the model; with --skip-unfit, leave it unwritten (listed as skipped)."""
+        fit = res.fitness
+        if fit.get("fitness") != "out":
+            return True
+        ref = res.prepared.ref
+        if not self.settings.skip_unfit:
+            self.reporter.note(f"warning: {ref.scan_id}: input unlike the model's inputs: {fit['fitness_reasons']}",
+                               always=True)
+            return True
+        self.unfit.append((ref, fit["fitness_reasons"]))
+        self.reporter.note(f"{ref.scan_id}: not explained (--skip-unfit): {fit['fitness_reasons']}", always=True)
+        if self._workers is not None and res.prepared.worker is not None:
+            self._workers.submit(res.prepared.worker, release, ref.scan_id)
+        return False
 
     def _record_write(self, prepared: Prepared, fut: cf.Future) -> None:
         ref = prepared.ref
@@ -173,8 +208,12 @@ class Job:
             self._fail(ref, "write", "the worker process died writing it twice (out of memory?)")
             return
         except Exception as e:  # noqa: BLE001 - one scan's write error costs only that scan
+            if is_disk_full(e):  # ... unless the disk is full: the next scans would fail alike
+                self.disk_full = True
+                self.stop.set()
             self._fail(ref, "write", f"{type(e).__name__}: {e}")
             return
+        self.stats.written += 1
         self.stats.add("write", seconds)
         self.reporter.scan_done(ref.scan_id, status)
 
@@ -199,6 +238,7 @@ class Job:
             out_rel = exp.output_relevance.detach().cpu().double()
             absorbed = exp.absorbed.detach().cpu().double()
             out_abs = exp.output_relevance_abs.detach().cpu().double()
+            features = self.fitness.features(len(batch))
             seconds = (time.perf_counter() - t0) / len(batch)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
@@ -227,7 +267,8 @@ class Job:
             else:
                 targets, r = [int(tgt[i])], rel[i].unsqueeze(0)
                 orel, absb, oabs = [float(out_rel[i])], [float(absorbed[i])], [float(out_abs[i])]
-            results.append(Explained(p, r, probs[i], targets, orel, absb, oabs, seconds + p.seconds))
+            fit = self.fitness.assess(p.model_input, p.raw, None if features is None else features[i])
+            results.append(Explained(p, r, probs[i], targets, orel, absb, oabs, seconds + p.seconds, fit))
         return results
 
     def _explain_slices(self, p: Prepared) -> list[Explained]:
@@ -235,8 +276,12 @@ class Job:
         t0 = time.perf_counter()
         x_all = p.model_input.tensor
         try:
-            logits = torch.cat([self.explainer.logits(self._to_device(chunk)).float().cpu()
-                                for chunk in x_all.split(self.batch_size)])
+            parts, features = [], []
+            for chunk in x_all.split(self.batch_size):
+                parts.append(self.explainer.logits(self._to_device(chunk)).float().cpu())
+                features.append(self.fitness.features(chunk.shape[0]))
+            logits = torch.cat(parts)
+            seen = None if any(f is None for f in features) else np.concatenate(features).mean(axis=0)
             probs = torch.softmax(logits, dim=1).mean(dim=0)
             if self.target == "all":
                 targets = list(range(len(self.loaded.class_names)))
@@ -272,7 +317,7 @@ class Job:
         seconds = time.perf_counter() - t0
         self.stats.add("explain", seconds)
         return [Explained(p, torch.stack(maps), probs.double().numpy(), targets, orel, absb, oabs,
-                          seconds + p.seconds)]
+                          seconds + p.seconds, self.fitness.assess(p.model_input, p.raw, seen))]
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()

@@ -5,7 +5,8 @@ It lives below both stages so that neither imports the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,4 +27,5 @@ class Explained:
     absorbed: list[float]
     output_abs: list[float]            # Σ |R_out| per target: the conservation error's scale
     seconds: float
+    fitness: dict[str, Any] = field(default_factory=dict)  # fitness.score.FITNESS_COLUMNS of the scan
     folds: FoldMaps | None = None      # a fold ensemble: each fold's maps; relevance and probs are their means

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mri_lrp.fitness.score import FitnessCheck
 from mri_lrp.folds import FoldMaps
 from mri_lrp.lrp import Explainer
 from mri_lrp.model.checkpoint import LoadedModel
@@ -37,6 +38,10 @@ class FoldJob(Job):
         super().__init__(*args, **kwargs)
         self.explainers = list(explainers)
         self.sources = fold_sources(folds)
+        # Fitness is judged on fold 0 (its feature tap, its reference envelope); the other folds' passes get the
+        # model-free checks only, so no fold reads features another fold's pass left behind.
+        self.fold_fitness = [self.fitness, *(FitnessCheck(f.model, e) for f, e in zip(folds[1:], explainers[1:],
+                                                                                      strict=True))]
 
     def _explain_volumes(self, batch: list[Prepared]) -> list[Explained]:
         return self._ensemble(batch, Job._explain_volumes)
@@ -48,7 +53,7 @@ class FoldJob(Job):
         """The single-model job of fold k (sharing this job's counters, pools and failure list)."""
         view = Job.__new__(Job)
         view.__dict__.update(self.__dict__)
-        view.explainer, view.target = self.explainers[k], target
+        view.explainer, view.target, view.fitness = self.explainers[k], target, self.fold_fitness[k]
         return view
 
     def _run_fold(self, k: int, target: int | str | None, batch: list[Prepared], explain: Explain
@@ -89,7 +94,7 @@ class FoldJob(Job):
             mean([r.output_relevance for r in results]), mean([r.absorbed for r in results]),
             mean([r.output_abs for r in results]),
             sum(r.seconds for r in results) - (k - 1) * p.seconds,
-            FoldMaps(maps.numpy(), probs, self.sources),
+            results[0].fitness, FoldMaps(maps.numpy(), probs, self.sources),
         )
 
 

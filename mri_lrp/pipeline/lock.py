@@ -96,6 +96,7 @@ def _take(path: Path, exclusive: bool, started: str, what: str, lock: RunLock) -
             os.close(fd)
             continue
         break
+    lock.held.append((path, fd, exclusive))  # before writing to it: a failed write (a full disk) still releases it
     if exclusive:
         old = _read_info(fd)
         if old:
@@ -105,7 +106,6 @@ def _take(path: Path, exclusive: bool, started: str, what: str, lock: RunLock) -
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     else:  # several shards hold it at once: it names nobody (a refused run then points to the shard locks)
         os.ftruncate(fd, 0)
-    lock.held.append((path, fd, exclusive))
     return True
 
 

@@ -32,6 +32,7 @@ class RunStats:
     failed: int = 0
     skipped_files: int = 0
     interrupted: str | None = None
+    written: int = 0             # scans whose files this run wrote (a full disk's message counts them)
     stages: dict[str, int] = field(default_factory=dict)  # processes and threads per stage (stages.StagePlan)
     stage_seconds: dict[str, float] = field(default_factory=lambda: {
         "read": 0.0, "transfer": 0.0, "explain": 0.0, "write": 0.0})

@@ -13,11 +13,12 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from mri_lrp.errors import ScanError
+from mri_lrp.fitness.checks import raw_stats
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.transform import ModelInput, to_model
 from mri_lrp.pipeline.workers import WorkerSet
@@ -37,6 +38,7 @@ class Prepared:
     model_input: ModelInput
     seconds: float
     worker: int | None = None
+    raw: dict[str, float] = field(default_factory=dict)  # the stored values' range (fitness.checks.raw_stats)
 
 
 # In a worker process: the scans read here whose outputs are still to be written here, by scan_id.
@@ -51,7 +53,7 @@ def prepare(ref: ScanRef, spec: InputSpec) -> Prepared:
         model_input = to_model(scan, spec, "cpu")
     except (ValueError, RuntimeError) as e:
         raise ScanError(ref.source, f"cannot convert to the model's input: {e}", stage="preprocess") from None
-    return Prepared(ref, scan, model_input, time.perf_counter() - t0)
+    return Prepared(ref, scan, model_input, time.perf_counter() - t0, raw=raw_stats(scan.data))
 
 
 def worker_init() -> None:

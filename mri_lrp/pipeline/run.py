@@ -7,14 +7,18 @@ import os
 import signal
 import time
 import warnings
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mri_lrp import __version__
-from mri_lrp.errors import SettingsError
+from mri_lrp.errors import DiskFullError, SettingsError, is_disk_full
+from mri_lrp.fitness.calibrate import calibrate
+from mri_lrp.fitness.envelope import MIN_BATCH, MIN_REFERENCE, Envelope
+from mri_lrp.fitness.score import OUT_FACTOR, FitnessCheck, fitness_counts
 from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
 from mri_lrp.model.checkpoint import DEMO_NOTICE, LoadedModel, load_checkpoint
@@ -59,10 +63,71 @@ def run_explain(settings: Settings, reporter: Reporter) -> int:
     out = Path(settings.out)
     shard = Shard.parse(settings.shard) if settings.shard else shard_from_env(os.environ)
     tables = out / "parts" / f"shard-{shard.index}-of-{shard.count}" if shard else out
-    with acquire_lock(out, tables, time.strftime("%Y-%m-%dT%H:%M:%S%z")) as lock:
-        for note in lock.notes:
-            reporter.note(f"warning: {note}", always=True)
-        return _run_locked(settings, reporter)
+    setup = prepare(settings, reporter)  # every usage error before --out exists: none leaves a folder behind
+    stats = RunStats()
+    created = not out.exists()
+    try:
+        with acquire_lock(out, tables, time.strftime("%Y-%m-%dT%H:%M:%S%z")) as lock:
+            for note in lock.notes:
+                reporter.note(f"warning: {note}", always=True)
+            return _run_locked(settings, reporter, setup, stats)
+    except BaseException as e:
+        reporter.stop()
+        if created:
+            remove_empty_folders(out)
+        if is_disk_full(e):
+            raise DiskFullError(str(out), stats.written) from None
+        raise
+
+
+@dataclass
+class Setup:
+    """What a run needs before it touches --out: the model, the class it explains, the device, the rules."""
+
+    loaded: LoadedModel
+    target: int | str | None
+    device: torch.device
+    explainer: Explainer
+    fitness: FitnessCheck | None = None  # None until --reference batch has read the run's scans
+    folds: list[LoadedModel] = field(default_factory=list)   # a fold ensemble: every fold (loaded is fold 0)
+    explainers: list[Explainer] = field(default_factory=list)  # one per fold (explainer is fold 0's)
+
+
+def prepare(settings: Settings, reporter: Reporter) -> Setup:
+    """Load and check everything a usage error can lie in (checkpoint, target, device, rules, atlas)."""
+    if settings.workers > 0:  # already running when started by the console entry point
+        start_worker_server()  # its imports overlap loading the model and finding the scans
+    folds = load_ensemble(settings) if settings.checkpoints else []
+    loaded = folds[0] if folds else load_model(settings)
+    for note in model_notices(loaded):
+        reporter.note(note, always=True)
+    target = resolve_target(settings.target, loaded.class_names)
+    device = resolve_device(settings.device)
+    model = loaded.model.to(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = Explainer(model, **rule_params(settings))
+        explainers = [explainer, *(Explainer(f.model.to(device), **rule_params(settings)) for f in folds[1:])]
+    for message in dict.fromkeys(str(w.message) for w in caught):  # once, not once per fold
+        reporter.note(f"warning: {message}", always=True)
+    if explainer.output_choice:
+        reporter.note(f"model output explained: {explainer.output_choice}", always=True)
+    if settings.atlas:
+        cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
+    # A bad or foreign envelope too; --reference batch is built from the scans, inside the run.
+    fitness = None if settings.reference == "batch" else fitness_check(settings, loaded, explainer)
+    return Setup(loaded, target, device, explainer, fitness, folds, explainers)
+
+
+def remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders under it when they hold no file (a run that stopped before writing)."""
+    if not top.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:  # holds a file: kept
+            pass
 
 
 def start_line(settings: Settings) -> str:
@@ -89,26 +154,11 @@ def scan_writer(out: Path, settings: Settings, loaded: LoadedModel, fingerprint:
                       layout=layout, model_sha256=loaded.sha256, stamp=DEMO_NOTICE if loaded.is_demo else "")
 
 
-def _run_locked(settings: Settings, reporter: Reporter) -> int:
+def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: RunStats) -> int:
     t_start = time.time()
-    stats = RunStats()
-    if settings.workers > 0:  # already running when started by the console entry point
-        start_worker_server()  # its imports overlap loading the model and finding the scans
-    folds = load_ensemble(settings) if settings.checkpoints else []
-    loaded = folds[0] if folds else load_model(settings)
-    for note in model_notices(loaded):
-        reporter.note(note, always=True)
-    target = resolve_target(settings.target, loaded.class_names)
-    device = resolve_device(settings.device)
-    model = loaded.model.to(device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explainer = Explainer(model, **rule_params(settings))
-        explainers = [explainer, *(Explainer(f.model.to(device), **rule_params(settings)) for f in folds[1:])]
-    for message in dict.fromkeys(str(w.message) for w in caught):  # once, not once per fold
-        reporter.note(f"warning: {message}", always=True)
-    if settings.atlas:
-        cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
+    loaded, target, device, explainer = setup.loaded, setup.target, setup.device, setup.explainer
+    folds, explainers = setup.folds, setup.explainers
+    fitness = setup.fitness or fitness_check(settings, loaded, explainer, reporter)  # --reference batch
     fingerprint = settings.fingerprint(ensemble_sha256(folds) if folds else loaded.sha256)
     if folds:
         reporter.note(f"fold ensemble: {len(folds)} checkpoints, each scan read once and explained by every fold")
@@ -146,12 +196,15 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
 
     failures: list[dict[str, Any]] = []
     writer = scan_writer(out, settings, loaded, fingerprint, layout)
-    job_args = (settings, loaded, explainer, target, device, reporter, stats, writer, failures)
+    job_args = (settings, loaded, explainer, target, device, reporter, stats, writer, failures, fitness)
     job = FoldJob(folds, explainers, *job_args) if folds else Job(*job_args)
     with StopOnSignal() as stop:
         job.stop = stop
         job.run(todo)
+    if job.disk_full:  # the tables would fail alike; a rerun resumes from the scans written
+        raise DiskFullError(str(out), stats.written)
 
+    skipped = [*skipped, *(Skipped(r.source, f"not explained (--skip-unfit): {why}") for r, why in job.unfit)]
     summary, regions = collect_results(out, refs, fingerprint)
     write_csv(tables_dir / "summary.csv", summary, summary_columns(loaded.input_spec.channel_names))
     write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
@@ -164,6 +217,7 @@ def _run_locked(settings: Settings, reporter: Reporter) -> int:
     stats.done = len(summary)
     wall = time.time() - t_start
     manifest = run_manifest(settings, loaded, device, stats, wall, shard, fingerprint, skipped=skipped)
+    manifest["fitness"] = fitness_counts(summary, len(job.unfit))
     if folds:
         manifest["folds"] = fold_manifest(folds)
     atomic_write_json(tables_dir / "run.json", manifest)
@@ -185,8 +239,37 @@ def write_report_or_warn(out: Path, reporter: Reporter) -> None:
     try:
         write_report(out)
     except Exception as e:  # noqa: BLE001 - the tables are written; the page is a view of them
+        if is_disk_full(e):  # not the report's fault: the run says so, as for any other file
+            raise
         reporter.note(f"warning: report.html not written ({type(e).__name__}: {e}); "
                       f"try `mri-lrp report {out}`", always=True)
+
+
+def calibrate_scans(settings: Settings, out: str | Path, note: Callable[[str], None],
+                    minimum: int = MIN_REFERENCE, trim: float | None = None) -> Envelope:
+    """The envelope of the scans the settings name, found and filtered as explain finds them
+    (`mri-lrp calibrate`, and `--reference batch`)."""
+    loaded = load_model(settings)
+    refs, skipped = find_scans(settings, loaded)
+    for s in skipped:
+        note(f"skipped {s.path}: {s.reason}")
+    return calibrate(loaded, refs, out, note, minimum=minimum, trim=trim)
+
+
+def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer,
+                  reporter: Reporter | None = None) -> FitnessCheck:
+    """The run's fitness checks, with the --reference envelope when given (refused when made for another
+    checkpoint, unless --reference-any-model). ``--reference batch`` first calibrates on the run's own scans
+    (at least MIN_BATCH of them; one extra read and forward pass per scan) into OUT/reference_batch.npz."""
+    envelope = None
+    if settings.reference == "batch":
+        note = (lambda line: reporter.note(f"reference batch: {line}")) if reporter else (lambda line: None)
+        envelope = calibrate_scans(settings, Path(settings.out) / "reference_batch.npz", note, minimum=MIN_BATCH,
+                                   trim=OUT_FACTOR)
+    elif settings.reference:
+        envelope = Envelope.load(settings.reference)
+        envelope.check_model(settings.reference, loaded.sha256, settings.reference_any_model)
+    return FitnessCheck(loaded.model, explainer, envelope)
 
 
 def load_model(settings: Settings) -> LoadedModel:
@@ -198,6 +281,7 @@ def load_model(settings: Settings) -> LoadedModel:
         settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
         class_names=list(settings.class_names) if settings.class_names else None,
         input_spec=settings.input_spec or None, trust_checkpoint=settings.trust_checkpoint,
+        model_output=settings.model_output,
     )
 
 
@@ -252,6 +336,7 @@ def rule_params(settings: Settings) -> dict[str, Any]:
     return {
         "rule": settings.rule, "alpha": settings.alpha, "beta": settings.beta, "epsilon": settings.epsilon,
         "gamma": settings.gamma, "composite": settings.composite, "overrides": settings.overrides or None,
+        "model_output": settings.model_output,
     }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mri_lrp import __version__
+from mri_lrp.cohort.scanfacts import write_cohort_files
 from mri_lrp.folds import FoldMaps
 from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
@@ -64,6 +65,7 @@ class WriteJob:
     identity: list[dict[str, Any]] = field(default_factory=list)  # the input files, recorded in the done marker
     dicom: dict[str, str] = field(default_factory=dict)           # DICOM facts from discovery, for the tables
     model_input: np.ndarray | None = None  # (X, Y, Z, C) model tensor, only with --save-model-input
+    fitness: dict[str, Any] = field(default_factory=dict)  # fitness.score.FITNESS_COLUMNS
     folds: FoldMaps | None = None          # a fold ensemble: each fold's maps (relevance is their mean)
 
     @classmethod
@@ -73,7 +75,7 @@ class WriteJob:
         return cls(p.scan, p.ref, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
                    res.output_relevance, res.absorbed, res.output_abs, res.seconds, p.model_input.notes,
                    list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen,
-                   folds=res.folds)
+                   res.fitness, folds=res.folds)
 
 
 def write_held(writer: ScanWriter, job: WriteJob) -> tuple[float, str]:
@@ -116,6 +118,7 @@ class ScanWriter:
         multi = len(res.targets) > 1
         maps, rows, files, vmax, total = [], [], [], 0.0, 0.0
         first: dict[str, Any] = {}
+        stamp = "; ".join(filter(None, [self.stamp, fitness_stamp(res.fitness)]))
         per_channel: list[np.ndarray] = []  # a multi-channel case: (C, I, J, K) per target
         fold_maps = None if res.folds is None else scan_maps(res.folds, ctx, scan.channels)  # (k, T, I, J, K)
         for n, t in enumerate(res.targets):
@@ -139,7 +142,7 @@ class ScanWriter:
                 if scan.channels else render_overlay
             vmax = max(vmax, draw(
                 where.overlay(suffix.lstrip("_")), scan.data, rel, scan.affine,
-                title=f"{scan.scan_id}: predicted {names[pred]} (p={res.probs[pred]:.2f})", stamp=self.stamp,
+                title=f"{scan.scan_id}: predicted {names[pred]} (p={res.probs[pred]:.2f})", stamp=stamp,
                 subtitle=f"relevance for {names[t]} (p={res.probs[t]:.2f}) · {self._rule_text()}",
                 mask=mask, image=scan.kind == "image",
             ))
@@ -173,6 +176,9 @@ class ScanWriter:
         shown = res.targets.index(pred) if pred in res.targets else 0  # the viewer shows the predicted class
         write_preview(scan_dir / PREVIEW_NAME, scan.volume, maps[shown], scan.affine, world=scan.kind != "image")
         files.append(PREVIEW_NAME)
+        cohort_files, probes = write_cohort_files(scan_dir, scan, res.relevance[shown], ctx, maps[shown],
+                                                  names[res.targets[shown]])
+        files.extend(cohort_files)
         fold = None if fold_maps is None else write_folds(
             res.folds, fold_maps, scan, where, partition, mask_part, voxel_ml, res.targets, names,
             self._nifti_meta(scan, vmax), where.overlay(_safe(names[res.targets[shown]]) if multi else ""), vmax)
@@ -189,9 +195,11 @@ class ScanWriter:
             **{f"shape_{a}": n for a, n in zip("xyz", scan.shape, strict=True)},
             **{f"spacing_{a}": round(float(v), 6) for a, v in zip("xyz", scan.spacing, strict=True)},
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
-            **first,
+            **first, **probes,
+            **res.fitness,
             **(fold.summary if fold is not None else {}),
             "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
+                                   *filter(None, [fitness_warning(res.fitness)]),
                                    *filter(None, [conservation_note(out_rel, total, out_abs),
                                                   padding_note(res.relevance, ctx, out_abs)]),
                                    *(fold.warnings if fold is not None else ()))),
@@ -297,3 +305,17 @@ def padding_note(relevance: np.ndarray, space: ModelSpace, output_abs: float) ->
         return ""
     return (f"{abs(outside) / output_abs:.1%} of the relevance lies on zero padding past the scan (the model grid "
             "is larger than the scan's field of view) and is in no voxel of the relevance map")
+
+
+def fitness_warning(fit: dict[str, Any]) -> str:
+    """The summary warning of a scan whose input is unlike the model's (fitness out or doubtful), or ""."""
+    if fit.get("fitness") == "out":
+        return f"input fitness out: {fit['fitness_reasons']} (do not trust this prediction or its heatmap)"
+    if fit.get("fitness") == "doubtful":
+        return f"input fitness doubtful: {fit['fitness_reasons']}"
+    return ""
+
+
+def fitness_stamp(fit: dict[str, Any]) -> str:
+    """The overlay's stamp for a scan that is out for the model, or ""."""
+    return "INPUT UNLIKE THE MODEL'S: do not trust" if fit.get("fitness") == "out" else ""

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import DONE_MARKER, atomic_write_text, read_csv
+from mri_lrp.report.cohort import cohort_section
 from mri_lrp.report.folds import fold_section
 from mri_lrp.report.plots import heat_table, histogram_svg, strip_svg
 from mri_lrp.report.preview import PREVIEW_NAME
@@ -31,11 +32,12 @@ REPORT_DIR = "report"
 ASSETS = ("report.css", "report.js", "scan.js", "niivue.umd.js", "LICENSE-niivue.txt")
 #: Summary columns the table shows (when the run has them), with how to sort them.
 TABLE_COLUMNS = (
-    ("scan_id", "scan", "text"), ("predicted_class", "predicted", "text"), ("predicted_prob", "p", "num"),
+    ("scan_id", "scan", "text"), ("predicted_class", "predicted", "text"), ("predicted_prob", "probability", "num"),
     ("target_class", "target", "text"), ("conservation_error", "conservation error", "num"),
     ("relevance_mass_accuracy", "mass accuracy", "num"), ("pointing_game", "pointing game", "text"),
     ("mask_volume_ml", "mask ml", "num"), ("top_region", "top region", "text"),
     ("fold_vote", "fold vote", "num"), ("map_agreement", "fold agreement", "num"),
+    ("fitness", "input fitness", "text"),
     ("warnings", "warnings", "text"), ("status", "status", "text"), ("source", "source", "text"),
 )
 _MASK_COLUMNS = ("relevance_mass_accuracy", "pointing_game", "mask_volume_ml")
@@ -96,9 +98,18 @@ def _write_page(path: Path, text: str) -> None:
             return
     except OSError:
         pass
+    _write_via_tmp(path, data)
+
+
+def _write_via_tmp(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` by a rename; a write that fails (a full disk) leaves no temporary file."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_assets(target: Path) -> None:
@@ -110,9 +121,7 @@ def copy_assets(target: Path) -> None:
         dest = target / name
         if dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data:
             continue
-        tmp = target / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        _write_via_tmp(dest, data)
 
 
 def write_report(out: Path) -> Path:
@@ -262,6 +271,8 @@ def main_page(out: Path, run: Mapping[str, Any], summary: Sequence[Mapping[str, 
     options = "".join(f"<option value=\"{escape(c)}\">{escape(c)}</option>" for c in classes)
     evaluation = _evaluation_section(out)
     evaluation_link = ' <a href="#evaluation">Rule evaluation</a>' if evaluation else ""
+    cohort = cohort_section(out, {r["scan_id"]: r for r in rows})
+    evaluation_link += ' <a href="#cohort">Cohort</a>' if cohort else ""
     body = f"""
 <header><h1>mri-lrp report: {escape(name)}</h1>
 <p class="counts"><span id="count-ok">{_count(len(summary), "scan")} explained</span> ·
@@ -274,9 +285,11 @@ def main_page(out: Path, run: Mapping[str, Any], summary: Sequence[Mapping[str, 
 <section id="summary"><h2>Summary</h2>
 <div class="controls"><label>Filter <input id="filter" type="search" placeholder="any text"></label>
 <label>Predicted class <select id="class-filter"><option value="">all</option>{options}</select></label>
+<label>Input fitness <select id="fitness-filter"><option value="">all</option><option value="ok">ok</option>
+<option value="doubtful">doubtful</option><option value="out">out</option></select></label>
 <label><input id="warnings-only" type="checkbox"> with warnings only</label>
 <span id="shown"></span></div>
-<table id="summary-table" class="data"><thead><tr></tr></thead><tbody></tbody></table>
+<div class="table-box"><table id="summary-table" class="data"><thead><tr></tr></thead><tbody></tbody></table></div>
 <div class="pager" data-for="table"><button type="button" data-step="-1">previous</button>
 <span class="where"></span><button type="button" data-step="1">next</button></div>
 <noscript><p>The table needs JavaScript; summary.csv holds the same rows.</p></noscript>
@@ -290,7 +303,7 @@ scan's page.</p><div id="gallery-grid" class="gallery"></div>
 <section id="skipped"><h2>Skipped inputs</h2>
 {_rows_table(skipped, ["path", "reason"], "data skipped", "No input was skipped.")}</section>
 <section id="groups"><h2>Group plots</h2>{_group_section(summary, regions)}</section>
-{evaluation}<section id="run"><h2>Run</h2>{_run_section(run)}</section>
+{evaluation}{cohort}<section id="run"><h2>Run</h2>{_run_section(run)}</section>
 </main>
 <footer>Written by mri-lrp {escape(__version__)}. Slice viewer: NiiVue (BSD-2-Clause,
 <a href="{REPORT_DIR}/assets/LICENSE-niivue.txt">licence</a>).</footer>

@@ -5,9 +5,11 @@ with the right sequence. Discovery finds single images; this module groups them 
 image to a channel, by the first rule that applies:
 
 1. ``[input_spec.channel_files]`` globs (channel name -> glob) when the spec gives them, and nothing else. A
-   glob is matched against the end of a file's path below its root (``*`` never crosses a '/'); the folders
-   before the match and the text its wildcards matched form the case, so ``"*_t1.nii.gz"`` groups the files
-   of one prefix in one folder, and ``"t1/*.nii.gz"`` with ``"t2/*.nii.gz"`` groups files of one name in
+   glob is matched against the end of a file's path below its root (``*`` never crosses a '/'). The files
+   matched in one folder (the path before the match) are one case when it holds one file per channel, so
+   ``"T1_pre*"`` and ``"T1_post*"`` group a folder per patient; where a folder holds several files for one
+   channel, the text the wildcards matched tells its cases apart, so ``"*_t1.nii.gz"`` groups the files of
+   one prefix in a flat folder, and ``"t1/*.nii.gz"`` with ``"t2/*.nii.gz"`` the files of one name in
    sibling folders. For DICOM series the glob is matched against the SeriesDescription (any case), within
    one study.
 2. The usual layouts, recognised from the names: BIDS (``sub-X[_ses-Y][_ce-Z]_T1w`` / ``_T2w`` / ``_FLAIR``),
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -192,15 +195,22 @@ def build_cases(items: Sequence[Item], plan: ChannelPlan,
     singles: list[tuple[int, Item]] = []
     order: dict[tuple, int] = {}
     by_file: dict[str, list[tuple[int, Item]]] = {}
+    globbed: list[tuple[int, Item, _Match]] = []
     for n, item in enumerate(items):
         if item.ref.volume is not None and item.ref.kind == "nifti" and not plan.files:
             by_file.setdefault(item.ref.paths[0], []).append((n, item))
             continue
-        placed = _place(item, plan, cases, skipped)
+        found = _match(item.ref, plan)
+        if isinstance(found, tuple) and found[0][0] == "glob":  # grouped once every file's match is known
+            globbed.append((n, item, found))
+            continue
+        placed = _place(item, found, cases, skipped)
         if placed is None:
             singles.append((n, item))
         elif placed:
             order.setdefault(placed, n)
+    for n, item, found in _group_globbed(globbed):
+        order.setdefault(_place(item, found, cases, skipped), n)
     out = [(n, case_ref(cases[key], plan)) for key, n in order.items()]
     for volumes in by_file.values():
         if len(volumes) == 1:  # one volume chosen with --volume: a single image
@@ -259,15 +269,19 @@ def channel_files_text(ref: ScanRef) -> str:
     return ", ".join(f"{c} = {part_name(p)}" for c, p in zip(ref.channels, ref.parts, strict=True))
 
 
-def _place(item: Item, plan: ChannelPlan, cases: dict[tuple, _Case], skipped: list[Skipped]) -> tuple | None:
+def _match(ref: ScanRef, plan: ChannelPlan) -> _Match | str | None:
+    """Which case and channel an image belongs to, a reason to skip it, or None when it fits no case."""
+    if ref.kind == "dicom":
+        return _dicom_match(ref, plan)
+    if plan.files:
+        return _glob_match(ref.source, plan)
+    return _name_match(ref, plan)
+
+
+def _place(item: Item, found: _Match | str | None, cases: dict[tuple, _Case],
+           skipped: list[Skipped]) -> tuple | None:
     """Put an item into its case; returns the case key, () when it was skipped, None when it fits no case."""
     ref = item.ref
-    if ref.kind == "dicom":
-        found = _dicom_match(ref, plan)
-    elif plan.files:
-        found = _glob_match(ref.source, plan)
-    else:
-        found = _name_match(ref, plan)
     if found is None:
         return None
     if isinstance(found, str):
@@ -376,6 +390,33 @@ def _glob_match(source: str, plan: ChannelPlan) -> _Match | str | None:
     captures = tuple(g for g in m.groups()[1:] if g)
     prefix = "_".join(captures)
     return ("glob", folder, captures), folder, prefix, "channel_files", plan.names.index(name), {}
+
+
+def _group_globbed(matches: list[tuple[int, Item, _Match]]) -> list[tuple[int, Item, _Match]]:
+    """Glob matches keyed by what is common to a case.
+
+    The files that match in one folder (the part of the path before the glob) are one case when that folder
+    holds at most one file per channel, whatever their wildcards matched (``T1_pre*`` and ``T1_post*`` in a
+    folder per patient match ``.nii.gz`` and ``_gd.nii.gz``). Only a folder with several files for one channel
+    is split by the wildcards' text, and only when that text pairs files of different channels (``P1_t1``
+    with ``P1_t2``); otherwise the folder stays one case, which then fails naming the doubled channel.
+    """
+    by_folder: dict[tuple, list[tuple[int, Item, _Match]]] = {}
+    for n, item, found in matches:
+        by_folder.setdefault((item.root_index, found[1]), []).append((n, item, found))
+    out: list[tuple[int, Item, _Match]] = []
+    for group in by_folder.values():
+        channels: dict[tuple, set[int]] = {}  # the channels each wildcard text was found for
+        for _, _, (key, _, _, _, channel, _) in group:
+            channels.setdefault(key[2], set()).add(channel)
+        per_channel = Counter(found[4] for _, _, found in group)
+        if max(per_channel.values()) > 1 and any(len(c) > 1 for c in channels.values()):
+            out.extend(group)  # the wildcards' text tells the cases apart
+            continue
+        common = next(iter(channels)) if len(channels) == 1 else ()
+        for n, item, (_, folder, _, layout, channel, extra) in group:
+            out.append((n, item, (("glob", folder, common), folder, "_".join(common), layout, channel, extra)))
+    return out
 
 
 _DESCRIPTION_RULES = (  # (sequence, pattern over the lower-case SeriesDescription); first match wins

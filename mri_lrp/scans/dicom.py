@@ -76,6 +76,7 @@ class SliceInfo:
     instance: int
     slope: float = 1.0                         # enhanced frames only (classic files use the modality LUT)
     intercept: float = 0.0
+    mosaic: str = ""                           # a Siemens MOSAIC (slices tiled in one image): what says so
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def dataset_slices(ds: Dataset, path_index: int) -> list[SliceInfo]:
             thickness=_float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness")),
             echo=(_text(ds.get("EchoNumbers")), _text(ds.get("EchoTime"))),
             repeat=f"{_text(ds.get('AcquisitionNumber'))}/{_text(ds.get('TemporalPositionIdentifier'))}",
-            image_type=image_type, instance=instance)]
+            image_type=image_type, instance=instance, mosaic=mosaic_evidence(ds, image_type))]
     if len(per_frame) != n_frames:
         raise ValueError(f"NumberOfFrames is {n_frames} but there are {len(per_frame)} per-frame groups")
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
@@ -199,6 +200,34 @@ def dataset_slices(ds: Dataset, path_index: int) -> list[SliceInfo]:
             slope=(_float(scaling.get("RescaleSlope")) or 1.0) if scaling else 1.0,
             intercept=(_float(scaling.get("RescaleIntercept")) or 0.0) if scaling else 0.0))
     return out
+
+
+def mosaic_evidence(ds: Dataset, image_type: tuple[str, ...]) -> str:
+    """What marks a file as a Siemens MOSAIC (many slices tiled in one image), or "" for an ordinary image.
+
+    ImageType says MOSAIC on most; anonymisers and conversions that rewrite ImageType keep Siemens' private
+    NumberOfImagesInMosaic, in the MR header (0019,100A) or in the CSA image header (0029,1010).
+    """
+    if any("MOSAIC" in t.upper() for t in image_type):
+        return "ImageType MOSAIC"
+    try:
+        value = ds.private_block(0x0019, "SIEMENS MR HEADER")[0x0A].value
+        count = int.from_bytes(value[:2], "little") if isinstance(value, bytes) else int(value)
+    except (KeyError, TypeError, ValueError):
+        count = 0
+    if count > 1:
+        return f"(0019,100A) NumberOfImagesInMosaic {count}"
+    if not any(tag.group == 0x0029 for tag in ds.keys()):  # no Siemens CSA headers at all
+        return ""
+    with warnings.catch_warnings():  # nibabel.nicom warns on import that its DICOM readers are experimental
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import csareader
+    try:
+        csa = csareader.get_csa_header(ds, "image")
+        count = int(csareader.get_n_mosaic(csa) or 0) if csareader.is_mosaic(csa) else 0
+    except Exception:  # noqa: BLE001 - a damaged or foreign private header says nothing either way
+        count = 0
+    return f"CSA header NumberOfImagesInMosaic {count}" if count > 1 else ""
 
 
 def read_header(path: str, force: bool) -> DicomHeader | str:
@@ -545,9 +574,9 @@ def _read_stack(ref: ScanRef) -> tuple[np.ndarray, np.ndarray, dict[str, str], l
     else:
         slices = [s for i in range(len(datasets)) for s in slices_of(i)]
 
-    if any("MOSAIC" in t.upper() for t in slices[0].image_type):
-        raise ScanError(loc, "Siemens MOSAIC images (many slices tiled in one image) are not supported: "
-                             "convert the series to NIfTI first (e.g. with dcm2niix)")
+    if slices[0].mosaic:
+        raise ScanError(loc, f"Siemens MOSAIC images ({slices[0].mosaic}: many slices tiled in one image) are "
+                             "not supported: convert the series to NIfTI first (e.g. with dcm2niix)")
     for s in slices:
         name = os.path.basename(ref.paths[s.path_index])
         if s.orientation is None or s.position is None:

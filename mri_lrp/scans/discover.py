@@ -178,14 +178,19 @@ def _dicom_refs(series: dict[str, list[tuple[_Found, DicomHeader]]],
         label = f"s{header.series_number}" if header.series_number is not None else "s"
         if header.series_number is None or taken[(folder, str(header.series_number))] > 1:
             label = f"{label}_{short_hash(uid)}"
-        location = first.display_root if folder == "." else os.path.join(first.display_root, folder)
-        for stack in split_series([(n, h) for n, (_, h) in enumerate(members)]):
+        series_location = first.display_root if folder == "." else os.path.join(first.display_root, folder)
+        stacks = split_series([(n, h) for n, (_, h) in enumerate(members)])
+        for stack in stacks:
             name = f"{label}_{stack.label}" if stack.label else label
+            file_keys = list(dict.fromkeys(key for key, _ in stack.members))
+            # One file split off a series (a screenshot filed under an MR series' UID) is named by its file:
+            # the series' folder would not tell which of its files was dropped, or failed.
+            location = members[file_keys[0]][0].display if len(stacks) > 1 and len(file_keys) == 1 \
+                else series_location
             if stack.localizer:
                 count = f"{len(stack.members)} image{'s' if len(stack.members) > 1 else ''}"
                 skipped.append(Skipped(location, f"localizer series {name} ({count}) dropped"))
                 continue
-            file_keys = list(dict.fromkeys(key for key, _ in stack.members))
             index = {key: i for i, key in enumerate(file_keys)}
             frames = tuple((index[key], frame) for key, frame in stack.members if frame is not None)
             out.append((first, ScanRef(
@@ -199,11 +204,12 @@ def _dicom_refs(series: dict[str, list[tuple[_Found, DicomHeader]]],
 def _dicom_facts(uid: str, header: DicomHeader, first: DicomHeader, slices: int) -> dict[str, str]:
     """The series' header facts that filters and the summary table use (no patient data)."""
     image_type = first.slices[0].image_type if first.slices else ()
+    mosaic = first.slices[0].mosaic if first.slices else ""
     return {"modality": header.modality, "series_number": "" if header.series_number is None
             else str(header.series_number), "protocol": header.protocol, "study_uid": header.study_uid,
             "series_uid": "" if uid.startswith("no-series-uid") else uid,
             "derived": "yes" if image_type and image_type[0].upper() == "DERIVED" else "",
-            "slices": str(slices)}
+            "slices": str(slices), "mosaic": mosaic}
 
 
 def discover(paths: Sequence[str | Path], volume: int | None = None, derivatives: bool = False,

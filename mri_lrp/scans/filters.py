@@ -91,6 +91,9 @@ def why_skipped(ref: ScanRef, f: ScanFilter) -> str | None:
         if not pattern.search(name):
             what = "SeriesDescription" if ref.kind == "dicom" else "file name"
             return f"{what} {name!r} does not match --series {f.series}"
+    if ref.kind == "dicom" and facts.get("mosaic"):  # no number of slices or derivation applies to it
+        return (f"Siemens MOSAIC image ({facts['mosaic']}: many slices tiled in one image), which is not read: "
+                "convert the series to NIfTI first (e.g. with dcm2niix)")
     if ref.kind == "dicom" and not f.keep_derived:
         if facts.get("derived"):
             return "derived image (ImageType DERIVED: a reformat, map or projection); --keep-derived reads it"

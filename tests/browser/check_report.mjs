@@ -21,6 +21,16 @@ try {
   await page.goto(pathToFileURL(reportPath).href);
   await page.waitForSelector('body[data-ready="true"]', { timeout: 30000 });
   result.load_ms = Date.now() - t0;
+  // At 1400 px the summary table must stay inside the page: wide rows scroll inside the table's own box.
+  await page.setViewportSize({ width: 1400, height: 900 });
+  result.at_1400 = await page.evaluate(() => {
+    const table = document.querySelector("#summary-table"), box = table.parentElement;
+    return { viewport: window.innerWidth, page_width: document.documentElement.scrollWidth,
+             box_right: box.getBoundingClientRect().right, box_scrolls: getComputedStyle(box).overflowX,
+             table_width: table.scrollWidth,
+             headers: [...table.tHead.rows[0].cells].map((th) => th.textContent) };
+  });
+  await page.setViewportSize({ width: 1280, height: 900 });
   const firstColumn = (key) => page.$$eval(
     "#summary-table tbody tr", (trs, k) => {
       const idx = [...document.querySelectorAll("#summary-table thead th")].findIndex((th) => th.dataset.key === k);

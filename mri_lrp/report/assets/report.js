@@ -7,7 +7,7 @@
   const columns = JSON.parse(document.getElementById("columns-data").textContent);
   const rows = JSON.parse(document.getElementById("rows-data").textContent);
   const table = document.getElementById("summary-table");
-  const state = { sortKey: null, sortDir: 1, filter: "", cls: "", warnOnly: false, page: 0, galleryPage: 0 };
+  const state = { sortKey: null, sortDir: 1, filter: "", cls: "", fit: "", warnOnly: false, page: 0, galleryPage: 0 };
   let shown = rows;
 
   function numeric(v) { const x = parseFloat(v); return Number.isFinite(x) ? x : null; }
@@ -54,6 +54,7 @@
     const needle = state.filter.toLowerCase();
     shown = rows.filter((r) =>
       (!state.cls || r.predicted_class === state.cls) &&
+      (!state.fit || r.fitness === state.fit) &&
       (!state.warnOnly || (r.warnings && r.warnings.length)) &&
       (!needle || columns.some((c) => String(r[c.key]).toLowerCase().includes(needle))));
     if (state.sortKey) {
@@ -100,6 +101,7 @@
           }
           td.textContent = x === null ? v : formatNumber(x);
           if (col.type === "num") td.className = "num";
+          else if (col.key === "source") td.className = "path";
         }
       }
     }
@@ -144,6 +146,7 @@
     timer = setTimeout(() => { state.filter = e.target.value; update(true); }, 120);
   });
   document.getElementById("class-filter").addEventListener("change", (e) => { state.cls = e.target.value; update(true); });
+  document.getElementById("fitness-filter").addEventListener("change", (e) => { state.fit = e.target.value; update(true); });
   document.getElementById("warnings-only").addEventListener("change", (e) => {
     state.warnOnly = e.target.checked; update(true);
   });
