@@ -117,6 +117,7 @@ def test_an_envelope_of_another_model_is_refused_unless_asked(trained: dict[str,
     args = ["explain", str(scans), "--reference", str(trained["envelope"]), "-j0"]  # the demo model
     refused = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert refused.exit_code == 2 and "calibrate for this model" in refused.output
+    assert not (tmp_path / "a").exists()  # refused before --out is made
     accepted = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--reference-any-model"])
     assert accepted.exit_code == 0, accepted.output
     row = read_csv(tmp_path / "b" / "summary.csv")[0]
@@ -237,3 +238,11 @@ def test_explain_scan_refuses_a_volume_narrower_than_the_first_layers(nibabel_da
 
     with pytest.raises(ScanError, match=r"test.mgz: the scan fills .* fewer than the 4 voxels"):
         explain_scan(nibabel_data / "test.mgz", volume=0)
+
+
+def test_an_envelope_of_another_version_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    with np.load(trained["envelope"], allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "v99.npz", **{**arrays, "version": np.asarray(99)})
+    with pytest.raises(SettingsError, match="envelope version 99; this mri-lrp reads version 1"):
+        Envelope.load(tmp_path / "v99.npz")

@@ -115,9 +115,10 @@ class Envelope:
                                 f"{e}") from None
         if str(data.get("format", "")) != FORMAT:
             raise SettingsError(f"{p}: not a reference envelope (.npz written by `mri-lrp calibrate`)")
-        if int(data["version"]) != VERSION:
-            raise SettingsError(f"{p}: envelope version {int(data['version'])}; this mri-lrp reads version "
-                                f"{VERSION}: run `mri-lrp calibrate` again")
+        version = int(data.get("version", -1))
+        if version != VERSION:
+            raise SettingsError(f"{p}: envelope version {version}; this mri-lrp reads version {VERSION}: run "
+                                f"`mri-lrp calibrate` again")
         missing = [f.name for f in fields(cls) if f.name not in data]
         if missing:
             raise SettingsError(f"{p}: envelope lacks {', '.join(missing)}")
