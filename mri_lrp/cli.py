@@ -233,6 +233,9 @@ def explain(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (scans, shard, model, input spec, rule per layer) and exit; "
         "writes nothing.", rich_help_panel=OUTPUTS)] = False,
+    cohort: Annotated[bool, typer.Option(
+        "--cohort", help="At the end, run `mri-lrp cohort OUT` (clusters per class, shortcut flags, group maps).",
+        rich_help_panel=OUTPUTS)] = False,
     workers: Annotated[int | None, typer.Option(
         "--workers", "-j", help="Worker processes, each reading scans and writing their outputs: at least this "
         "many, more where the cores allow (0: everything in this process).", rich_help_panel=CLUSTER)] = None,
@@ -242,7 +245,7 @@ def explain(
 ) -> None:
     """Explain every scan found: heatmap overlays, relevance volumes and region tables."""
     cli = dict(locals())
-    for name in ("config", "dry_run", *INPUT_SPEC_OPTIONS):
+    for name in ("config", "dry_run", "cohort", *INPUT_SPEC_OPTIONS):
         cli.pop(name)
     from mri_lrp.pipeline import run_explain
     from mri_lrp.progress import Reporter
@@ -258,7 +261,41 @@ def explain(
         _fail(str(e), hint=_checkpoint_hint(e))
     except DiskFullError as e:  # some scans written: as a run with failures; none: the output is unusable
         _fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
+    if cohort and not dry_run and code in (0, 3):
+        _cohort_after_explain(settings)
     raise typer.Exit(code)
+
+
+def _cohort_after_explain(settings: Any) -> None:
+    """explain --cohort: the analysis of the finished run; a shard's part waits for the merge. A cohort that
+    cannot be made costs a warning, never the run's exit code."""
+    import os
+
+    from mri_lrp.cohort.run import run_cohort
+    from mri_lrp.shard import shard_from_env
+
+    if settings.shard or shard_from_env(os.environ):
+        typer.echo("mri-lrp: cohort: a shard's part; run `mri-lrp cohort` on the merged output", err=True)
+        return
+    try:
+        typer.echo(run_cohort(settings.out).describe())
+    except SettingsError as e:
+        typer.echo(f"mri-lrp: warning: cohort not written: {e}", err=True)
+        return
+    except Exception as e:  # noqa: BLE001 - the run's results stand; the analysis is a view of them
+        typer.echo(f"mri-lrp: warning: cohort not written ({type(e).__name__}: {e}); try `mri-lrp cohort "
+                   f"{settings.out}`", err=True)
+        return
+    _refresh_report(Path(settings.out))
+
+
+def _refresh_report(out: Path) -> None:
+    from mri_lrp.report import write_report
+
+    try:
+        write_report(out)
+    except Exception as e:  # noqa: BLE001 - the cohort files stand; the page is a view of them
+        typer.echo(f"mri-lrp: warning: report.html not rebuilt ({type(e).__name__}: {e})", err=True)
 
 
 def _dry_run(settings: Any) -> int:
@@ -468,6 +505,33 @@ def report(
     except (SettingsError, OSError) as e:
         _fail(_error_text(e, out))
     typer.echo(f"wrote {page}")
+
+
+@app.command(epilog="""[bold]Examples[/bold]
+
+  mri-lrp cohort results/
+
+  mri-lrp cohort results/ --metadata sites.csv --clusters 3
+""")
+def cohort(
+    out: Annotated[str, typer.Argument(help="A finished run's output folder (of explain or merge).")],
+    metadata: Annotated[str | None, typer.Option(
+        "--metadata", "-m", help="CSV/TSV of per-scan facts (site, vendor...) keyed by scan_id, case_id, source "
+        "or participant_id.")] = None,
+    clusters: Annotated[int | None, typer.Option(
+        "--clusters", "-k", help="Clusters per class (default: from the eigengap).")] = None,
+) -> None:
+    """Spectral relevance analysis of a run: clusters per class, shortcut flags, group maps (OUT/cohort/)."""
+    from mri_lrp.cohort.run import run_cohort
+
+    if not Path(out).is_dir():
+        _fail(f"{out}: no such folder")
+    try:
+        result = run_cohort(Path(out), clusters=clusters, metadata=metadata)
+    except (SettingsError, OSError) as e:
+        _fail(str(e))
+    typer.echo(result.describe())
+    _refresh_report(Path(out))
 
 
 @app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]

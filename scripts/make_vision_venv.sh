@@ -16,6 +16,6 @@ fi
 "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 timm einops
 # LXT (the AttnLRP reference implementation) for the ViT parity test; its 2.1 release needs transformers < 5.
 "$VENV/bin/pip" install -q lxt==2.1 "transformers<5"
-"$VENV/bin/pip" install -q numpy nibabel pydicom typer rich matplotlib pytest
+"$VENV/bin/pip" install -q numpy nibabel pydicom typer rich matplotlib isal pillow scikit-learn pytest
 "$VENV/bin/pip" install -q --no-deps -e .
 touch "$STAMP"

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mri_lrp.lrp import Explainer, describe_rules, explain
+from mri_lrp.model.checkpoint import load_checkpoint
 
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
@@ -199,3 +200,10 @@ def test_relevance_is_conserved_on_monai_densenet121_3d() -> None:
     torch.manual_seed(7)
     model = _randomise_batchnorm(nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=3))
     _assert_conserved(model, torch.randn(1, 1, 32, 32, 32))
+
+
+def test_demo_model_has_no_add_of_a_constant_so_no_rule_changes_its_relevance() -> None:
+    model = load_checkpoint().model
+    for rule in ("epsilon", "zero", "alphabeta"):
+        rows = [text for _, _, text in describe_rules(model, rule=rule)]
+        assert not any("constant operand" in text for text in rows), rule

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mri_lrp import __version__
+from mri_lrp.cohort.scanfacts import write_cohort_files
 from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
@@ -169,6 +170,9 @@ class ScanWriter:
         shown = res.targets.index(pred) if pred in res.targets else 0  # the viewer shows the predicted class
         write_preview(scan_dir / PREVIEW_NAME, scan.volume, maps[shown], scan.affine, world=scan.kind != "image")
         files.append(PREVIEW_NAME)
+        cohort_files, probes = write_cohort_files(scan_dir, scan, res.relevance[shown], ctx, maps[shown],
+                                                  names[res.targets[shown]])
+        files.extend(cohort_files)
         write_csv(scan_dir / "regions.csv", rows, [*REGION_COLUMNS, "target_class"])
         files.append("regions.csv")
         seconds = res.seconds + (time.perf_counter() - t0)
@@ -179,7 +183,7 @@ class ScanWriter:
             **{f"shape_{a}": n for a, n in zip("xyz", scan.shape, strict=True)},
             **{f"spacing_{a}": round(float(v), 6) for a, v in zip("xyz", scan.spacing, strict=True)},
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
-            **first,
+            **first, **probes,
             **res.fitness,
             "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
                                    *filter(None, [fitness_warning(res.fitness)]),

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import DONE_MARKER, atomic_write_text, read_csv
+from mri_lrp.report.cohort import cohort_section
 from mri_lrp.report.plots import heat_table, histogram_svg, strip_svg
 from mri_lrp.report.preview import PREVIEW_NAME
 
@@ -263,6 +264,8 @@ def main_page(out: Path, run: Mapping[str, Any], summary: Sequence[Mapping[str, 
     options = "".join(f"<option value=\"{escape(c)}\">{escape(c)}</option>" for c in classes)
     evaluation = _evaluation_section(out)
     evaluation_link = ' <a href="#evaluation">Rule evaluation</a>' if evaluation else ""
+    cohort = cohort_section(out, {r["scan_id"]: r for r in rows})
+    evaluation_link += ' <a href="#cohort">Cohort</a>' if cohort else ""
     body = f"""
 <header><h1>mri-lrp report: {escape(name)}</h1>
 <p class="counts"><span id="count-ok">{_count(len(summary), "scan")} explained</span> ·
@@ -293,7 +296,7 @@ scan's page.</p><div id="gallery-grid" class="gallery"></div>
 <section id="skipped"><h2>Skipped inputs</h2>
 {_rows_table(skipped, ["path", "reason"], "data skipped", "No input was skipped.")}</section>
 <section id="groups"><h2>Group plots</h2>{_group_section(summary, regions)}</section>
-{evaluation}<section id="run"><h2>Run</h2>{_run_section(run)}</section>
+{evaluation}{cohort}<section id="run"><h2>Run</h2>{_run_section(run)}</section>
 </main>
 <footer>Written by mri-lrp {escape(__version__)}. Slice viewer: NiiVue (BSD-2-Clause,
 <a href="{REPORT_DIR}/assets/LICENSE-niivue.txt">licence</a>).</footer>
