@@ -10,6 +10,7 @@ from pathlib import Path
 import fitness_factory as ff
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mri_lrp.cli import app
@@ -246,3 +247,31 @@ def test_an_envelope_of_another_version_is_refused(trained: dict[str, Path], tmp
     np.savez(tmp_path / "v99.npz", **{**arrays, "version": np.asarray(99)})
     with pytest.raises(SettingsError, match="envelope version 99; this mri-lrp reads version 1"):
         Envelope.load(tmp_path / "v99.npz")
+
+
+def test_a_slice_model_is_judged_on_its_slices_features(tmp_path: Path) -> None:
+    """A 2D model: the features of every slice of the scan (from the forward pass of its explanation) averaged,
+    as calibrate averages them."""
+    from mri_lrp.model.checkpoint import save_checkpoint
+    from mri_lrp.model.spec import InputSpec
+    from mri_lrp.model.zoo import cnn2d
+    from mri_lrp.phantoms import LABELS
+
+    spec = InputSpec(dims=2, channels=1, shape=(24, 28), spacing=(8.0, 8.0), orientation="RAS",
+                     normalization="zscore", slice_axis="S")
+    kwargs = {"in_channels": 1, "num_classes": 4, "width": 4, "depth": 2}
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m2d.pt", cnn2d(**kwargs).eval(), architecture="cnn2d", kwargs=kwargs,
+                    class_names=list(LABELS), input_spec=spec)
+    ff.write_phantoms(tmp_path / "ref", range(MIN_REFERENCE))
+    made = runner.invoke(app, ["calibrate", str(tmp_path / "ref"), "--checkpoint", str(tmp_path / "m2d.pt"),
+                               "--out", str(tmp_path / "e.npz")])
+    assert made.exit_code == 0, made.output
+    ff.write_phantoms(tmp_path / "run", range(100, 101))
+    ff.write_phantoms(tmp_path / "run", range(101, 102), "inverted")
+    result = runner.invoke(app, ["explain", str(tmp_path / "run"), "--checkpoint", str(tmp_path / "m2d.pt"),
+                                 "--reference", str(tmp_path / "e.npz"), "--out", str(tmp_path / "out"), "-j0"])
+    assert result.exit_code == 0, result.output
+    rows = {r["scan_id"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
+    assert rows["normal_00100"]["fitness"] != "out" and rows["normal_00100"]["feature_distance"] != ""
+    assert rows["inverted_00101"]["fitness"] == "out"
