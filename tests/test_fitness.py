@@ -164,7 +164,10 @@ def test_explain_with_a_reference_marks_and_skips_unfit_scans(trained: dict[str,
     inverted = rows["inverted_04002"]
     assert inverted["fitness"] == "out" and float(inverted["feature_percentile"]) == 100.0
     assert "input fitness out" in inverted["warnings"] and "contrast unlike the reference" in inverted["warnings"]
-    assert (tmp_path / "kept" / "scans" / "inverted_04002" / "overlay.png").exists()
+    from PIL import Image
+
+    overlay = Image.open(tmp_path / "kept" / "scans" / "inverted_04002" / "overlay.png")
+    assert "INPUT UNLIKE THE MODEL'S" in overlay.text["Warning"]
     assert all(rows[f"normal_0400{i}"]["fitness"] != "out" for i in (0, 1))
     counts = json.loads((tmp_path / "kept" / "run.json").read_text())["fitness"]
     assert counts["out"] == 1 and counts["skipped_unfit"] == 0
@@ -275,3 +278,12 @@ def test_a_slice_model_is_judged_on_its_slices_features(tmp_path: Path) -> None:
     rows = {r["scan_id"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
     assert rows["normal_00100"]["fitness"] != "out" and rows["normal_00100"]["feature_distance"] != ""
     assert rows["inverted_00101"]["fitness"] == "out"
+
+
+def test_the_fitness_columns_are_one_block_of_the_summary() -> None:
+    from mri_lrp.fitness.score import FITNESS_COLUMNS
+    from mri_lrp.outputs import SUMMARY_COLUMNS
+
+    at = SUMMARY_COLUMNS.index(FITNESS_COLUMNS[0])
+    assert SUMMARY_COLUMNS[at:at + len(FITNESS_COLUMNS)] == FITNESS_COLUMNS
+    assert SUMMARY_COLUMNS.index("warnings") > at
