@@ -156,6 +156,7 @@ def test_explain_with_a_reference_marks_and_skips_unfit_scans(trained: dict[str,
     scans = tmp_path / "scans"
     ff.write_phantoms(scans, range(4000, 4002))
     ff.write_phantoms(scans, range(4002, 4003), "inverted")
+    ff.write_phantoms(scans, range(4003, 4004), "ct_like")
     base = ["explain", str(scans), "--checkpoint", str(trained["checkpoint"]), "--reference",
             str(trained["envelope"]), "-j0"]
     kept = runner.invoke(app, [*base, "--out", str(tmp_path / "kept")])
@@ -170,16 +171,17 @@ def test_explain_with_a_reference_marks_and_skips_unfit_scans(trained: dict[str,
     assert "INPUT UNLIKE THE MODEL'S" in overlay.text["Warning"]
     assert all(rows[f"normal_0400{i}"]["fitness"] != "out" for i in (0, 1))
     counts = json.loads((tmp_path / "kept" / "run.json").read_text())["fitness"]
-    assert counts["out"] == 1 and counts["skipped_unfit"] == 0
+    assert counts["out"] == 2 and counts["skipped_unfit"] == 0
 
     skipped = runner.invoke(app, [*base, "--out", str(tmp_path / "skipped"), "--skip-unfit"])
     assert skipped.exit_code == 0, skipped.output
     assert {r["scan_id"] for r in read_csv(tmp_path / "skipped" / "summary.csv")} == {"normal_04000", "normal_04001"}
-    listed = read_csv(tmp_path / "skipped" / "skipped.csv")
-    assert len(listed) == 1 and listed[0]["path"].endswith("inverted_04002.nii.gz")
-    assert listed[0]["reason"].startswith("not explained (--skip-unfit): ")
+    listed = {Path(r["path"]).name: r["reason"] for r in read_csv(tmp_path / "skipped" / "skipped.csv")}
+    assert set(listed) == {"inverted_04002.nii.gz", "ct_like_04003.nii.gz"}
+    assert listed["inverted_04002.nii.gz"].startswith("not explained (--skip-unfit): ")
+    assert "CT-like" in listed["ct_like_04003.nii.gz"]  # decided before its forward pass
     assert not (tmp_path / "skipped" / "scans" / "inverted_04002").exists()
-    assert json.loads((tmp_path / "skipped" / "run.json").read_text())["fitness"]["skipped_unfit"] == 1
+    assert json.loads((tmp_path / "skipped" / "run.json").read_text())["fitness"]["skipped_unfit"] == 2
 
 
 def test_evaluate_with_a_reference_reports_the_share_flagged_per_class(trained: dict[str, Path],

@@ -62,6 +62,12 @@ class FitnessCheck:
         """Why the input cannot be classified at all (a per-scan failure), or ""."""
         return checks.too_small(checks.geometry(model_input.space), self.need)
 
+    def out_before_explaining(self, model_input: ModelInput, raw: dict[str, float]) -> str:
+        """The model-free reasons that make the input out whatever the reference says (its value range and
+        geometry), or "": what --skip-unfit can decide without a forward pass."""
+        geo = checks.geometry(model_input.space)
+        return "; ".join(checks.value_reasons(raw) + checks.geometry_reasons(geo)[0])
+
     def features(self, samples: int) -> np.ndarray | None:
         """The head features of the last forward pass, (samples, D), or None without a reference."""
         if self.tap is None:
