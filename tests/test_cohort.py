@@ -422,7 +422,9 @@ def test_the_report_section_stays_light_with_two_thousand_scans(tmp_path: Path) 
     assert time.perf_counter() - start < 2.0
     assert html.count("<circle") == 2000 and html.count('<a href="report/scans/s') == 2000
     assert "candidates for a person to look at" in html and "glioma-3 (flagged)" in html
-    assert '<option value="site">site</option>' in html
+    assert '<option value="site">site</option>' in html and "again" not in html
+    del pages["s0001"]
+    assert "does not cover the run's current scans" in cohort_section(tmp_path, pages)
 
 
 def test_block_mean_averages_partial_blocks_over_the_voxels_they_have() -> None:

@@ -16,7 +16,7 @@ BRIGHT_SHARE = 0.1
 #: The border: voxels within this many millimetres of the field-of-view edge (at least one voxel).
 BORDER_MM = 5.0
 #: Volumes larger than this many voxels are searched for the head on a coarser grid (see head_only_mask).
-COARSE_VOXELS = 1 << 21
+COARSE_VOXELS = 1 << 19
 
 
 def head_only_mask(volume: np.ndarray) -> np.ndarray:

@@ -107,6 +107,10 @@ def cohort_section(out: Path, pages: Mapping[str, Mapping[str, Any]]) -> str:
         stem = f"{COHORT_DIR}/group_{safe_part(class_name)}"
         groups.append(f"<li>{escape(class_name)}: <a href=\"{_href(stem + '_mean.nii.gz')}\">mean</a>, "
                       f"<a href=\"{_href(stem + '_t.nii.gz')}\">t map</a>; {escape(said)}</li>")
+    analysed = {m["scan_id"] for m in members}
+    stale = ("<p class=\"warning\">The analysis does not cover the run's current scans (it was made before "
+             f"scans were added or redone): run <code>mri-lrp cohort {escape(out.name)}</code> again.</p>"
+             if analysed - set(pages) or len(set(pages) - analysed) > len(info.get("skipped") or []) else "")
     menu = (f"<label>Colour by <select id=\"cohort-colour\"><option value=\"\">cluster</option>{options}</select>"
             "</label>") if columns else ""
     return f"""<section id="cohort"><h2>Cohort</h2>
@@ -114,7 +118,7 @@ def cohort_section(out: Path, pages: Mapping[str, Mapping[str, Any]]) -> str:
 relevance analysis. <strong>Flags are candidates for a person to look at</strong>, not proof of a shortcut: open
 the cluster's scans and read its <em>why</em>. Click a dot for the scan's page. Files: cohort/members.csv,
 cohort/clusters.csv.</p>
-{menu}<div class="overlays">{scatters}</div>
+{stale}{menu}<div class="overlays">{scatters}</div>
 <h3>Eigengap</h3><img src="{COHORT_DIR}/eigengap.png" alt="eigenvalues per class" loading="lazy">
 <h3>Clusters</h3><table class="data cohort-clusters"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {''.join(per_cluster)}
