@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from mri_lrp.cli import app
 from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.fitness import checks
-from mri_lrp.fitness.envelope import MIN_REFERENCE, Envelope
+from mri_lrp.fitness.envelope import MIN_REFERENCE, VERSION, Envelope
 from mri_lrp.model.checkpoint import load_checkpoint
 from mri_lrp.outputs import read_csv
 from mri_lrp.pipeline.read import prepare
@@ -250,7 +250,7 @@ def test_an_envelope_of_another_version_is_refused(trained: dict[str, Path], tmp
     with np.load(trained["envelope"], allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     np.savez(tmp_path / "v99.npz", **{**arrays, "version": np.asarray(99)})
-    with pytest.raises(SettingsError, match="envelope version 99; this mri-lrp reads version 1"):
+    with pytest.raises(SettingsError, match=f"envelope version 99; this mri-lrp reads version {VERSION}"):
         Envelope.load(tmp_path / "v99.npz")
 
 
@@ -289,3 +289,13 @@ def test_the_fitness_columns_are_one_block_of_the_summary() -> None:
     at = SUMMARY_COLUMNS.index(FITNESS_COLUMNS[0])
     assert SUMMARY_COLUMNS[at:at + len(FITNESS_COLUMNS)] == FITNESS_COLUMNS
     assert SUMMARY_COLUMNS.index("warnings") > at
+
+
+def test_voxels_far_coarser_than_the_references_are_doubtful(trained: dict[str, Path], tmp_path: Path) -> None:
+    volume, affine = ff.phantom(9000)
+    coarse = affine.copy()
+    coarse[:3, 2] *= 3.0  # every third slice: 18 mm slices where the reference has 6 mm
+    path = ff.save(tmp_path / "thick.nii.gz", volume[:, :, ::3], coarse)
+    (row,) = ff.assess(trained["checkpoint"], trained["envelope"], [path])
+    assert row["fitness"] != "ok"
+    assert "voxels of 18 mm along the coarsest axis, the reference's at most 6 mm" in row["fitness_reasons"]

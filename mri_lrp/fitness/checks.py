@@ -45,6 +45,7 @@ class Geometry:
     scan_voxels: tuple[int, ...]          # scan voxels inside the grid, along the same axes
     model_shape: tuple[int, ...]          # the spatial model grid
     upsampling: float                     # model voxels per scan voxel along the coarsest scan axis
+    spacing: tuple[float, float, float]   # the scan's voxel size in mm, coarsest first
 
 
 def geometry(space: ModelSpace) -> Geometry:
@@ -70,7 +71,9 @@ def geometry(space: ModelSpace) -> Geometry:
     n_model = float(np.prod(model_shape))
     return Geometry(input_coverage=float(np.prod(covered)) / n_model if n_model else 0.0,
                     scan_inside=float(np.prod(inside_share)), covered=tuple(covered),
-                    scan_voxels=tuple(scan_voxels), model_shape=model_shape, upsampling=float(max(factors)))
+                    scan_voxels=tuple(scan_voxels), model_shape=model_shape, upsampling=float(max(factors)),
+                    spacing=tuple(sorted((float(v) for v in np.linalg.norm(  # type: ignore[arg-type]
+                        np.asarray(space.scan_affine)[:3, :3], axis=0)), reverse=True)))
 
 
 def input_need(model: nn.Module) -> int:
