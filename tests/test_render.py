@@ -18,6 +18,7 @@ from mri_lrp.render import (
     compose_overlay,
     render_overlay,
 )
+from mri_lrp.render.text import header_strip
 
 
 def world_volume(shape: tuple[int, int, int], affine: np.ndarray,
@@ -250,7 +251,7 @@ def test_mask_outline_is_drawn_around_the_mask_on_every_panel_through_it() -> No
 
 def test_header_labels_stay_inside_the_picture() -> None:
     long_title = "a scan id long enough to run past any picture " * 4
-    strip = render._header(MIN_WIDTH_PX, long_title, "subtitle", ("note",), 1.23456e-7, 99.5)
+    strip = header_strip(MIN_WIDTH_PX, long_title, "subtitle", ("note",), 1.23456e-7, 99.5)
     assert strip.shape == (HEADER_PX, MIN_WIDTH_PX, 3)
     # Nothing drawn in the outermost columns: every label was placed (or shortened) inside the strip.
     assert not strip[:, :2].any() and not strip[:, -2:].any()

@@ -31,7 +31,7 @@ from mri_lrp.model.transform import ModelSpace, to_scan, to_scan_channels
 from mri_lrp.outputs import NiftiMeta, save_nifti
 from mri_lrp.pipeline.layout import ScanFiles
 from mri_lrp.regions import region_rows
-from mri_lrp.render_folds import add_fold_strip
+from mri_lrp.render.folds import add_fold_strip
 from mri_lrp.scans.scan import Scan
 
 FOLD_COLUMNS = ["scan_id", "fold", "checkpoint", "checkpoint_sha256", "predicted_class", "prob", "relevance_sum",

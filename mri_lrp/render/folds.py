@@ -11,20 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mri_lrp.render import (
-    _PLANES,
-    BACKGROUND,
-    GAP_PX,
-    _as_3d,
-    _colour,
-    _finite,
-    _fit,
-    _grey_window,
-    _panel,
-    _peak,
-    _to_ras,
-    write_png,
-)
+from mri_lrp.render.colour import BACKGROUND, colourise, grey_window
+from mri_lrp.render.overlay import GAP_PX
+from mri_lrp.render.png import write_png
+from mri_lrp.render.text import fit_label
+from mri_lrp.render.view import PLANES, as_3d, display_grid, finite, panel_pixels, peak_voxel, to_ras
 
 SMALL_PX = 112      # the longest field of view of a fold panel, in pixels
 LABEL_PX = 16       # the strip of labels above the panels
@@ -35,18 +26,15 @@ def fold_strip(scan_data: np.ndarray, mean: np.ndarray, folds: np.ndarray, sprea
     """(H, width, 3) uint8: one labelled axial panel per fold, then the spread, wrapped to the picture's width."""
     from PIL import Image, ImageDraw
 
-    data = _finite(_as_3d(scan_data))
-    vol, rmean, zooms, _ = _to_ras(data, _finite(_as_3d(mean)), affine)
-    volumes = [_to_ras(data, _finite(_as_3d(m)), affine)[1] for m in (*folds, spread)]
-    px_mm = max(n * z for n, z in zip(vol.shape, zooms, strict=True)) / SMALL_PX
-    sizes = [max(1, round(n * z / px_mm)) for n, z in zip(vol.shape, zooms, strict=True)]
-    maps = [np.minimum((np.arange(s) + 0.5) * n / s, n - 1).astype(np.intp) for s, n in zip(sizes, vol.shape,
-                                                                                           strict=True)]
-    (h_axis, v_axis, fixed), _ = _PLANES["axial"]
-    index = _peak(rmean)[2] if vol.shape[2] > 1 else 0
+    data = finite(as_3d(scan_data))
+    vol, rmean, zooms, _ = to_ras(data, finite(as_3d(mean)), affine)
+    volumes = [to_ras(data, finite(as_3d(m)), affine)[1] for m in (*folds, spread)]
+    sizes, maps = display_grid(vol.shape, zooms, SMALL_PX)
+    (h_axis, v_axis, fixed), _ = PLANES["axial"]
+    index = peak_voxel(rmean)[2] if vol.shape[2] > 1 else 0
     h, w = sizes[v_axis], sizes[h_axis]
-    lo, hi = _grey_window(data)
-    grey = _panel(vol, h_axis, v_axis, fixed, index, maps)
+    lo, hi = grey_window(data)
+    grey = panel_pixels(vol, h_axis, v_axis, fixed, index, maps)
     per_row = max(1, (width - GAP_PX) // (w + GAP_PX))
     rows = -(-len(volumes) // per_row)
     strip = np.empty((rows * (LABEL_PX + h + GAP_PX) + GAP_PX, width, 3), dtype=np.uint8)
@@ -57,9 +45,9 @@ def fold_strip(scan_data: np.ndarray, mean: np.ndarray, folds: np.ndarray, sprea
         row, col = divmod(n, per_row)
         top = GAP_PX + row * (LABEL_PX + h + GAP_PX) + LABEL_PX
         left = GAP_PX + col * (w + GAP_PX)
-        signed = _panel(rvol, h_axis, v_axis, fixed, index, maps)
-        strip[top:top + h, left:left + w] = _colour(grey, signed, np.ones(grey.shape, dtype=bool), lo, hi, vmax)
-        shown, font = _fit(label, 10, False, w)
+        signed = panel_pixels(rvol, h_axis, v_axis, fixed, index, maps)
+        strip[top:top + h, left:left + w] = colourise(grey, signed, np.ones(grey.shape, dtype=bool), lo, hi, vmax)
+        shown, font = fit_label(label, 10, False, w)
         draw.text((left, top - LABEL_PX + 2), shown, font=font, fill=(255, 255, 255))
     drawn = np.asarray(text, dtype=np.uint8)
     ink = drawn.max(axis=2) > 0
