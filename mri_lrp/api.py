@@ -24,6 +24,9 @@ from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.outputs import DONE_MARKER
 from mri_lrp.settings import INPUT_SPEC_OPTIONS, Settings, build_settings, input_spec_options
 
+#: The summary columns of a fold ensemble's agreement (``ScanExplanation.agreement``).
+FOLD_SUMMARY_COLUMNS = ("folds", "fold_vote", "prob_std", "map_agreement", "region_agreement", "outlier_fold")
+
 #: `explain` options that belong to a batch run, not to one scan.
 RUN_OPTIONS = ("scans", "out", "shard", "resume", "quiet", "workers", "by_class", "layout")
 
@@ -44,6 +47,11 @@ class ScanExplanation:
     overlays: list[Path]               # overlay PNG per target, as `explain` wrote them
     folder: Path                       # the private folder holding the scan's files
     _tmp: tempfile.TemporaryDirectory = field(repr=False)
+    # A fold ensemble (checkpoint=[...]): relevance is the folds' mean; each fold's map, its folds.csv row
+    # and the agreement columns of the summary row (folds, fold_vote, prob_std, map_agreement, ...).
+    fold_relevance: np.ndarray | None = None   # float32 (k, *relevance.shape)
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    agreement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def regions(self) -> Any:
@@ -80,8 +88,12 @@ class ScanExplanation:
         return target
 
 
-def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **options: Any) -> ScanExplanation:
+def explain_scan(path: str | Path, checkpoint: str | Path | list[str | Path] | None = None,
+                 **options: Any) -> ScanExplanation:
     """Explain one scan or case (a NIfTI file, a DICOM series folder) as `mri-lrp explain` would.
+
+    ``checkpoint`` may be a list (or a glob) of fold checkpoints: the result is then the ensemble's, with
+    ``fold_relevance``, ``folds`` and ``agreement`` filled in.
 
     ``options`` are explain's options by their Python names (``rule="epsilon"``, ``target="all"``,
     ``masks="masks/"``, ``input_shape=(96, 96, 96)``, ``config="my.toml"``, ...), with the same defaults.
@@ -89,11 +101,14 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     cannot be read or explained.
     """
     from mri_lrp.lrp import Explainer
+    from mri_lrp.model.folds import ensemble_sha256
     from mri_lrp.pipeline.batch import Job
+    from mri_lrp.pipeline.folds import FoldJob
     from mri_lrp.pipeline.manifest import RunStats
     from mri_lrp.pipeline.read import prepare
     from mri_lrp.pipeline.run import (
         find_scans,
+        load_ensemble,
         load_model,
         model_notices,
         resolve_device,
@@ -116,11 +131,14 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     config = options.pop("config", None)
     spec = input_spec_options(**{k: options.pop(k) for k in list(options) if k in INPUT_SPEC_OPTIONS})
     tmp = tempfile.TemporaryDirectory(prefix="mri-lrp-")
-    cli = {**options, "scans": [str(path)], "checkpoint": None if checkpoint is None else str(checkpoint),
+    given = None if checkpoint is None else [str(c) for c in
+                                             (checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint])]
+    cli = {**options, "scans": [str(path)], "checkpoint": given,
            "out": tmp.name, "workers": 0, "quiet": True, "resume": False}
     settings = build_settings(cli, None if config is None else str(config), input_spec=spec)
 
-    loaded = load_model(settings)
+    folds = load_ensemble(settings) if settings.checkpoints else []
+    loaded = folds[0] if folds else load_model(settings)
     for note in model_notices(loaded):  # the demo model, an assumed input spec: as the run's log says
         warnings.warn(note.removeprefix("warning: "), UserWarning, stacklevel=2)
     refs, _ = find_scans(settings, loaded)
@@ -131,11 +149,13 @@ def explain_scan(path: str | Path, checkpoint: str | Path | None = None, **optio
     target = resolve_target(settings.target, loaded.class_names)
     device = resolve_device(settings.device)
     explainer = Explainer(loaded.model.to(device), **rule_params(settings))
-    fingerprint = settings.fingerprint(loaded.sha256)
+    fingerprint = settings.fingerprint(ensemble_sha256(folds) if folds else loaded.sha256)
     writer = scan_writer(Path(tmp.name), settings, loaded, fingerprint)
     failures: list[dict[str, Any]] = []
-    job = Job(settings, loaded, explainer, target, device, Reporter(quiet=True, stream=io.StringIO()),
-              RunStats(), writer, failures)
+    job_args = (settings, loaded, explainer, target, device, Reporter(quiet=True, stream=io.StringIO()),
+                RunStats(), writer, failures)
+    explainers = [explainer, *(Explainer(f.model.to(device), **rule_params(settings)) for f in folds[1:])]
+    job = FoldJob(folds, explainers, *job_args) if folds else Job(*job_args)
 
     prepared = prepare(refs[0], loaded.input_spec)
     explained = job.explain_one(prepared)
@@ -159,11 +179,17 @@ def _read_back(out: Path, scan: Any, explained: Any, class_names: list[str],
     overlays = [folder / name for name in marker["files"] if Path(name).name.startswith("overlay")
                 and name.endswith(".png")]
     probs = {name: float(p) for name, p in zip(class_names, explained.probs, strict=True)}
+    fold_maps = None
+    if explained.folds is not None:
+        fold_maps = np.stack([np.asarray(nib.load(folder / f"relevance_fold{k}.nii.gz").dataobj, dtype=np.float32)
+                              for k in range(len(explained.folds.sources))])
+    agreement = {k: marker["summary"][k] for k in FOLD_SUMMARY_COLUMNS if k in marker["summary"]}
     return ScanExplanation(
         scan_id=scan.scan_id, source=scan.source, relevance=relevance, affine=np.array(scan.affine, dtype=float),
         probs=probs, predicted_class=class_names[int(np.argmax(explained.probs))],
         targets=[class_names[t] for t in explained.targets], summary=marker["summary"], region_rows=rows,
-        overlays=overlays, folder=folder, _tmp=tmp)
+        overlays=overlays, folder=folder, _tmp=tmp, fold_relevance=fold_maps, folds=marker.get("folds", []),
+        agreement=agreement)
 
 
 def _number(text: str) -> Any:

@@ -105,6 +105,8 @@ EXPLAIN_EXAMPLES = """[bold]Examples[/bold]
 
   mri-lrp explain scans/ --checkpoint best.pth --config my.toml --input-shape 96,96,96
 
+  mri-lrp explain scans/ --checkpoint 'folds/fold_*/model.pt'     (a fold ensemble, each scan read once)
+
   mri-lrp explain scans/ --dry-run       (the plan: scans, model, rule per layer; writes nothing)
 
   mri-lrp config example byo_state_dict > my.toml       (a commented config to start from)
@@ -113,8 +115,9 @@ EXPLAIN_EXAMPLES = """[bold]Examples[/bold]
 
 #: Options `explain` and `evaluate` share, spelled once.
 ScansArg = Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")]
-CheckpointOpt = Annotated[str | None, typer.Option(
-    help="Model checkpoint (default: the shipped demo model).", rich_help_panel=MODEL)]
+CheckpointOpt = Annotated[list[str] | None, typer.Option(
+    metavar="<path>", help="Model checkpoint (default: the shipped demo model); repeat it or give a quoted glob "
+    "('folds/fold_*/model.pt') to explain a fold ensemble.", rich_help_panel=MODEL)]
 ModelOpt = Annotated[str | None, typer.Option(
     help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)]
 ModelKwargsOpt = Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.", rich_help_panel=MODEL)]

@@ -33,7 +33,7 @@ from mri_lrp.regions import by_class_table
 from mri_lrp.report import write_report
 from mri_lrp.shard import Shard, assign
 
-TABLES = ("summary", "regions", "failures")
+TABLES = ("summary", "regions", "failures", "folds")  # folds: only a fold ensemble's runs write it
 BY_CLASS_TABLE = "regions_by_class.csv"
 TIMING_KEYS = ("seconds", "timings")
 _RUN_MERGED_KEY = "merged"
@@ -425,6 +425,8 @@ def merge_outputs(out_dirs: list[Path], out: Path, allow_mixed: bool = False) ->
     )
     atomic_write_json(out / "run.json", _run_document(sets, report))  # first: marks out as a merge
     for table in TABLES:
+        if table == "folds" and not any("folds" in s.columns for s in sets):
+            continue
         write_csv(out / f"{table}.csv", merged[table], _ordered_columns(sets, table))
     if any((s.folder / BY_CLASS_TABLE).is_file() for s in sets):  # means over all scans, not per shard
         write_csv(out / BY_CLASS_TABLE, by_class_table(merged["summary"], merged["regions"]), [])

@@ -27,6 +27,7 @@ SUMMARY_COLUMNS = [
     "relevance_mass_accuracy", "pointing_game", "mask_volume_ml",
     "fitness", "input_coverage", "scan_inside", "feature_distance", "feature_percentile", "intensity_distance",
     "fitness_reasons",
+    "folds", "fold_vote", "prob_std", "map_agreement", "region_agreement", "outlier_fold",  # fold ensembles
     "warnings", "status", "seconds", "modality", "series_description", "series_number", "protocol",
 ]
 FAILURE_COLUMNS = ["scan_id", "source", "stage", "error"]

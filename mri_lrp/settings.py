@@ -31,6 +31,7 @@ class Settings:
 
     scans: tuple[str, ...] = ()
     checkpoint: str | None = None
+    checkpoints: tuple[str, ...] = ()  # two or more: the folds of an ensemble, explained together
     model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     trust_checkpoint: bool = False
@@ -93,7 +94,10 @@ class Settings:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        out = {k: _jsonable(v) for k, v in asdict(self).items()}
+        if not self.checkpoints:  # a one-checkpoint run records its settings as before folds existed
+            out.pop("checkpoints")
+        return out
 
     @property
     def batch_size_value(self) -> int | None:
@@ -143,6 +147,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for name in ("checkpoint", "out", "atlas", "atlas_labels", "masks", "reference"):
         if isinstance(out.get(name), str) and not os.path.isabs(out[name]) and out[name] != "batch":
             out[name] = str((p.parent / out[name]).resolve())
+    if "checkpoints" in out:  # paths or globs, relative to the file too
+        out["checkpoints"] = [c if os.path.isabs(c) else str(p.parent / c) for c in out["checkpoints"]]
     if isinstance(out.get("scans"), str):
         out["scans"] = [out["scans"]]
     if "scans" in out:
@@ -164,6 +170,7 @@ _CONFIG_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     "target": ("a class name or index", (str, int)), "model_output": ("an index or a key", (str, int)),
     "batch_size": ("'auto' or a whole number", (str, int)),
     "scans": ("a path or a list of paths", (str, list)), "class_names": ("a list of names", (list,)),
+    "checkpoints": ("a list of paths or globs", (list,)),
 }
 
 
@@ -171,7 +178,7 @@ def _check_config_type(path: Path, key: str, name: str, value: Any) -> Any:
     """Refuse a config value of the wrong TOML type with a message naming the file and option."""
     expected, types = _CONFIG_TYPES[name]
     wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-    if name in ("scans", "class_names", "include", "exclude") and isinstance(value, list):
+    if name in ("scans", "class_names", "include", "exclude", "checkpoints") and isinstance(value, list):
         wrong = not all(isinstance(v, str) for v in value)
     if wrong:
         raise SettingsError(f"{path}: option '{key}' must be {expected}, got {value!r}")
@@ -189,6 +196,7 @@ def build_settings(cli: dict[str, Any], config_path: str | None = None,
     if config_path:
         values.update(load_config(config_path))
     values.update({k: v for k, v in cli.items() if v is not None and not (k == "scans" and not v)})
+    _checkpoint_list(values, from_cli=cli.get("checkpoint") is not None)
     if input_spec:
         values["input_spec"] = {**(values.get("input_spec") or {}), **input_spec}
     for name in ("scans", "class_names", "include", "exclude"):
@@ -204,6 +212,32 @@ def build_settings(cli: dict[str, Any], config_path: str | None = None,
         raise SettingsError(f"bad option: {e}") from None
     validate(settings)
     return settings
+
+
+def _checkpoint_list(values: dict[str, Any], from_cli: bool) -> None:
+    """``--checkpoint`` (repeatable, globs) and ``checkpoints = [...]`` become one ``checkpoint``, or two or more
+    ``checkpoints`` (the folds of an ensemble). The command line's checkpoints replace the config's."""
+    import glob
+
+    if from_cli:
+        values.pop("checkpoints", None)
+    given = values.pop("checkpoint", None)
+    items = [given] if isinstance(given, str) else list(given or [])
+    items += list(values.pop("checkpoints", None) or [])
+    paths: list[str] = []
+    for item in items:
+        item = str(item)
+        found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        if not found:
+            raise SettingsError(f"--checkpoint {item}: no file matches this pattern")
+        for path in found:
+            if path in paths:
+                raise SettingsError(f"--checkpoint {path}: given twice (each fold once)")
+            paths.append(path)
+    if len(paths) == 1:
+        values["checkpoint"] = paths[0]
+    elif paths:
+        values["checkpoints"] = tuple(paths)
 
 
 #: Options that set one key of the input spec each (``--input-shape``, ``input_shape=`` in Python).
@@ -273,10 +307,13 @@ def validate(s: Settings) -> None:
     if not isinstance(s.workers, int) or s.workers < 0:
         raise SettingsError(f"--workers: must be a whole number >= 0, got {s.workers!r}")
     _validate_device(s.device)
-    if s.checkpoint is not None and not os.path.isfile(s.checkpoint):
-        what = "is a folder, not a checkpoint file" if os.path.isdir(s.checkpoint) else "checkpoint file not found"
-        raise SettingsError(f"{s.checkpoint}: {what}")
-    if s.model is not None and s.checkpoint is None:
+    for path in (s.checkpoint, *s.checkpoints):
+        if path is not None and not os.path.isfile(path):
+            what = "is a folder, not a checkpoint file" if os.path.isdir(path) else "checkpoint file not found"
+            raise SettingsError(f"{path}: {what}")
+    if s.checkpoint is not None and s.checkpoints:
+        raise SettingsError("give either one checkpoint or the folds' checkpoints, not both")
+    if s.model is not None and s.checkpoint is None and not s.checkpoints:
         raise SettingsError("--model needs --checkpoint (the state_dict file to load into it)")
     if (s.atlas is None) != (s.atlas_labels is None):
         raise SettingsError("--atlas and --atlas-labels go together: give both or neither")

@@ -33,7 +33,7 @@ def test_every_summary_and_regions_column_is_documented_and_nothing_else() -> No
     summary = _documented("`summary.csv`, one row per scan")
     assert sorted(c for c in summary if "<" not in c) == sorted(SUMMARY_COLUMNS)
     regions = _documented("`regions.csv`, one row per scan")
-    assert sorted(regions) == sorted([*REGION_COLUMNS, "target_class"])
+    assert sorted(regions) == sorted([*REGION_COLUMNS, "target_class", "fold"])
 
 
 def test_failures_skipped_and_by_class_columns_are_listed() -> None:

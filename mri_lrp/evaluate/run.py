@@ -18,6 +18,7 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.errors import ScanError, SettingsError
+from mri_lrp.evaluate.folds import ensemble_target, fold_stability, unstable
 from mri_lrp.evaluate.perturb import BASELINES, Curves, as_model, as_volume, perturbation_curves
 from mri_lrp.evaluate.plots import plot_curves, plot_sanity
 from mri_lrp.evaluate.sanity import (
@@ -37,6 +38,7 @@ from mri_lrp.pipeline.read import Prepared, prepare
 from mri_lrp.pipeline.run import (
     find_scans,
     fitness_check,
+    load_ensemble,
     load_model,
     model_notices,
     resolve_device,
@@ -102,7 +104,10 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     """Evaluate every rule on every scan found; returns the exit code. Setup errors raise."""
     options.validate()
     t_start = time.time()
-    loaded = load_model(settings)  # as explain loads it: a partial [input_spec] updates the checkpoint's key by key
+    # As explain loads it: a partial [input_spec] updates the checkpoint's key by key. With several checkpoints,
+    # fold 0 is perturbed and randomised, and every fold gives fold_stability.
+    folds = load_ensemble(settings) if settings.checkpoints else []
+    loaded = folds[0] if folds else load_model(settings)
     for note in model_notices(loaded):  # the demo model, an assumed spec: the ranking is about this model
         reporter.note(note, always=True)
     device = resolve_device(settings.device)
@@ -111,6 +116,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     if target == "all":
         raise SettingsError("--target all: evaluate one class per scan (predicted, a name or an index)")
     explainers = {name: _explainer(model, name, settings) for name in options.rules}
+    other_folds = {name: [_explainer(f.model.to(device), name, settings) for f in folds[1:]] for name in options.rules}
     fitness = fitness_check(settings, loaded, explainers[options.rules[0]])  # features: the first rule's pass
     fit_rows: list[dict[str, Any]] = []
     refs, skipped = find_scans(settings, loaded)  # explain's filters and multi-channel cases
@@ -153,7 +159,9 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
             continue
         x = prepared.model_input.tensor.to(device)
         batch = x if spec.dims == 2 else x.unsqueeze(0)
-        t = _scan_target(explainers[options.rules[0]], batch, target, spec.dims)
+        first = options.rules[0]
+        t = _scan_target(explainers[first], batch, target, spec.dims) if not folds or target is not None \
+            else ensemble_target([explainers[first], *other_folds[first]], batch, spec.dims)
         originals: dict[str, torch.Tensor] = {}
         for name, explainer in explainers.items():
             t0 = time.perf_counter()
@@ -172,6 +180,9 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
                                     random_repeats=options.random_repeats, seed=options.seed)
             metrics = _metrics(c)
             metrics.update(_mask_metrics(mask, prepared, relevance, spec.dims))
+            if folds:
+                metrics["fold_stability"] = fold_stability(
+                    [relevance, *(_relevance(e, batch, t, settings.init, spec.dims) for e in other_folds[name])])
             metrics["seconds"] = round(time.perf_counter() - t0, 3)
             faith += [{"scan_id": ref.scan_id, "rule": name, "metric": k, "value": val} for k, val in metrics.items()]
             curves += _curve_rows(ref.scan_id, name, c)
@@ -185,7 +196,7 @@ def run_evaluate(settings: Settings, options: EvaluateOptions, reporter: Reporte
     write_csv(out / "faithfulness.csv", faith, FAITHFULNESS_COLUMNS)
     write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
     write_csv(out / "sanity.csv", sanity, SANITY_COLUMNS)
-    write_csv(out / "ranking.csv", ranking, RANKING_COLUMNS)
+    write_csv(out / "ranking.csv", ranking, [*RANKING_COLUMNS, *(["fold_stability"] if folds else [])])
     write_csv(out / FAILURES_NAME, failures, FAILURE_COLUMNS)
     if curves:
         plot_curves(out / "curves.png", curves, options.rules)
@@ -293,8 +304,11 @@ def rank_rules(faith: list[dict[str, Any]], sanity: list[dict[str, Any]], rules:
             "morf_minus_random": mean("morf_minus_random"), "relevance_mass_accuracy": mean("relevance_mass_accuracy"),
             "sanity_spearman_abs": survives,
             "survives_randomisation": "" if survives == "" else bool(survives >= SURVIVES_THRESHOLD),
+            **({"fold_stability": mean("fold_stability")} if any(r["metric"] == "fold_stability" for r in faith)
+               else {}),
         })
     return sorted(rows, key=lambda r: (r["survives_randomisation"] is True,
+                                       unstable(r),
                                        -r["abpc"] if r["abpc"] != "" else float("inf")))
 
 

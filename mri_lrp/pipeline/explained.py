@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mri_lrp.folds import FoldMaps
 from mri_lrp.pipeline.read import Prepared
 
 
@@ -27,3 +28,4 @@ class Explained:
     output_abs: list[float]            # Σ |R_out| per target: the conservation error's scale
     seconds: float
     fitness: dict[str, Any] = field(default_factory=dict)  # fitness.score.FITNESS_COLUMNS of the scan
+    folds: FoldMaps | None = None      # a fold ensemble: each fold's maps; relevance and probs are their means

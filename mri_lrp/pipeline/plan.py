@@ -53,6 +53,8 @@ class Plan:
         spec = ", ".join(f"{k}={v}" for k, v in m["input_spec"].items())
         out += [f"model: {m['path']} ({m['architecture']}, {m['parameters']:,} parameters, sha256 "
                 f"{m['sha256'][:12]})",
+                *([f"fold ensemble: {len(s.checkpoints)} checkpoints, loaded and agreeing on the input spec and "
+                   f"classes (the model shown is fold 0): {', '.join(s.checkpoints)}"] if s.checkpoints else []),
                 f"classes: {', '.join(m['classes'])}",
                 *(f"warning: {w}" for w in self.warnings),
                 f"input spec: {spec}",

@@ -8,7 +8,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from mri_lrp.fitness.score import OUT_FACTOR, FitnessCheck, fitness_counts
 from mri_lrp.hints import no_scans_hint
 from mri_lrp.lrp import Explainer
 from mri_lrp.model.checkpoint import DEMO_NOTICE, LoadedModel, load_checkpoint
+from mri_lrp.model.folds import ensemble_sha256, fold_manifest, load_folds
 from mri_lrp.outputs import (
     DONE_MARKER,
     FAILURE_COLUMNS,
@@ -32,6 +33,8 @@ from mri_lrp.outputs import (
     write_csv,
 )
 from mri_lrp.pipeline.batch import Job
+from mri_lrp.pipeline.fold_outputs import FOLD_COLUMNS
+from mri_lrp.pipeline.folds import FoldJob, fold_rows
 from mri_lrp.pipeline.layout import Layout, write_bids_root
 from mri_lrp.pipeline.lock import acquire as acquire_lock
 from mri_lrp.pipeline.manifest import RunStats, history_path, run_manifest
@@ -86,13 +89,16 @@ class Setup:
     device: torch.device
     explainer: Explainer
     fitness: FitnessCheck | None = None  # None until --reference batch has read the run's scans
+    folds: list[LoadedModel] = field(default_factory=list)   # a fold ensemble: every fold (loaded is fold 0)
+    explainers: list[Explainer] = field(default_factory=list)  # one per fold (explainer is fold 0's)
 
 
 def prepare(settings: Settings, reporter: Reporter) -> Setup:
     """Load and check everything a usage error can lie in (checkpoint, target, device, rules, atlas)."""
     if settings.workers > 0:  # already running when started by the console entry point
         start_worker_server()  # its imports overlap loading the model and finding the scans
-    loaded = load_model(settings)
+    folds = load_ensemble(settings) if settings.checkpoints else []
+    loaded = folds[0] if folds else load_model(settings)
     for note in model_notices(loaded):
         reporter.note(note, always=True)
     target = resolve_target(settings.target, loaded.class_names)
@@ -101,15 +107,16 @@ def prepare(settings: Settings, reporter: Reporter) -> Setup:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainer = Explainer(model, **rule_params(settings))
-    for w in caught:
-        reporter.note(f"warning: {w.message}", always=True)
+        explainers = [explainer, *(Explainer(f.model.to(device), **rule_params(settings)) for f in folds[1:])]
+    for message in dict.fromkeys(str(w.message) for w in caught):  # once, not once per fold
+        reporter.note(f"warning: {message}", always=True)
     if explainer.output_choice:
         reporter.note(f"model output explained: {explainer.output_choice}", always=True)
     if settings.atlas:
         cached_atlas(settings.atlas, settings.atlas_labels)  # a bad atlas is a setup error, before any scan
     # A bad or foreign envelope too; --reference batch is built from the scans, inside the run.
     fitness = None if settings.reference == "batch" else fitness_check(settings, loaded, explainer)
-    return Setup(loaded, target, device, explainer, fitness)
+    return Setup(loaded, target, device, explainer, fitness, folds, explainers)
 
 
 def remove_empty_folders(top: Path) -> None:
@@ -150,8 +157,11 @@ def scan_writer(out: Path, settings: Settings, loaded: LoadedModel, fingerprint:
 def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: RunStats) -> int:
     t_start = time.time()
     loaded, target, device, explainer = setup.loaded, setup.target, setup.device, setup.explainer
+    folds, explainers = setup.folds, setup.explainers
     fitness = setup.fitness or fitness_check(settings, loaded, explainer, reporter)  # --reference batch
-    fingerprint = settings.fingerprint(loaded.sha256)
+    fingerprint = settings.fingerprint(ensemble_sha256(folds) if folds else loaded.sha256)
+    if folds:
+        reporter.note(f"fold ensemble: {len(folds)} checkpoints, each scan read once and explained by every fold")
 
     refs, skipped = find_scans(settings, loaded)
     stats.found, stats.skipped_files = len(refs), len(skipped)
@@ -186,7 +196,8 @@ def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: Run
 
     failures: list[dict[str, Any]] = []
     writer = scan_writer(out, settings, loaded, fingerprint, layout)
-    job = Job(settings, loaded, explainer, target, device, reporter, stats, writer, failures, fitness)
+    job_args = (settings, loaded, explainer, target, device, reporter, stats, writer, failures, fitness)
+    job = FoldJob(folds, explainers, *job_args) if folds else Job(*job_args)
     with StopOnSignal() as stop:
         job.stop = stop
         job.run(todo)
@@ -200,12 +211,16 @@ def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: Run
     write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
     write_csv(tables_dir / "failures.csv", failures, FAILURE_COLUMNS)
     write_csv(tables_dir / "skipped.csv", [{"path": s.path, "reason": s.reason} for s in skipped], SKIPPED_COLUMNS)
+    if folds:
+        write_csv(tables_dir / "folds.csv", fold_rows(out, refs, fingerprint), FOLD_COLUMNS)
     if settings.by_class:
         write_csv(tables_dir / "regions_by_class.csv", by_class_table(summary, regions), BY_CLASS_COLUMNS)
     stats.done = len(summary)
     wall = time.time() - t_start
     manifest = run_manifest(settings, loaded, device, stats, wall, shard, fingerprint, skipped=skipped)
     manifest["fitness"] = fitness_counts(summary, len(job.unfit))
+    if folds:
+        manifest["folds"] = fold_manifest(folds)
     atomic_write_json(tables_dir / "run.json", manifest)
     atomic_write_json(history_path(tables_dir, t_start), manifest)
     if shard is None:  # a shard's tables are a part: the merge writes the report
@@ -259,13 +274,22 @@ def fitness_check(settings: Settings, loaded: LoadedModel, explainer: Explainer,
 
 
 def load_model(settings: Settings) -> LoadedModel:
-    """The checkpoint as the settings name it (the demo model when none), in eval mode on the CPU."""
+    """The checkpoint as the settings name it (the demo model when none), in eval mode on the CPU; for a fold
+    ensemble, fold 0 once every fold has loaded and agrees with it."""
+    if settings.checkpoints:
+        return load_ensemble(settings)[0]
     return load_checkpoint(
         settings.checkpoint, model=settings.model, model_kwargs=settings.model_kwargs or None,
         class_names=list(settings.class_names) if settings.class_names else None,
         input_spec=settings.input_spec or None, trust_checkpoint=settings.trust_checkpoint,
         model_output=settings.model_output,
     )
+
+
+def load_ensemble(settings: Settings) -> list[LoadedModel]:
+    """Every fold of ``checkpoints``, loaded as one checkpoint would be, refused when they disagree."""
+    return load_folds(settings.checkpoints,
+                      lambda path: load_model(replace(settings, checkpoint=path, checkpoints=())))
 
 
 def select_shard(refs: list[ScanRef], settings: Settings) -> tuple[Shard | None, list[ScanRef]]:

@@ -13,10 +13,12 @@ import torch
 
 from mri_lrp import __version__
 from mri_lrp.cohort.scanfacts import write_cohort_files
+from mri_lrp.folds import FoldMaps
 from mri_lrp.lrp.explain import conservation_note
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.explained import Explained
+from mri_lrp.pipeline.fold_outputs import scan_maps, write_folds
 from mri_lrp.pipeline.layout import Layout
 from mri_lrp.pipeline.read import HELD
 from mri_lrp.regions import (
@@ -64,6 +66,7 @@ class WriteJob:
     dicom: dict[str, str] = field(default_factory=dict)           # DICOM facts from discovery, for the tables
     model_input: np.ndarray | None = None  # (X, Y, Z, C) model tensor, only with --save-model-input
     fitness: dict[str, Any] = field(default_factory=dict)  # fitness.score.FITNESS_COLUMNS
+    folds: FoldMaps | None = None          # a fold ensemble: each fold's maps (relevance is their mean)
 
     @classmethod
     def of(cls, res: Explained, with_input: bool = False) -> WriteJob:
@@ -72,7 +75,7 @@ class WriteJob:
         return cls(p.scan, p.ref, p.model_input.space, res.relevance.numpy(), res.probs, res.targets,
                    res.output_relevance, res.absorbed, res.output_abs, res.seconds, p.model_input.notes,
                    list(p.ref.identity), {**p.ref.dicom, "series_description": p.ref.series_description}, seen,
-                   res.fitness)
+                   res.fitness, folds=res.folds)
 
 
 def write_held(writer: ScanWriter, job: WriteJob) -> tuple[float, str]:
@@ -117,10 +120,13 @@ class ScanWriter:
         first: dict[str, Any] = {}
         stamp = "; ".join(filter(None, [self.stamp, fitness_stamp(res.fitness)]))
         per_channel: list[np.ndarray] = []  # a multi-channel case: (C, I, J, K) per target
+        fold_maps = None if res.folds is None else scan_maps(res.folds, ctx, scan.channels)  # (k, T, I, J, K)
         for n, t in enumerate(res.targets):
             if scan.channels:
                 per_channel.append(channel_maps(res.relevance[n], ctx))
                 rel = per_channel[-1].sum(axis=0, dtype=np.float64).astype(np.float32)
+            elif fold_maps is not None:  # the folds' mean, from their maps on the scan grid (each mapped back once)
+                rel = fold_maps[:, n].mean(axis=0, dtype=np.float64).astype(np.float32)
             else:
                 rel = to_scan(torch.from_numpy(res.relevance[n]), ctx).astype(np.float32)
             maps.append(rel)
@@ -173,6 +179,12 @@ class ScanWriter:
         cohort_files, probes = write_cohort_files(scan_dir, scan, res.relevance[shown], ctx, maps[shown],
                                                   names[res.targets[shown]])
         files.extend(cohort_files)
+        fold = None if fold_maps is None else write_folds(
+            res.folds, fold_maps, scan, where, partition, mask_part, voxel_ml, res.targets, names,
+            self._nifti_meta(scan, vmax), where.overlay(_safe(names[res.targets[shown]]) if multi else ""), vmax)
+        if fold is not None:  # the mean's rows, then each fold's
+            rows = [*({**row, "fold": "mean"} for row in rows), *fold.region_rows]
+            files.extend(fold.files)
         write_csv(scan_dir / "regions.csv", rows, [*REGION_COLUMNS, "target_class"])
         files.append("regions.csv")
         seconds = res.seconds + (time.perf_counter() - t0)
@@ -185,15 +197,18 @@ class ScanWriter:
             "predicted_class": names[pred], "predicted_prob": float(res.probs[pred]),
             **first, **probes,
             **res.fitness,
+            **(fold.summary if fold is not None else {}),
             "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
                                    *filter(None, [fitness_warning(res.fitness)]),
                                    *filter(None, [conservation_note(out_rel, total, out_abs),
-                                                  padding_note(res.relevance, ctx, out_abs)]))),
+                                                  padding_note(res.relevance, ctx, out_abs)]),
+                                   *(fold.warnings if fold is not None else ()))),
             "status": "ok", "seconds": round(seconds, 3),
             **self._join_columns(res.dicom),
         }
         atomic_write_json(scan_dir / DONE_MARKER, {"fingerprint": self.fingerprint, "inputs": res.identity,
-                                                   "files": files, "summary": summary})
+                                                   "files": files, "summary": summary,
+                                                   **({"folds": fold.rows} if fold is not None else {})})
         return time.perf_counter() - t0, "ok"
 
     def _nifti_meta(self, scan: Scan, vmax: float) -> NiftiMeta:

@@ -23,6 +23,7 @@ from mri_lrp import __version__
 from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import DONE_MARKER, atomic_write_text, read_csv
 from mri_lrp.report.cohort import cohort_section
+from mri_lrp.report.folds import fold_section
 from mri_lrp.report.plots import heat_table, histogram_svg, strip_svg
 from mri_lrp.report.preview import PREVIEW_NAME
 
@@ -35,12 +36,14 @@ TABLE_COLUMNS = (
     ("target_class", "target", "text"), ("conservation_error", "conservation error", "num"),
     ("relevance_mass_accuracy", "mass accuracy", "num"), ("pointing_game", "pointing game", "text"),
     ("mask_volume_ml", "mask ml", "num"), ("top_region", "top region", "text"),
+    ("fold_vote", "fold vote", "num"), ("map_agreement", "fold agreement", "num"),
     ("fitness", "input fitness", "text"),
     ("warnings", "warnings", "text"), ("status", "status", "text"), ("source", "source", "text"),
 )
 _MASK_COLUMNS = ("relevance_mass_accuracy", "pointing_game", "mask_volume_ml")
-_REGION_COLUMNS = ("partition", "channel", "target_class", "region_name", "voxels", "volume_ml", "relevance_sum",
-                   "relevance_fraction", "relevance_density", "rank")
+_FOLD_COLUMNS = ("fold_vote", "map_agreement")  # a fold ensemble's
+_REGION_COLUMNS = ("partition", "channel", "target_class", "fold", "region_name", "voxels", "volume_ml",
+                   "relevance_sum", "relevance_fraction", "relevance_density", "rank")
 
 
 def _table(path: Path) -> list[dict[str, str]]:
@@ -143,6 +146,9 @@ def write_report(out: Path) -> Path:
     by_scan: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in regions:
         by_scan[row.get("scan_id", "")].append(row)
+    folds_by_scan: dict[str, list[dict[str, str]]] = defaultdict(list)  # a fold ensemble's folds.csv
+    for row in _table(out / "folds.csv"):
+        folds_by_scan[row.get("scan_id", "")].append(row)
     rows = []
     ids = [r.get("scan_id", "") for r in summary]
     for n, row in enumerate(summary):
@@ -153,7 +159,7 @@ def write_report(out: Path) -> Path:
         rows.append({**{k: row.get(k, "") for k, _, _ in TABLE_COLUMNS}, "_page": _href(page),
                      "_thumb": _href(overlays[0]) if overlays else ""})
         neighbours = (ids[n - 1] if n else None, ids[n + 1] if n + 1 < len(ids) else None)
-        html = scan_page(out, row, files, by_scan.get(scan_id, []), neighbours)
+        html = scan_page(out, row, files, by_scan.get(scan_id, []), neighbours, folds_by_scan.get(scan_id, []))
         _write_page(report_dir / "scans" / _scan_page_name(scan_id), html)
     page = out / REPORT_NAME
     atomic_write_text(page, main_page(out, run, summary, rows, failures, skipped, regions))
@@ -164,8 +170,9 @@ def _columns(summary: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     """The table's columns: mask metrics only when some scan has a mask, no column the run lacks."""
     present = set(summary[0]) if summary else {c for c, _, _ in TABLE_COLUMNS}
     has_mask = any(r.get("relevance_mass_accuracy") not in (None, "") for r in summary)
+    has_folds = any(r.get("folds") not in (None, "") for r in summary)
     return [{"key": key, "label": label, "type": kind} for key, label, kind in TABLE_COLUMNS
-            if key in present and (has_mask or key not in _MASK_COLUMNS)]
+            if key in present and (has_mask or key not in _MASK_COLUMNS) and (has_folds or key not in _FOLD_COLUMNS)]
 
 
 def _kv_table(items: Mapping[str, Any], cls: str = "kv") -> str:
@@ -307,7 +314,7 @@ scan's page.</p><div id="gallery-grid" class="gallery"></div>
 
 
 def scan_page(out: Path, row: Mapping[str, str], files: Sequence[str], regions: Sequence[Mapping[str, str]],
-              neighbours: tuple[str | None, str | None]) -> str:
+              neighbours: tuple[str | None, str | None], folds: Sequence[Mapping[str, str]] = ()) -> str:
     """One scan's page: its summary row, overlays, region table and the slice viewer."""
     scan_id = row.get("scan_id", "")
     up = "../../"
@@ -343,6 +350,7 @@ it. The viewer shows a downsampled copy; the full map is the relevance volume be
 <section id="viewer-section"><h2>Slice viewer</h2>{viewer}</section>
 <section id="overlays"><h2>Overlays</h2><div class="overlays">{overlays or '<p class="empty">No overlay.</p>'}</div>
 </section>
+{fold_section(row, folds)}
 <section id="regions"><h2>Regions</h2>{_rows_table(regions, columns, "data regions", "No region rows.")}</section>
 <section id="files"><h2>Files</h2><ul>{links}</ul></section>
 </main>
