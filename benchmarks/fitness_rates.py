@@ -119,12 +119,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=60)
     parser.add_argument("--per-kind", type=int, default=40)
     parser.add_argument("--cost-scans", type=int, default=10)
+    parser.add_argument("--cost-only", action="store_true", help="Only part 2 (the cost per scan).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print("| input | scans | out (or refused) | flagged (out or doubtful) |\n|---|---|---|---|")
-        for label, n, out, flagged in rates(work, args.train, args.per_kind):
-            print(f"| {label} | {n} | {out:.0%} | {flagged:.0%} |")
+        if not args.cost_only:
+            print("| input | scans | out (or refused) | flagged (out or doubtful) |\n|---|---|---|---|")
+            for label, n, out, flagged in rates(work, args.train, args.per_kind):
+                print(f"| {label} | {n} | {out:.0%} | {flagged:.0%} |")
         lrp, fit, threads = cost(work, args.cost_scans)
         print(f"\ncost per scan ({threads} torch threads): LRP pass {lrp * 1000:.0f} ms, fitness checks "
               f"{fit * 1000:.1f} ms ({fit / lrp:.1%} of the LRP pass)")

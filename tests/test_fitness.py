@@ -10,12 +10,13 @@ from pathlib import Path
 import fitness_factory as ff
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mri_lrp.cli import app
 from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.fitness import checks
-from mri_lrp.fitness.envelope import MIN_REFERENCE, Envelope
+from mri_lrp.fitness.envelope import MIN_REFERENCE, VERSION, Envelope
 from mri_lrp.model.checkpoint import load_checkpoint
 from mri_lrp.outputs import read_csv
 from mri_lrp.pipeline.read import prepare
@@ -117,6 +118,7 @@ def test_an_envelope_of_another_model_is_refused_unless_asked(trained: dict[str,
     args = ["explain", str(scans), "--reference", str(trained["envelope"]), "-j0"]  # the demo model
     refused = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert refused.exit_code == 2 and "calibrate for this model" in refused.output
+    assert not (tmp_path / "a").exists()  # refused before --out is made
     accepted = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--reference-any-model"])
     assert accepted.exit_code == 0, accepted.output
     row = read_csv(tmp_path / "b" / "summary.csv")[0]
@@ -154,6 +156,7 @@ def test_explain_with_a_reference_marks_and_skips_unfit_scans(trained: dict[str,
     scans = tmp_path / "scans"
     ff.write_phantoms(scans, range(4000, 4002))
     ff.write_phantoms(scans, range(4002, 4003), "inverted")
+    ff.write_phantoms(scans, range(4003, 4004), "ct_like")
     base = ["explain", str(scans), "--checkpoint", str(trained["checkpoint"]), "--reference",
             str(trained["envelope"]), "-j0"]
     kept = runner.invoke(app, [*base, "--out", str(tmp_path / "kept")])
@@ -162,19 +165,23 @@ def test_explain_with_a_reference_marks_and_skips_unfit_scans(trained: dict[str,
     inverted = rows["inverted_04002"]
     assert inverted["fitness"] == "out" and float(inverted["feature_percentile"]) == 100.0
     assert "input fitness out" in inverted["warnings"] and "contrast unlike the reference" in inverted["warnings"]
-    assert (tmp_path / "kept" / "scans" / "inverted_04002" / "overlay.png").exists()
+    from PIL import Image
+
+    overlay = Image.open(tmp_path / "kept" / "scans" / "inverted_04002" / "overlay.png")
+    assert "INPUT UNLIKE THE MODEL'S" in overlay.text["Warning"]
     assert all(rows[f"normal_0400{i}"]["fitness"] != "out" for i in (0, 1))
     counts = json.loads((tmp_path / "kept" / "run.json").read_text())["fitness"]
-    assert counts["out"] == 1 and counts["skipped_unfit"] == 0
+    assert counts["out"] == 2 and counts["skipped_unfit"] == 0
 
     skipped = runner.invoke(app, [*base, "--out", str(tmp_path / "skipped"), "--skip-unfit"])
     assert skipped.exit_code == 0, skipped.output
     assert {r["scan_id"] for r in read_csv(tmp_path / "skipped" / "summary.csv")} == {"normal_04000", "normal_04001"}
-    listed = read_csv(tmp_path / "skipped" / "skipped.csv")
-    assert len(listed) == 1 and listed[0]["path"].endswith("inverted_04002.nii.gz")
-    assert listed[0]["reason"].startswith("not explained (--skip-unfit): ")
+    listed = {Path(r["path"]).name: r["reason"] for r in read_csv(tmp_path / "skipped" / "skipped.csv")}
+    assert set(listed) == {"inverted_04002.nii.gz", "ct_like_04003.nii.gz"}
+    assert listed["inverted_04002.nii.gz"].startswith("not explained (--skip-unfit): ")
+    assert "CT-like" in listed["ct_like_04003.nii.gz"]  # decided before its forward pass
     assert not (tmp_path / "skipped" / "scans" / "inverted_04002").exists()
-    assert json.loads((tmp_path / "skipped" / "run.json").read_text())["fitness"]["skipped_unfit"] == 1
+    assert json.loads((tmp_path / "skipped" / "run.json").read_text())["fitness"]["skipped_unfit"] == 2
 
 
 def test_evaluate_with_a_reference_reports_the_share_flagged_per_class(trained: dict[str, Path],
@@ -237,3 +244,58 @@ def test_explain_scan_refuses_a_volume_narrower_than_the_first_layers(nibabel_da
 
     with pytest.raises(ScanError, match=r"test.mgz: the scan fills .* fewer than the 4 voxels"):
         explain_scan(nibabel_data / "test.mgz", volume=0)
+
+
+def test_an_envelope_of_another_version_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    with np.load(trained["envelope"], allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "v99.npz", **{**arrays, "version": np.asarray(99)})
+    with pytest.raises(SettingsError, match=f"envelope version 99; this mri-lrp reads version {VERSION}"):
+        Envelope.load(tmp_path / "v99.npz")
+
+
+def test_a_slice_model_is_judged_on_its_slices_features(tmp_path: Path) -> None:
+    """A 2D model: the features of every slice of the scan (from the forward pass of its explanation) averaged,
+    as calibrate averages them."""
+    from mri_lrp.model.checkpoint import save_checkpoint
+    from mri_lrp.model.spec import InputSpec
+    from mri_lrp.model.zoo import cnn2d
+    from mri_lrp.phantoms import LABELS
+
+    spec = InputSpec(dims=2, channels=1, shape=(24, 28), spacing=(8.0, 8.0), orientation="RAS",
+                     normalization="zscore", slice_axis="S")
+    kwargs = {"in_channels": 1, "num_classes": 4, "width": 4, "depth": 2}
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m2d.pt", cnn2d(**kwargs).eval(), architecture="cnn2d", kwargs=kwargs,
+                    class_names=list(LABELS), input_spec=spec)
+    ff.write_phantoms(tmp_path / "ref", range(MIN_REFERENCE))
+    made = runner.invoke(app, ["calibrate", str(tmp_path / "ref"), "--checkpoint", str(tmp_path / "m2d.pt"),
+                               "--out", str(tmp_path / "e.npz")])
+    assert made.exit_code == 0, made.output
+    ff.write_phantoms(tmp_path / "run", range(100, 101))
+    ff.write_phantoms(tmp_path / "run", range(101, 102), "inverted")
+    result = runner.invoke(app, ["explain", str(tmp_path / "run"), "--checkpoint", str(tmp_path / "m2d.pt"),
+                                 "--reference", str(tmp_path / "e.npz"), "--out", str(tmp_path / "out"), "-j0"])
+    assert result.exit_code == 0, result.output
+    rows = {r["scan_id"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
+    assert rows["normal_00100"]["fitness"] != "out" and rows["normal_00100"]["feature_distance"] != ""
+    assert rows["inverted_00101"]["fitness"] == "out"
+
+
+def test_the_fitness_columns_are_one_block_of_the_summary() -> None:
+    from mri_lrp.fitness.score import FITNESS_COLUMNS
+    from mri_lrp.outputs import SUMMARY_COLUMNS
+
+    at = SUMMARY_COLUMNS.index(FITNESS_COLUMNS[0])
+    assert SUMMARY_COLUMNS[at:at + len(FITNESS_COLUMNS)] == FITNESS_COLUMNS
+    assert SUMMARY_COLUMNS.index("warnings") > at
+
+
+def test_voxels_far_coarser_than_the_references_are_doubtful(trained: dict[str, Path], tmp_path: Path) -> None:
+    volume, affine = ff.phantom(9000)
+    coarse = affine.copy()
+    coarse[:3, 2] *= 3.0  # every third slice: 18 mm slices where the reference has 6 mm
+    path = ff.save(tmp_path / "thick.nii.gz", volume[:, :, ::3], coarse)
+    (row,) = ff.assess(trained["checkpoint"], trained["envelope"], [path])
+    assert row["fitness"] != "ok"
+    assert "voxels of 18 mm along the coarsest axis, the reference's at most 6 mm" in row["fitness_reasons"]

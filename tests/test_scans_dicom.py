@@ -294,7 +294,8 @@ def test_skipped_csv_of_a_run_names_the_screenshot_file_dropped_from_a_series(tm
     from mri_lrp.cli import app
     from mri_lrp.outputs import read_csv
 
-    series = fac.write_series(tmp_path / "scans" / "series", fac.AXIAL, 6, rows=16, cols=16)
+    # large enough a field of view for the demo model to explain it (a thumbnail would fail as too small)
+    series = fac.write_series(tmp_path / "scans" / "series", fac.AXIAL, 12, rows=64, cols=64)
     shot = fac.write_screenshot(tmp_path / "scans" / "series" / "IM_screenshot", series)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["explain", str(tmp_path / "scans"), "--out", str(out), "--workers", "0", "-q"])

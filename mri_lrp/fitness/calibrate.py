@@ -59,7 +59,7 @@ def calibrate(loaded: LoadedModel, refs: list[ScanRef], out: str | Path, note: C
         profiles.append(prof.intensity)
         features.append(got.mean(dim=0).numpy())
     channels = loaded.input_spec.channels
-    env = Envelope.build(loaded.sha256, ids, np.array(geometry).reshape(-1, 4), np.array(profiles),
+    env = Envelope.build(loaded.sha256, ids, np.array(geometry).reshape(-1, 7), np.array(profiles),
                          intensity.feature_names(channels), np.array(features), tap.layer, minimum=minimum)
     if trim is not None:
         env = env.trimmed(trim, minimum)

@@ -33,6 +33,7 @@ HEAD_SHARE_OUT = 0.02        # share of the model grid above background below wh
 AIR_HU = -1000.0             # CT air; an MR magnitude image has no value near it
 CT_AIR_SHARE = 0.05          # share of voxels at or below AIR_HU / 2 that marks a CT-like range
 RAW_SAMPLE = 1_000_000       # raw statistics read at most about this many voxels (a regular subsample)
+MASK_SAMPLE = 100_000        # the head mask's background percentiles, from about this many model voxels
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Geometry:
     scan_voxels: tuple[int, ...]          # scan voxels inside the grid, along the same axes
     model_shape: tuple[int, ...]          # the spatial model grid
     upsampling: float                     # model voxels per scan voxel along the coarsest scan axis
+    spacing: tuple[float, float, float]   # the scan's voxel size in mm, coarsest first
 
 
 def geometry(space: ModelSpace) -> Geometry:
@@ -70,7 +72,9 @@ def geometry(space: ModelSpace) -> Geometry:
     n_model = float(np.prod(model_shape))
     return Geometry(input_coverage=float(np.prod(covered)) / n_model if n_model else 0.0,
                     scan_inside=float(np.prod(inside_share)), covered=tuple(covered),
-                    scan_voxels=tuple(scan_voxels), model_shape=model_shape, upsampling=float(max(factors)))
+                    scan_voxels=tuple(scan_voxels), model_shape=model_shape, upsampling=float(max(factors)),
+                    spacing=tuple(sorted((float(v) for v in np.linalg.norm(  # type: ignore[arg-type]
+                        np.asarray(space.scan_affine)[:3, :3], axis=0)), reverse=True)))
 
 
 def input_need(model: nn.Module) -> int:
@@ -129,8 +133,9 @@ def raw_stats(data: np.ndarray) -> dict[str, float]:
     """Value statistics of the stored scan (before any normalisation hides them), on a regular subsample."""
     a = np.asarray(data)
     stride = max(1, int(np.ceil((a.size / RAW_SAMPLE) ** (1 / 3))))
-    sample = np.asarray(a[..., ::stride, ::stride, ::stride], dtype=np.float64).ravel()
-    sample = sample[np.isfinite(sample)]
+    sample = a[..., ::stride, ::stride, ::stride]
+    if not np.isfinite(sample).all():
+        sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return {"min": 0.0, "max": 0.0, "air_share": 0.0}
     return {"min": float(sample.min()), "max": float(sample.max()), "air_share": float((sample <= AIR_HU / 2).mean())}
@@ -156,7 +161,7 @@ def head_mask(x: torch.Tensor) -> torch.Tensor:
     way from the 2nd to the 98th percentile (robust to noise in the air and to bright outliers)."""
     v = x.detach().float().mean(dim=0)
     flat = v.numpy().ravel()
-    lo, hi = (float(q) for q in np.percentile(flat[:: flat.size // RAW_SAMPLE + 1], [2, 98]))
+    lo, hi = (float(q) for q in np.percentile(flat[:: max(1, flat.size // MASK_SAMPLE)], [2, 98]))
     if hi - lo <= 1e-6 * max(1.0, abs(hi)):
         return torch.zeros_like(v, dtype=torch.bool)
     return v > lo + 0.2 * (hi - lo)

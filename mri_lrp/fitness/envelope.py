@@ -20,7 +20,7 @@ from mri_lrp.errors import SettingsError
 from mri_lrp.outputs import atomic_write_bytes
 
 FORMAT = "mri-lrp-envelope"
-VERSION = 1
+VERSION = 2
 #: Fewer reference scans than this give percentiles that mean little (the 95th of 20 is the 19th): refused.
 MIN_REFERENCE = 20
 #: ``--reference batch``: the run's own scans, at least this many.
@@ -37,6 +37,7 @@ class Envelope:
     scan_inside: np.ndarray         # (N,)
     upsampling: np.ndarray          # (N,)
     head_share: np.ndarray          # (N,)
+    spacing: np.ndarray             # (N, 3) voxel size in mm, coarsest first
     intensity: np.ndarray           # (N, F) intensity.profile rows
     intensity_names: np.ndarray     # (F,) str
     intensity_mean: np.ndarray      # (F,)
@@ -58,7 +59,7 @@ class Envelope:
               intensity_names: list[str], features: np.ndarray, feature_layer: str,
               minimum: int = MIN_REFERENCE) -> Envelope:
         """Summaries and leave-one-out distances from per-scan rows; ``geometry`` columns are coverage,
-        inside share, upsampling and head share."""
+        inside share, upsampling, head share and the three voxel sizes (coarsest first)."""
         n = len(scan_ids)
         if n < minimum:
             raise SettingsError(f"the reference has {n} usable scans; at least {minimum} are needed for its "
@@ -75,8 +76,8 @@ class Envelope:
             fit = LedoitWolf().fit(rest)
             loo_f.append(mahalanobis(features[k], fit.location_, fit.precision_))
         g = np.asarray(geometry, dtype=np.float64)
-        return cls(model_sha256, np.asarray(scan_ids, dtype=str), g[:, 0], g[:, 1], g[:, 2], g[:, 3], intensity,
-                   np.asarray(intensity_names, dtype=str), i_mean, i_scale, loo_i, features, feature_layer,
+        return cls(model_sha256, np.asarray(scan_ids, dtype=str), g[:, 0], g[:, 1], g[:, 2], g[:, 3], g[:, 4:7],
+                   intensity, np.asarray(intensity_names, dtype=str), i_mean, i_scale, loo_i, features, feature_layer,
                    lw.location_, lw.precision_, float(lw.shrinkage_), np.asarray(loo_f))
 
     def trimmed(self, factor: float, minimum: int) -> Envelope:
@@ -87,7 +88,8 @@ class Envelope:
                 (self.intensity_distances <= factor * np.percentile(self.intensity_distances, 90)))
         if keep.all():
             return self
-        geometry = np.stack([self.input_coverage, self.scan_inside, self.upsampling, self.head_share], axis=1)
+        geometry = np.column_stack([self.input_coverage, self.scan_inside, self.upsampling, self.head_share,
+                                    self.spacing])
         return Envelope.build(self.model_sha256, list(self.scan_ids[keep]), geometry[keep], self.intensity[keep],
                               list(self.intensity_names), self.features[keep], self.feature_layer, minimum=minimum)
 
@@ -115,9 +117,10 @@ class Envelope:
                                 f"{e}") from None
         if str(data.get("format", "")) != FORMAT:
             raise SettingsError(f"{p}: not a reference envelope (.npz written by `mri-lrp calibrate`)")
-        if int(data["version"]) != VERSION:
-            raise SettingsError(f"{p}: envelope version {int(data['version'])}; this mri-lrp reads version "
-                                f"{VERSION}: run `mri-lrp calibrate` again")
+        version = int(data.get("version", -1))
+        if version != VERSION:
+            raise SettingsError(f"{p}: envelope version {version}; this mri-lrp reads version {VERSION}: run "
+                                f"`mri-lrp calibrate` again")
         missing = [f.name for f in fields(cls) if f.name not in data]
         if missing:
             raise SettingsError(f"{p}: envelope lacks {', '.join(missing)}")
@@ -147,6 +150,7 @@ class Envelope:
             f"scan inside the grid: {span(self.scan_inside)}",
             f"upsampling: {span(self.upsampling)}",
             f"head share of the grid: {span(self.head_share)}",
+            f"voxel size, coarsest axis (mm): {span(self.spacing[:, 0])}",
             f"intensity features: {len(self.intensity_names)}; leave-one-out distance "
             f"{span(self.intensity_distances)}, 95th percentile {np.percentile(self.intensity_distances, 95):.2f}",
             f"head features: {self.features.shape[1]} at '{self.feature_layer}', Ledoit-Wolf shrinkage "

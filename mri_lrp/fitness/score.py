@@ -2,7 +2,8 @@
 reference envelope) from distances to the reference.
 
 Against a reference, a distance above the reference's ``DOUBTFUL_PERCENTILE``-th percentile is doubtful and
-one beyond ``OUT_FACTOR`` times the reference's largest (leave-one-out) distance is out.
+one beyond ``OUT_FACTOR`` times the reference's largest (leave-one-out) distance is out; voxels coarser than
+``SPACING_FACTOR`` times the reference's coarsest are doubtful.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mri_lrp.model.transform import ModelInput
 
 DOUBTFUL_PERCENTILE = 95.0
 OUT_FACTOR = 1.25
+SPACING_FACTOR = 2.0  # a scan whose coarsest voxel size exceeds the reference's largest by this is doubtful
 FITNESS_COLUMNS = ["fitness", "input_coverage", "scan_inside", "feature_distance", "feature_percentile",
                    "intensity_distance", "fitness_reasons"]
 
@@ -36,7 +38,7 @@ class Profile:
 
     def geometry_row(self) -> list[float]:
         g = self.geometry
-        return [g.input_coverage, g.scan_inside, g.upsampling, self.head_share]
+        return [g.input_coverage, g.scan_inside, g.upsampling, self.head_share, *g.spacing]
 
 
 def input_profile(model_input: ModelInput) -> Profile:
@@ -62,6 +64,12 @@ class FitnessCheck:
         """Why the input cannot be classified at all (a per-scan failure), or ""."""
         return checks.too_small(checks.geometry(model_input.space), self.need)
 
+    def out_before_explaining(self, model_input: ModelInput, raw: dict[str, float]) -> str:
+        """The model-free reasons that make the input out whatever the reference says (its value range and
+        geometry), or "": what --skip-unfit can decide without a forward pass."""
+        geo = checks.geometry(model_input.space)
+        return "; ".join(checks.value_reasons(raw) + checks.geometry_reasons(geo)[0])
+
     def features(self, samples: int) -> np.ndarray | None:
         """The head features of the last forward pass, (samples, D), or None without a reference."""
         if self.tap is None:
@@ -80,6 +88,10 @@ class FitnessCheck:
                                "feature_distance": "", "feature_percentile": "", "intensity_distance": ""}
         env = self.envelope
         if env is not None:
+            coarsest, widest = prof.geometry.spacing[0], float(np.max(env.spacing[:, 0]))
+            if coarsest > SPACING_FACTOR * widest:
+                doubtful.append(f"voxels of {coarsest:.3g} mm along the coarsest axis, the reference's at most "
+                                f"{widest:.3g} mm")
             d_i = intensity_distance(prof.intensity, env.intensity_mean, env.intensity_scale)
             row["intensity_distance"] = round(d_i, 4)
             level = _level(d_i, env.intensity_distances)

@@ -117,6 +117,10 @@ class Job:
                 if refused:
                     self._drop(item, "preprocess", refused)
                     continue
+                unfit = self.settings.skip_unfit and self.fitness.out_before_explaining(item.model_input, item.raw)
+                if unfit:
+                    self._skip_unfit(item, unfit)
+                    continue
                 if self.spec.dims == 2:
                     hand_off(self._explain_slices(item))
                     continue
@@ -191,11 +195,15 @@ class Job:
             self.reporter.note(f"warning: {ref.scan_id}: input unlike the model's inputs: {fit['fitness_reasons']}",
                                always=True)
             return True
-        self.unfit.append((ref, fit["fitness_reasons"]))
-        self.reporter.note(f"{ref.scan_id}: not explained (--skip-unfit): {fit['fitness_reasons']}", always=True)
-        if self._workers is not None and res.prepared.worker is not None:
-            self._workers.submit(res.prepared.worker, release, ref.scan_id)
+        self._skip_unfit(res.prepared, fit["fitness_reasons"])
         return False
+
+    def _skip_unfit(self, prepared: Prepared, reasons: str) -> None:
+        """--skip-unfit: no files for this scan; listed as skipped, and forgotten by the worker that holds it."""
+        self.unfit.append((prepared.ref, reasons))
+        self.reporter.note(f"{prepared.ref.scan_id}: not explained (--skip-unfit): {reasons}", always=True)
+        if self._workers is not None and prepared.worker is not None:
+            self._workers.submit(prepared.worker, release, prepared.ref.scan_id)
 
     def _record_write(self, prepared: Prepared, fut: cf.Future) -> None:
         ref = prepared.ref

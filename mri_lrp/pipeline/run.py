@@ -205,6 +205,7 @@ def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: Run
         raise DiskFullError(str(out), stats.written)
 
     skipped = [*skipped, *(Skipped(r.source, f"not explained (--skip-unfit): {why}") for r, why in job.unfit)]
+    stats.skipped_files += len(job.unfit)
     summary, regions = collect_results(out, refs, fingerprint)
     write_csv(tables_dir / "summary.csv", summary, summary_columns(loaded.input_spec.channel_names))
     write_csv(tables_dir / "regions.csv", regions, [*REGION_COLUMNS, "target_class"])
