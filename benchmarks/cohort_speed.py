@@ -3,7 +3,7 @@
 Usage: python benchmarks/cohort_speed.py [--sizes 100,1000,10000] [--grid 56,64,56]
 Each map is drawn on the pooled feature grid directly (16^3 = 4,096 features, what a 56x64x56 model grid
 pools to): noise plus one of three bumps, so the analysis has groups to find. Reading and pooling the
-maps is measured separately on 100 real relevance_model.nii.gz files of that grid. Prints, per size, the
+maps is measured separately on 100 real model_relevance.nii.gz files of that grid. Prints, per size, the
 seconds of each step (kNN graph, spectrum, k-means, t-SNE), the k found, whether the planted groups came
 back, and the peak memory of the process.
 """

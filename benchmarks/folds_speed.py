@@ -26,25 +26,16 @@ import time
 from pathlib import Path
 
 import torch
-from pipeline_speed import CLASSES, SPACING_MM, make_scans
+from pipeline_speed import CLASSES, benchmark_spec, make_scans, seeded_network
 
 from mri_lrp.model.checkpoint import save_checkpoint
-from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.zoo import build_model
 
 
 def make_folds(folder: Path, k: int, size: int, grid: int, width: int, depth: int) -> list[Path]:
     """k fold checkpoints: one seeded network, each fold's weights changed by 5 % noise of its own seed."""
     kwargs = {"num_classes": len(CLASSES), "width": width, "depth": depth}
-    torch.manual_seed(0)
-    base = build_model("cnn3d", **kwargs)
-    for module in base.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-    spacing = size * SPACING_MM / grid
-    spec = InputSpec(dims=3, channels=1, shape=(grid,) * 3, spacing=(spacing,) * 3, orientation="RAS",
-                     normalization="zscore")
+    base, spec = seeded_network(**kwargs), benchmark_spec(size, grid)
     paths = []
     for f in range(k):
         path = folder / f"fold_{f}.pt"

@@ -63,17 +63,27 @@ def make_scans(folder: Path, n: int, size: int) -> list[Path]:
     return paths
 
 
-def make_checkpoint(path: Path, size: int, grid: int) -> InputSpec:
-    """The benchmark model: zoo cnn3d with seeded weights and BatchNorm statistics that are not the identity."""
+def seeded_network(**kwargs: int) -> torch.nn.Module:
+    """Zoo cnn3d with seed-0 weights and BatchNorm statistics that are not the identity."""
     torch.manual_seed(0)
-    model = build_model("cnn3d", num_classes=len(CLASSES))
+    model = build_model("cnn3d", **kwargs)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm3d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def benchmark_spec(size: int, grid: int) -> InputSpec:
+    """The model grid: ``grid`` voxels a side covering the ``size``-voxel scans' field of view."""
     spacing = size * SPACING_MM / grid
-    spec = InputSpec(dims=3, channels=1, shape=(grid,) * 3, spacing=(spacing,) * 3, orientation="RAS",
+    return InputSpec(dims=3, channels=1, shape=(grid,) * 3, spacing=(spacing,) * 3, orientation="RAS",
                      normalization="zscore")
+
+
+def make_checkpoint(path: Path, size: int, grid: int) -> InputSpec:
+    """The benchmark model: zoo cnn3d with seeded weights and BatchNorm statistics that are not the identity."""
+    model, spec = seeded_network(num_classes=len(CLASSES)), benchmark_spec(size, grid)
     save_checkpoint(path, model.eval(), architecture="cnn3d", kwargs={"num_classes": len(CLASSES)},
                     class_names=CLASSES, input_spec=spec)
     return spec

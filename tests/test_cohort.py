@@ -275,8 +275,8 @@ def test_explain_writes_the_model_grid_copy_metadata_and_probes(small_run: Path)
     for row in summary:
         folder = small_run / "scans" / row["scan_id"]
         marker = json.loads((folder / "result.json").read_text())
-        assert {"relevance_model.nii.gz", "metadata.json"} <= set(marker["files"])
-        assert nib.load(folder / "relevance_model.nii.gz").shape == (GRID, GRID, GRID)
+        assert {"model_relevance.nii.gz", "metadata.json"} <= set(marker["files"])
+        assert nib.load(folder / "model_relevance.nii.gz").shape == (GRID, GRID, GRID)
         assert json.loads((folder / "metadata.json").read_text())["participant_id"].startswith("sub-")
         assert 0.0 <= float(row["relevance_outside_head"]) <= 1.0 and 0.0 <= float(row["relevance_border"]) <= 1.0
 
@@ -395,7 +395,7 @@ def test_scans_explained_without_a_model_grid_copy_are_left_out_and_listed(small
     copy = tmp_path / "older"
     shutil.copytree(small_run, copy)
     gone = rows(copy / "summary.csv")[0]["scan_id"]
-    (copy / "scans" / gone / "relevance_model.nii.gz").unlink()
+    (copy / "scans" / gone / "model_relevance.nii.gz").unlink()
     result = run_cohort(copy)
     assert result.scans == 11 and [s["scan_id"] for s in result.skipped] == [gone]
     assert "--no-resume" in result.skipped[0]["reason"]

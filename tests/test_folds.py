@@ -404,3 +404,37 @@ def test_each_scan_is_read_and_preprocessed_once_for_every_fold(tmp_path: Path,
     assert run(scans, tmp_path / "out", [str(p) for p in folds]) == 0
     assert {name: sorted(ids) for name, ids in calls.items()} == {name: ["scan0", "scan1", "scan2"] for name in calls}
     assert len(rows(tmp_path / "out" / "folds.csv")) == 3 * 4
+
+
+def test_a_multi_channel_case_gets_each_folds_map_and_the_mean_of_its_channel_sums(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from mri_lrp.model.checkpoint import save_checkpoint
+    from mri_lrp.model.zoo import build_model
+
+    images = tmp_path / "imagesTr"  # an MSD-style 4D stack: volume N is channel N
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.uniform(1, 100, (8, 8, 8, 2)).astype(np.float32), np.eye(4)),
+             images / "case_0.nii.gz")
+    kwargs = {"in_channels": 2, "num_classes": 3, "width": 4, "depth": 2}
+    base = build_model("cnn3d", **kwargs)
+    paths = []
+    for k in range(3):
+        net = build_model("cnn3d", **kwargs)
+        net.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=torch.Generator().manual_seed(k)))
+        paths.append(tmp_path / f"f{k}.pt")
+        save_checkpoint(paths[-1], net.eval(), architecture="cnn3d", kwargs=kwargs, class_names=CLASSES,
+                        input_spec=InputSpec(dims=3, channels=2, orientation="RAS"))
+    out = tmp_path / "out"
+    assert run(images, out, [str(p) for p in paths]) == 0
+    scan_dir = out / "scans" / rows(out / "summary.csv")[0]["scan_id"]
+    maps = np.stack([volume(scan_dir / f"relevance_fold{k}.nii.gz") for k in range(3)])
+    mean = volume(scan_dir / "relevance.nii.gz")
+    channels = sum(volume(p) for p in sorted(scan_dir.glob("relevance_ch*.nii.gz")))
+    assert maps.shape == (3, 8, 8, 8) and np.abs(maps).max() > 0
+    assert np.abs(mean - maps.mean(axis=0)).max() <= 1e-6 * np.abs(maps).max()
+    assert np.abs(mean - channels).max() <= 1e-6 * np.abs(maps).max()

@@ -125,7 +125,7 @@ def test_a_bids_run_writes_a_derivative_dataset_and_resumes_from_it(bids_dataset
     assert {"*.csv", "run.json", "scans/", "report.html", "report/"} <= set(ignored)
     assert "desc-lrp" in (out / "README").read_text()
     # The scan-grid volumes live in the BIDS tree; scans/ keeps only bookkeeping (the cohort's model-grid copy)
-    assert {p.name for p in out.glob("scans/*/*.nii.gz")} == {"relevance_model.nii.gz"}
+    assert {p.name for p in out.glob("scans/*/*.nii.gz")} == {"model_relevance.nii.gz"}
     assert not list(out.glob("scans/*/*.png"))
     summary = (out / "summary.csv").read_text()
     assert summary.count("\n") == 4  # header + three scans

@@ -244,8 +244,10 @@ def test_an_earlier_runs_output_in_the_input_folder_is_one_skipped_folder_and_it
     (data / "lrp" / "run.json").unlink()  # a shard's or a killed run's folder: its files are still told apart
     refs, skipped = discover([data], channels=ChannelPlan(4, ("t1", "t1ce", "t2", "flair")))
     assert [r.scan_id for r in refs] == ["BraTS2021_00000"]
-    assert {s.path: s.reason for s in skipped}[str(model_input)] == \
-        "model input written by an earlier explain run, not a scan"
+    reasons = {s.path: s.reason for s in skipped}
+    assert reasons[str(model_input)] == "model input written by an earlier explain run, not a scan"
+    assert reasons[str(model_input.with_name("model_relevance.nii.gz"))] == \
+        "relevance map written by an earlier explain run, not a scan"
 
 
 def test_bids_functional_diffusion_and_field_map_images_are_skipped_once_per_file_not_explained(

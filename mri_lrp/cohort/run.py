@@ -1,7 +1,7 @@
 """`mri-lrp cohort OUT`: read a finished run (of explain or merge), analyse each predicted class, write
 ``OUT/cohort/`` (names fixed so other tools can read them).
 
-The maps are each scan's ``relevance_model.nii.gz`` (the model grid: every scan of a run on one voxel
+The maps are each scan's ``model_relevance.nii.gz`` (the model grid: every scan of a run on one voxel
 layout). Scans without one (explained by an earlier version and resumed) or on another grid are left out
 and listed in ``cohort.json``. Maps are read twice: once for the features and the t-test grid, once more,
 after clustering, for the full-resolution cluster and group means; no step holds every full map at once.

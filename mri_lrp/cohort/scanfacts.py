@@ -2,7 +2,7 @@
 acquisition metadata, both in the scan's bookkeeping folder (``OUT/scans/<scan_id>/``) so that resume and
 merge carry them like every other per-scan file.
 
-``relevance_model.nii.gz``: the explained map (the predicted class's with ``--target all``) on the model's
+``model_relevance.nii.gz``: the explained map (the predicted class's with ``--target all``) on the model's
 input grid, channels summed, with the model grid's affine. It is stored as int16 with a NIfTI scale factor
 (``scl_slope`` = max |R| / 32767, no intercept, so zero stays exactly zero): half the bytes of float32, opens
 in any viewer over ``model_input.nii.gz``, and values below max |R| / 65534 read back as zero. A 2D model's
@@ -31,7 +31,7 @@ from mri_lrp.pipeline.layout import parse_bids_name
 from mri_lrp.scans.ids import strip_nifti_suffix
 from mri_lrp.scans.scan import Scan
 
-MODEL_GRID_NAME = "relevance_model.nii.gz"
+MODEL_GRID_NAME = "model_relevance.nii.gz"
 METADATA_NAME = "metadata.json"
 #: Header keys kept from DICOM (Scan.metadata's names) and BIDS sidecars, under one column name each.
 ACQUISITION_KEYS = {

@@ -132,7 +132,7 @@ def _is_relevance_output(path: str) -> bool:
     """A relevance volume (or the --save-model-input volume, a 4D stack that would pass for an MSD case) in a
     scan folder of an earlier run's output (its --out may differ from this run's)."""
     folder, name = os.path.split(path)
-    if not name.lstrip(".").startswith(("relevance", "model_input")):  # also a temporary left by a killed run
+    if not name.lstrip(".").startswith(("relevance", "model_input", "model_relevance")):  # or a killed run's temporary
         return False
     try:
         siblings = os.listdir(folder)
