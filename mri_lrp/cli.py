@@ -1,10 +1,9 @@
-"""The `mri-lrp` command line: parse, build one Settings object, run, map errors to exit codes (only here)."""
+"""The `mri-lrp` command line: the Typer app, `explain`, the other commands (``mri_lrp.commands``) registered in
+the order help lists them, and the mapping of errors to exit codes."""
 
 from __future__ import annotations
 
-import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,38 @@ import typer
 from typer.core import TyperCommand
 
 from mri_lrp import __version__
+from mri_lrp.commands.calibrate import CALIBRATE_EXAMPLES, calibrate
+from mri_lrp.commands.config import config_app
+from mri_lrp.commands.describe import INFO_EXAMPLES, INSPECT_EXAMPLES, info, inspect
+from mri_lrp.commands.evaluate import EVALUATE_EXAMPLES, evaluate
+from mri_lrp.commands.options import (
+    CLUSTER,
+    EXIT_SOME_FAILED,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    INPUTS,
+    MODEL,
+    OUTPUTS,
+    REGIONS,
+    RULES_PANEL,
+    AlphaOpt,
+    BetaOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    EpsilonOpt,
+    GammaOpt,
+    InitOpt,
+    ModelKwargsOpt,
+    ModelOpt,
+    ModelOutputOpt,
+    ScansArg,
+    TrustOpt,
+    checkpoint_hint,
+    fail,
+    json_option,
+    one_of,
+)
+from mri_lrp.commands.runs import COHORT_EXAMPLES, MERGE_EXAMPLES, cohort, merge, refresh_report, report
 from mri_lrp.errors import (
     CheckpointError,
     DiskFullError,
@@ -20,16 +51,9 @@ from mri_lrp.errors import (
     UnsupportedLayerError,
     is_disk_full,
 )
-from mri_lrp.evaluate.perturb import BASELINES
 from mri_lrp.lrp import COMPOSITES, RULES
-from mri_lrp.lrp.explain import INITS
 from mri_lrp.model.spec import NORMALIZATIONS
-from mri_lrp.settings import DEVICES, INPUT_SPEC_OPTIONS, LAYOUTS, TARGET_KEYWORDS, Settings, input_spec_options
-
-EXIT_USAGE, EXIT_UNEXPECTED, EXIT_SOME_FAILED = 2, 1, 3
-
-#: The panels `explain --help` groups its options into (every option names one with rich_help_panel=).
-MODEL, RULES_PANEL, INPUTS, OUTPUTS, REGIONS, CLUSTER = "Model", "Rules", "Inputs", "Outputs", "Regions", "Cluster"
+from mri_lrp.settings import INPUT_SPEC_OPTIONS, LAYOUTS, TARGET_KEYWORDS, Settings, input_spec_options
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,11 +61,6 @@ app = typer.Typer(
     help="Explain what an MRI classifier looks at: Layer-wise Relevance Propagation over DICOM/NIfTI folders.",
     epilog="Run `mri-lrp COMMAND -h` for a command's options and examples. `python -m mri_lrp` works the same.",
 )
-
-
-def one_of(names: Any) -> str:
-    """The allowed values of a choice option for its help, from the registry that defines them."""
-    return " | ".join(str(n) for n in names)
 
 
 class SettingsDefaults(TyperCommand):
@@ -75,30 +94,6 @@ def _main(
     """Explain what an MRI classifier looks at: Layer-wise Relevance Propagation over DICOM/NIfTI folders."""
 
 
-def _fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> None:
-    typer.echo(f"mri-lrp: error: {message}", err=True)
-    if hint:
-        typer.echo(f"mri-lrp: hint: {hint}", err=True)
-    raise typer.Exit(code)
-
-
-def _error_text(error: Exception, out: str) -> str:
-    """An error's line; a full disk names the output folder (a failed write's OSError names no file)."""
-    return f"{out}: no space left on device" if is_disk_full(error) else str(error)
-
-
-def _json_option(text: str | None, name: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SettingsError(f"{name}: not valid JSON ({e.msg})") from None
-    if not isinstance(value, dict):
-        raise SettingsError(f"{name}: expected a JSON object like '{{\"spatial_dims\": 3}}'")
-    return value
-
-
 EXPLAIN_EXAMPLES = """[bold]Examples[/bold]
 
   mri-lrp explain scans/ --rule alphabeta --alpha 2 --beta 1 --out results/
@@ -111,32 +106,6 @@ EXPLAIN_EXAMPLES = """[bold]Examples[/bold]
 
   mri-lrp config example byo_state_dict > my.toml       (a commented config to start from)
 """
-
-
-#: Options `explain` and `evaluate` share, spelled once.
-ScansArg = Annotated[list[str] | None, typer.Argument(help="Scan files or folders (DICOM, NIfTI).")]
-CheckpointOpt = Annotated[list[str] | None, typer.Option(
-    metavar="<path>", help="Model checkpoint (default: the shipped demo model); repeat it or give a quoted glob "
-    "('folds/fold_*/model.pt') to explain a fold ensemble.", rich_help_panel=MODEL)]
-ModelOpt = Annotated[str | None, typer.Option(
-    help="MODULE:CLASS for a plain state_dict checkpoint.", rich_help_panel=MODEL)]
-ModelKwargsOpt = Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.", rich_help_panel=MODEL)]
-TrustOpt = Annotated[bool | None, typer.Option(
-    "--trust-checkpoint", help="Allow a pickled whole model (unpickling runs code from the file).",
-    rich_help_panel=MODEL)]
-DeviceOpt = Annotated[str | None, typer.Option(help=f"Where the model runs: {one_of(DEVICES)}.", rich_help_panel=MODEL)]
-ModelOutputOpt = Annotated[str | None, typer.Option(
-    help="Which output holds the logits when forward returns a tuple or list (INDEX) or a dict (KEY); "
-    "default: the first of a tuple or list.", rich_help_panel=MODEL)]
-AlphaOpt = Annotated[float | None, typer.Option(
-    help="αβ rule: weight of positive contributions.", rich_help_panel=RULES_PANEL)]
-BetaOpt = Annotated[float | None, typer.Option(
-    help="αβ rule: weight of negative contributions.", rich_help_panel=RULES_PANEL)]
-EpsilonOpt = Annotated[float | None, typer.Option(help="ε rule stabiliser.", rich_help_panel=RULES_PANEL)]
-GammaOpt = Annotated[float | None, typer.Option(
-    help="γ rule: extra weight on positive weights.", rich_help_panel=RULES_PANEL)]
-InitOpt = Annotated[str | None, typer.Option(
-    help=f"Output relevance to start from: {one_of(INITS)}.", rich_help_panel=RULES_PANEL)]
 
 
 @app.command(cls=SettingsDefaults, epilog=EXPLAIN_EXAMPLES)
@@ -255,15 +224,15 @@ def explain(
     from mri_lrp.settings import build_settings
 
     try:
-        cli["model_kwargs"] = _json_option(model_kwargs, "--model-kwargs")
+        cli["model_kwargs"] = json_option(model_kwargs, "--model-kwargs")
         spec = input_spec_options(input_shape=input_shape, input_spacing=input_spacing, resize=resize,
                                   normalization=normalization)
         settings = build_settings(cli, config, input_spec=spec)
         code = _dry_run(settings) if dry_run else run_explain(settings, Reporter(quiet=settings.quiet))
     except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
-        _fail(str(e), hint=_checkpoint_hint(e))
+        fail(str(e), hint=checkpoint_hint(e))
     except DiskFullError as e:  # some scans written: as a run with failures; none: the output is unusable
-        _fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
+        fail(str(e), code=EXIT_SOME_FAILED if e.written else EXIT_USAGE)
     if cohort and not dry_run and code in (0, 3):
         _cohort_after_explain(settings)
     raise typer.Exit(code)
@@ -289,16 +258,7 @@ def _cohort_after_explain(settings: Any) -> None:
         typer.echo(f"mri-lrp: warning: cohort not written ({type(e).__name__}: {e}); try `mri-lrp cohort "
                    f"{settings.out}`", err=True)
         return
-    _refresh_report(Path(settings.out))
-
-
-def _refresh_report(out: Path) -> None:
-    from mri_lrp.report import write_report
-
-    try:
-        write_report(out)
-    except Exception as e:  # noqa: BLE001 - the cohort files stand; the page is a view of them
-        typer.echo(f"mri-lrp: warning: report.html not rebuilt ({type(e).__name__}: {e})", err=True)
+    refresh_report(Path(settings.out))
 
 
 def _dry_run(settings: Any) -> int:
@@ -315,355 +275,15 @@ def _dry_run(settings: Any) -> int:
     return 0
 
 
-def _checkpoint_hint(error: Exception) -> str | None:
-    """A checkpoint whose weights do not fit the named network: say what usually differs."""
-    if isinstance(error, CheckpointError) and "do not fit model" in str(error):
-        return ("the network must be built exactly as for training: check --model and --model-kwargs "
-                "(e.g. in_channels, out_channels, spatial_dims)")
-    return None
-
-
-@app.command(epilog="""[bold]Examples[/bold]
-
-  mri-lrp inspect scans/
-
-  mri-lrp inspect scans/ --json > scans.json
-""")
-def inspect(
-    scans: Annotated[list[str], typer.Argument(help="Scan files or folders.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows for scripts.")] = False,
-    volume: Annotated[int | None, typer.Option(help="4D NIfTI: only this volume.")] = None,
-    config: Annotated[str | None, typer.Option(help="TOML whose [input_spec] channels / channel_names / "
-                                                    "channel_files group the files into multi-channel cases.")] = None,
-) -> None:
-    """List what `explain` would read, one row per scan (or case), without loading a model."""
-    from mri_lrp.model.spec import InputSpec
-    from mri_lrp.scans import inspect_rows
-    from mri_lrp.scans.cases import ChannelPlan
-    from mri_lrp.scans.filters import ScanFilter
-    from mri_lrp.settings import load_config
-
-    for path in scans:
-        if not Path(path).exists():
-            _fail(f"{path}: no such file or folder")
-    try:
-        spec = InputSpec.from_dict(load_config(config).get("input_spec") or {}) if config else InputSpec()
-        plan = ChannelPlan.of(spec) if config else None
-    except (MriLrpError, ValueError) as e:
-        _fail(str(e))
-    # explain's default filters (MR only, no derived images, no pilots for a 3D model), so the rows match its own
-    rows = inspect_rows(scans, volume=volume, channels=plan, scan_filter=ScanFilter(volume_model=spec.dims == 3))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2, default=str))
-    else:
-        _print_table(rows, ["scan_id", "source", "kind", "shape", "spacing", "orientation", "series_description",
-                            *(["channel_files"] if plan is not None else []), "problems"])
-    if not any(r.get("kind") not in ("skipped", "error") and r.get("status") != "skipped" for r in rows):
-        raise typer.Exit(4)  # as explain exits when nothing is left to explain (all skipped or unreadable)
-
-
-@app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]
-
-  mri-lrp info                                   (the shipped demo model)
-
-  mri-lrp info best.pth --config my.toml --composite epsilon-gamma-box
-""")
-def info(
-    checkpoint: Annotated[str | None, typer.Argument(help="Checkpoint (default: the demo model).")] = None,
-    model: Annotated[str | None, typer.Option(help="MODULE:CLASS for a plain state_dict.")] = None,
-    model_kwargs: Annotated[str | None, typer.Option(help="JSON keyword arguments for --model.")] = None,
-    trust_checkpoint: Annotated[bool | None, typer.Option("--trust-checkpoint")] = None,
-    model_output: Annotated[str | None, typer.Option(
-        help="Which output holds the logits: INDEX of a tuple or list, KEY of a dict.")] = None,
-    rule: Annotated[str | None, typer.Option(help=f"Rule to show per layer: {one_of(RULES)}.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="αβ rule: weight of positive contributions.")] = None,
-    beta: Annotated[float | None, typer.Option(help="αβ rule: weight of negative contributions.")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="ε rule stabiliser.")] = None,
-    gamma: Annotated[float | None, typer.Option(help="γ rule: extra weight on positive weights.")] = None,
-    composite: Annotated[str | None, typer.Option(help=f"Composite to show per layer: {one_of(COMPOSITES)}.")] = None,
-    config: Annotated[str | None, typer.Option("--config", "-c", help=(
-        "TOML file as for explain: its model, class names, input spec, rules and overrides are shown."))] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    reference: Annotated[str | None, typer.Option(
-        help="Print this input-fitness envelope (from `mri-lrp calibrate`) instead of the model.")] = None,
-) -> None:
-    """The model: classes, input spec, parameters, and the LRP rule each layer would get."""
-    from mri_lrp.model.checkpoint import describe_model, load_checkpoint
-    from mri_lrp.settings import load_config
-
-    if reference is not None:
-        _print_envelope(reference)
-        return
-    try:
-        given = {"checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint, "rule": rule,
-                 "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "composite": composite,
-                 "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma, "model_output": model_output}
-        values = load_config(config) if config else {}
-        values.update({k: v for k, v in given.items() if v is not None})
-        loaded = load_checkpoint(
-            values.get("checkpoint"), model=values.get("model"), model_kwargs=values.get("model_kwargs"),
-            class_names=values.get("class_names"),
-            input_spec=values.get("input_spec") or None,
-            trust_checkpoint=bool(values.get("trust_checkpoint", False)), model_output=values.get("model_output"))
-        params = {k: values[k] for k in ("alpha", "beta", "epsilon", "gamma", "model_output") if k in values}
-        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's warning dump
-            warnings.simplefilter("always")
-            desc = describe_model(loaded, rule=values.get("rule", "alphabeta"),
-                                  composite=values.get("composite"), overrides=values.get("overrides") or None,
-                                  **params)
-    except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
-        _fail(str(e))
-    for w in caught:
-        typer.echo(f"mri-lrp: warning: {w.message}", err=True)
-    if as_json:
-        typer.echo(json.dumps(desc, indent=2, default=str))
-        return
-    layers = desc.pop("layers", [])
-    for key, value in desc.items():
-        typer.echo(f"{key:>16}: {value}")
-    _print_table([{"layer": la["name"], "type": la["type"], "rule": la["rule"]} for la in layers],
-                 ["layer", "type", "rule"])
-
-
-def _print_envelope(path: str) -> None:
-    from mri_lrp.fitness.envelope import Envelope
-
-    try:
-        env = Envelope.load(path)
-    except SettingsError as e:
-        _fail(str(e))
-    for line in env.describe():
-        typer.echo(line)
-
-
-@app.command(epilog="""[bold]Examples[/bold]
-
-  mri-lrp calibrate train_scans/ --checkpoint best.pt --out envelope.npz
-
-  mri-lrp explain new_scans/ --checkpoint best.pt --reference envelope.npz
-""")
-def calibrate(
-    scans: Annotated[list[str], typer.Argument(help="Reference scans (the training or validation set).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="The envelope file to write (.npz).")],
-    checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
-    model_kwargs: ModelKwargsOpt = None,
-    trust_checkpoint: TrustOpt = None,
-    config: Annotated[str | None, typer.Option(
-        "--config", "-c", help="TOML file as for explain: the model, input spec and scan filters.")] = None,
-) -> None:
-    """Record the reference envelope of a model's inputs, for `explain --reference` (input fitness)."""
-    from mri_lrp.pipeline.run import calibrate_scans
-    from mri_lrp.settings import build_settings
-
-    cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
-           "model_kwargs": None}
-    try:
-        cli["model_kwargs"] = _json_option(model_kwargs, "--model-kwargs")
-        settings = build_settings(cli, config)
-        if Path(out).is_dir():
-            raise SettingsError(f"{out}: --out is a folder; name the envelope file (e.g. envelope.npz)")
-        calibrate_scans(settings, out, lambda line: typer.echo(f"mri-lrp: {line}", err=True))
-    except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
-        _fail(str(e), hint=_checkpoint_hint(e))
-
-
-@app.command(epilog="""[bold]Examples[/bold]
-
-  mri-lrp merge /scratch/lrp --out /scratch/lrp          (the shards of one sharded run, in place)
-
-  mri-lrp merge run_monday run_tuesday --out all_runs    (separate runs of the same settings)
-""")
-def merge(
-    out_dirs: Annotated[list[str], typer.Argument(help="Output folders of shards (or of earlier runs).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder for the combined result.")],
-    allow_mixed: Annotated[bool, typer.Option(
-        "--allow-mixed", help="Merge parts made with different settings or checkpoints (refused otherwise).")] = False,
-) -> None:
-    """Combine the outputs of several shards into one result set."""
-    from mri_lrp.merge import merge_outputs
-
-    for d in out_dirs:
-        if not Path(d).is_dir():
-            _fail(f"{d}: no such folder")
-    try:
-        report = merge_outputs([Path(d) for d in out_dirs], Path(out), allow_mixed=allow_mixed)
-    except (SettingsError, OSError) as e:
-        _fail(_error_text(e, out))
-    typer.echo(report.describe())
-    raise typer.Exit(0 if report.ok else 3)
-
-
-@app.command()
-def report(
-    out: Annotated[str, typer.Argument(help="A finished run's output folder (of explain or merge).")],
-) -> None:
-    """Rebuild OUT/report.html (summary, gallery, failures, group plots, a page per scan) from a finished run."""
-    from mri_lrp.report import write_report
-
-    if not Path(out).is_dir():
-        _fail(f"{out}: no such folder")
-    try:
-        page = write_report(Path(out))
-    except (SettingsError, OSError) as e:
-        _fail(_error_text(e, out))
-    typer.echo(f"wrote {page}")
-
-
-@app.command(epilog="""[bold]Examples[/bold]
-
-  mri-lrp cohort results/
-
-  mri-lrp cohort results/ --metadata sites.csv --clusters 3
-""")
-def cohort(
-    out: Annotated[str, typer.Argument(help="A finished run's output folder (of explain or merge).")],
-    metadata: Annotated[str | None, typer.Option(
-        "--metadata", "-m", help="CSV/TSV of per-scan facts (site, vendor...) keyed by scan_id, case_id, source "
-        "or participant_id.")] = None,
-    clusters: Annotated[int | None, typer.Option(
-        "--clusters", "-k", help="Clusters per class (default: from the eigengap).")] = None,
-) -> None:
-    """Spectral relevance analysis of a run: clusters per class, shortcut flags, group maps (OUT/cohort/)."""
-    from mri_lrp.cohort.run import run_cohort
-
-    if not Path(out).is_dir():
-        _fail(f"{out}: no such folder")
-    try:
-        result = run_cohort(Path(out), clusters=clusters, metadata=metadata)
-    except (SettingsError, OSError) as e:
-        _fail(str(e))
-    typer.echo(result.describe())
-    _refresh_report(Path(out))
-
-
-@app.command(cls=SettingsDefaults, epilog="""[bold]Examples[/bold]
-
-  mri-lrp evaluate scans/ --checkpoint best.pth --rules alphabeta,epsilon,zplus,epsilon-plus-flat --out eval/
-
-  mri-lrp evaluate scans/ --masks masks/ --baseline mean --cube 6 --steps 30 --sanity-scans 4
-""")
-def evaluate(
-    scans: ScansArg = None,
-    rules: Annotated[str, typer.Option(
-        help=f"Comma-separated rules and composites to compare: {one_of(RULES)} | {one_of(COMPOSITES)}.",
-        rich_help_panel=RULES_PANEL)] = "alphabeta,epsilon,zplus,epsilon-plus-flat",
-    checkpoint: CheckpointOpt = None,
-    model: ModelOpt = None,
-    model_kwargs: ModelKwargsOpt = None,
-    trust_checkpoint: TrustOpt = None,
-    model_output: ModelOutputOpt = None,
-    device: DeviceOpt = None,
-    batch_size: Annotated[str | None, typer.Option(
-        "--batch-size", "-b", help="Perturbed inputs per device batch: auto | N.", rich_help_panel=MODEL)] = None,
-    alpha: AlphaOpt = None,
-    beta: BetaOpt = None,
-    epsilon: EpsilonOpt = None,
-    gamma: GammaOpt = None,
-    target: Annotated[str | None, typer.Option(
-        help="Class to explain and score: predicted | CLASS_NAME | INDEX.", rich_help_panel=RULES_PANEL)] = None,
-    init: InitOpt = None,
-    cube: Annotated[int, typer.Option(help="Cube edge in model voxels (the perturbed region).",
-                                      rich_help_panel="Perturbation")] = 4,
-    steps: Annotated[int, typer.Option(help="Perturbation steps per order.", rich_help_panel="Perturbation")] = 20,
-    fraction: Annotated[float, typer.Option(help="Share of the cubes replaced at the last step.",
-                                            rich_help_panel="Perturbation")] = 0.2,
-    baseline: Annotated[str, typer.Option(help=f"What a replaced cube holds: {one_of(BASELINES)}.",
-                                          rich_help_panel="Perturbation")] = "blur",
-    random_repeats: Annotated[int, typer.Option(help="Random orders averaged for the random baseline.",
-                                                rich_help_panel="Perturbation")] = 3,
-    sanity_scans: Annotated[int, typer.Option(help="Scans the randomisation test runs on (0: skip it).",
-                                              rich_help_panel="Perturbation")] = 2,
-    sanity_steps: Annotated[int, typer.Option(help="Cascade steps of the randomisation test.",
-                                              rich_help_panel="Perturbation")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the random orders and the randomised weights.",
-                                      rich_help_panel="Perturbation")] = 0,
-    masks: Annotated[str | None, typer.Option(
-        help="Folder of lesion masks: adds relevance mass accuracy and pointing game.",
-        rich_help_panel=REGIONS)] = None,
-    config: Annotated[str | None, typer.Option(
-        "--config", "-c", help="TOML file of explain options (model, input spec, rule parameters).",
-        rich_help_panel=INPUTS)] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUTS)] = "mri-lrp-eval",
-    reference: Annotated[str | None, typer.Option(
-        help="Input-fitness envelope (`mri-lrp calibrate`): report the share of scans flagged per class.",
-        rich_help_panel=INPUTS)] = None,
-    reference_any_model: Annotated[bool | None, typer.Option(
-        "--reference-any-model", help="Accept an envelope made with another checkpoint.",
-        rich_help_panel=INPUTS)] = None,
-    quiet: Annotated[bool | None, typer.Option(
-        "--quiet", "-q", help="Only failures and the ranking.", rich_help_panel=OUTPUTS)] = None,
-) -> None:
-    """Evidence for choosing a rule: region perturbation (MoRF/LeRF/random, AOPC) and the randomisation test."""
-    from mri_lrp.evaluate import EvaluateOptions, run_evaluate
-    from mri_lrp.progress import Reporter
-    from mri_lrp.settings import build_settings
-
-    try:
-        cli = {"scans": scans, "checkpoint": checkpoint, "model": model, "trust_checkpoint": trust_checkpoint,
-               "model_kwargs": _json_option(model_kwargs, "--model-kwargs"), "device": device,
-               "batch_size": batch_size, "alpha": alpha, "beta": beta, "epsilon": epsilon, "gamma": gamma,
-               "model_output": model_output, "target": target, "init": init, "masks": masks, "out": out,
-               "quiet": quiet, "workers": 0, "reference": reference, "reference_any_model": reference_any_model}
-        settings = build_settings(cli, config)
-        options = EvaluateOptions(
-            rules=tuple(r.strip() for r in rules.split(",") if r.strip()), cube=cube, steps=steps,
-            fraction=fraction, baseline=baseline, random_repeats=random_repeats, sanity_scans=sanity_scans,
-            sanity_steps=sanity_steps, seed=seed)
-        code = run_evaluate(settings, options, Reporter(quiet=settings.quiet))
-    except (SettingsError, CheckpointError, UnsupportedLayerError) as e:
-        _fail(str(e), hint=_checkpoint_hint(e))
-    raise typer.Exit(code)
-
-
-config_app = typer.Typer(no_args_is_help=True, help="Example configs that ship with the package.",
-                         epilog="[bold]Example[/bold]\n\n  mri-lrp config example alphabeta > my.toml")
+# The other commands, in the order `mri-lrp --help` lists them.
+app.command(epilog=INSPECT_EXAMPLES)(inspect)
+app.command(cls=SettingsDefaults, epilog=INFO_EXAMPLES)(info)
+app.command(epilog=CALIBRATE_EXAMPLES)(calibrate)
+app.command(epilog=MERGE_EXAMPLES)(merge)
+app.command()(report)
+app.command(epilog=COHORT_EXAMPLES)(cohort)
+app.command(cls=SettingsDefaults, epilog=EVALUATE_EXAMPLES)(evaluate)
 app.add_typer(config_app, name="config")
-
-
-@config_app.command("list")
-def config_list() -> None:
-    """The example configs, with the first line of each."""
-    from mri_lrp.configs import example_configs
-
-    for name, text in example_configs().items():
-        first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
-        typer.echo(f"{name}\t{first}")
-
-
-@config_app.command("example")
-def config_example(name: Annotated[str, typer.Argument(help="Its name, as `mri-lrp config list` shows it.")]) -> None:
-    """Print an example config, to save and edit: `mri-lrp config example alphabeta > my.toml`."""
-    from mri_lrp.configs import example_configs
-
-    configs = example_configs()
-    if name.removesuffix(".toml") not in configs:
-        _fail(f"no example config '{name}' (there are: {', '.join(configs)})")
-    typer.echo(configs[name.removesuffix(".toml")], nl=False)
-
-
-def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """A rich table on a terminal; tab-separated lines otherwise (easy to grep in logs)."""
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*(_cell(row.get(c, "")) for c in columns))
-        Console().print(table)
-    else:
-        typer.echo("\t".join(columns))
-        for row in rows:
-            typer.echo("\t".join(_cell(row.get(c, "")) for c in columns))
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        if all(isinstance(v, (int, float)) for v in value):  # a shape or a spacing
-            return "x".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
-        return "; ".join(str(v) for v in value)
-    return "" if value is None else str(value)
 
 
 def main() -> None:
