@@ -34,11 +34,7 @@ import importlib
 import inspect
 import json
 import os
-import pickle
-import pickletools
-import re
 import typing
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +44,7 @@ from torch import nn
 
 from mri_lrp import __version__
 from mri_lrp.errors import CheckpointError, SettingsError, UnsupportedLayerError
+from mri_lrp.model.checkpoint_file import first_line, read_checkpoint_file
 from mri_lrp.model.logits import HOW, choose, element, kind_of
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.model.zoo import build_model
@@ -142,7 +139,9 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, *, model: str | 
         raise _err(path, f"model kwargs must be a JSON object, not {model_kwargs!r}")
     if class_names is not None:
         class_names = _check_class_names(path, class_names)
-    obj = _read(path, trust_checkpoint)
+    if path == DEMO_CHECKPOINT and not path.exists():
+        raise _err(path, "the demo model is not installed; pass --checkpoint PATH")
+    obj = read_checkpoint_file(path, trust_checkpoint)
     sha256 = _sha256(path)
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -198,114 +197,6 @@ def _is_demo(path: Path, sha256: str) -> bool:
         return False
 
 
-def _read(path: Path, trust: bool) -> Any:
-    """torch.load the file safely; anything but a readable, allowed checkpoint is a CheckpointError."""
-    if not path.exists():
-        if path == DEMO_CHECKPOINT:
-            raise _err(path, "the demo model is not installed; pass --checkpoint PATH")
-        raise _err(path, "no such file")
-    if not path.is_file():
-        raise _err(path, "not a file")
-    if path.stat().st_size == 0:
-        raise _err(path, "empty file")
-    text = _text_start(path)
-    if text is not None:
-        raise _err(path, f"not a readable PyTorch checkpoint: a text file (it starts with {text!r}); give the "
-                         "file that torch.save wrote")
-    if _truncated_zip(path):
-        raise _err(path, "not a readable PyTorch checkpoint: a zip archive without its end (truncated, or still "
-                         "being copied); copy the file again")
-    if _is_torchscript(path):
-        raise _err(path, "is a TorchScript archive; LRP needs the Python module structure, so "
-                         "save model.state_dict() (or use save_checkpoint) from the original "
-                         "model and load that with --model")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names the class or function the pickle wants to build; garbage fails on an opcode instead.
-        found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
-        wanted = found.group(1) if found else _raw_pickle_global(path)
-        if wanted is None:
-            raise _err(path, f"not a readable PyTorch checkpoint ({_unpickler_reason(exc)})") from None
-        if not trust:
-            raise _err(path, f"holds a pickled Python object ({wanted}); unpickling can "
-                             "run arbitrary code, so it is refused. Pass --trust-checkpoint only "
-                             "if you trust its source, or re-save the model's state_dict") from None
-    except Exception as exc:  # torch.load raises many types for corrupt files (EOFError, KeyError, ...)
-        raise _err(path, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a trusted pickle may still need classes that are not importable here
-        raise _err(path, f"cannot unpickle ({_first_line(exc)})") from None
-
-
-def _text_start(path: Path) -> str | None:
-    """The first line of a file that is plain text (a checkpoint is a zip archive or a binary pickle), else None.
-
-    torch's unpickler would misread text as pickle opcodes and fail about a stack or an operand.
-    """
-    with path.open("rb") as f:
-        head = f.read(512)
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
-        return None
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if not text.strip() or any(c not in "\t\n\r" and not c.isprintable() for c in text):
-        return None
-    first = text.strip().splitlines()[0]
-    return first if len(first) <= 60 else first[:57] + "..."
-
-
-def _unpickler_reason(exc: BaseException) -> str:
-    """The reason inside torch's weights-only refusal, whose first line (re-run with weights_only=False)
-    is wrong advice for a file that is not a pickle at all."""
-    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
-    return found.group(1).strip() if found else _first_line(exc)
-
-
-def _raw_pickle_global(path: Path) -> str | None:
-    """The class or function a plain pickle file would import, read from its opcodes without running it.
-
-    torch's safe unpickler stops at the framing opcodes of ``pickle.dump`` files before it reaches the
-    import, so for such files the name is found here (preferring one outside torch's tensor rebuilders);
-    garbage yields None.
-    """
-    strings: list[str] = []
-    names: list[str] = []
-    try:
-        with path.open("rb") as f:
-            for opcode, arg, _ in pickletools.genops(f):
-                if opcode.name in ("GLOBAL", "INST"):
-                    names.append(str(arg).replace(" ", "."))
-                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-    except Exception:  # not a pickle (or a truncated one): the caller reports the file as unreadable
-        return None
-    foreign = [n for n in names if not n.startswith(("torch.", "collections."))]
-    return (foreign or names or [None])[0]
-
-
-def _truncated_zip(path: Path) -> bool:
-    """A file that starts as the zip archive torch.save writes but lacks the archive's closing directory."""
-    with path.open("rb") as f:
-        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files carrying compiled code (``code/``) and ``constants.pkl``."""
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
-
-
 def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
                model_kwargs: dict[str, Any] | None, class_names: list[str] | None,
                input_spec: InputSpec | dict[str, Any] | None,
@@ -327,7 +218,7 @@ def _load_ours(path: Path, obj: dict[str, Any], sha256: str, model: str | None,
                 and isinstance(extra, dict) and _is_tensor_dict(state_dict)):
             raise TypeError("architecture, kwargs, extra or state_dict has the wrong type")
     except (KeyError, TypeError, ValueError) as exc:
-        raise _err(path, f"damaged mri-lrp checkpoint metadata ({_first_line(exc)})") from None
+        raise _err(path, f"damaged mri-lrp checkpoint metadata ({first_line(exc)})") from None
     net = resolve_architecture(architecture, kwargs or {}, path)
     _load_weights(path, net, state_dict, architecture)
     net.eval()
@@ -367,7 +258,7 @@ def resolve_architecture(architecture: str, kwargs: dict[str, Any],
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # importing user code may fail in any way; report it, never a traceback
         raise _err(path, f"cannot import {module_name!r} for model {architecture!r} "
-                         f"({_first_line(exc)})") from None
+                         f"({first_line(exc)})") from None
     for part in attr.split("."):
         if not hasattr(target, part):
             raise _err(path, f"model {architecture!r}: {module_name!r} has no {attr!r}")
@@ -379,7 +270,7 @@ def resolve_architecture(architecture: str, kwargs: dict[str, Any],
         return target(**kwargs)
     except Exception as exc:  # the class's own constructor rejects the kwargs
         raise _err(path, f"cannot build {architecture!r} with kwargs {kwargs} "
-                         f"({_first_line(exc)})") from None
+                         f"({first_line(exc)})") from None
 
 
 def _builds_module(target: Any) -> bool:
@@ -567,11 +458,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------- info
