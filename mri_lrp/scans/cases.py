@@ -25,7 +25,7 @@ layouts (nnU-Net, 4D) follow the channel order itself. A case that lacks a chann
 becomes one failure row that names what was found. Other images beside a case (a study's DWI, a bias field
 in the case folder) are skipped. An image that fits no case is kept as a single image with a loud warning: a
 model then sees one contrast in every channel, and its relevance per sequence means nothing. Segmentations
-and masks are never scans (:func:`label_file_reason`, :func:`label_map_reason`), for every model.
+and masks are never scans (``mri_lrp.scans.labels``), for every model.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from pathlib import PurePosixPath
-
-import numpy as np
 
 from mri_lrp.errors import SettingsError
 from mri_lrp.scans.ids import join_id, short_hash, strip_nifti_suffix
@@ -61,11 +58,6 @@ _LAYOUTS = (  # (name, stem pattern with groups 'case' and 'tag'), tried in this
     ("BraTS 2021", re.compile(r"^(?P<case>.+)_(?P<tag>t1|t1ce|t2|flair)$", re.IGNORECASE)),
 )
 _NNUNET = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")
-_LABEL_STEM = re.compile(r"(?:^|[_.-])(seg|segmentation|mask|brainmask|label|labels|dseg|probseg)$", re.IGNORECASE)
-_LABEL_FOLDERS = ("labelsTr", "labelsTs")  # nnU-Net's label folders
-# FreeSurfer's segmentations in a subject's mri/ folder (beside T1.mgz, brain.mgz, orig.mgz, which are scans).
-_FREESURFER_LABELS = re.compile(r"^(?:aparc[\w.-]*\+aseg|aseg(?:\.\w+)?|wmparc|(?:[lr]h\.)?ribbon|filled)$",
-                                re.IGNORECASE)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -119,47 +111,6 @@ def sequence_of(name: str) -> str | None:
     """The sequence ('t1', 't1ce', 't2', 'flair') a channel name or tag stands for, or None."""
     key = re.sub(r"[^a-z0-9]", "", name.lower())
     return next((seq for seq, aliases in SEQUENCES.items() if key in aliases), None)
-
-
-def label_file_reason(rel: str) -> str | None:
-    """Why a NIfTI file is a segmentation or mask rather than a scan (from its name and folders), or None."""
-    parts = PurePosixPath(rel.replace(os.sep, "/")).parts
-    stem = strip_nifti_suffix(parts[-1])
-    hit = _LABEL_STEM.search(stem)
-    if hit:
-        return f"named '{hit.group(0).lstrip('_.-')}': a segmentation or mask, not a scan"
-    if _FREESURFER_LABELS.match(stem):
-        return f"named '{stem}': a FreeSurfer segmentation, not a scan"
-    folder = next((p for p in parts[:-1] if p in _LABEL_FOLDERS), None)
-    if folder:
-        return f"in nnU-Net's {folder}/ folder: a label image, not a scan"
-    return None
-
-
-def label_map_reason(data: np.ndarray) -> str | None:
-    """Why an image's voxels make it a label map (a few whole numbers from 0: a segmentation or mask), or None.
-
-    An MR image has hundreds of grey levels, next to each other; BraTS labels are 0/1/2/4, a mask 0/1 or 0/255,
-    an atlas or a FreeSurfer parcellation up to a few hundred label values far apart and unevenly spaced
-    (aseg: ~40 values up to 255, aparc+aseg: ~110 up to 2035). A sample rules out almost every scan at once;
-    the whole volume is checked only for the few that pass it.
-    """
-    flat = np.asarray(data).ravel()
-    for values in (flat[:: max(1, flat.size // 65536)], flat):
-        if not values.size or not np.array_equal(values, np.round(values)):
-            return None
-        levels = np.unique(values)
-        few = 2 <= levels.size <= 8 and levels[0] == 0 and (levels[-1] <= 20 or levels.size == 2)
-        # Far apart, and not evenly (an 8-bit image stored as 16 bits, times 257, has a common step).
-        sparse = 8 < levels.size <= 512 and levels[0] == 0 and levels[-1] >= 4 * levels.size \
-            and np.gcd.reduce(levels.astype(np.int64)) == 1
-        if not (few or sparse):
-            return None
-    if levels.size > 8:
-        return (f"holds only {levels.size} whole numbers from 0 to {levels[-1]:g}, far apart: a label map "
-                "(atlas or parcellation), not a scan")
-    shown = ", ".join(f"{v:g}" for v in levels)
-    return f"holds only the whole numbers {shown}: a label map (segmentation or mask), not a scan"
 
 
 @dataclass(frozen=True)

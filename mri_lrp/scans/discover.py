@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mri_lrp.scans.cases import ChannelPlan, Item, build_cases, label_file_reason
+from mri_lrp.scans.cases import ChannelPlan, Item, build_cases
 from mri_lrp.scans.dicom import DicomHeader, read_header, split_series
 from mri_lrp.scans.ids import NIFTI_SUFFIXES, file_scan_id, make_unique, printable, series_scan_id, short_hash
 from mri_lrp.scans.image2d import IMAGE_SUFFIXES, image_ref
+from mri_lrp.scans.labels import label_file_reason
 from mri_lrp.scans.nifti import probe_nifti
 from mri_lrp.scans.refs import ScanRef, Skipped
 

@@ -86,8 +86,8 @@ def _pixels(image) -> tuple[np.ndarray, tuple[str, ...], str]:
 def image_ref(rel: str, abs_path: str, location: str) -> ScanRef | Skipped:
     """Discovery's entry for an image file: a ScanRef, or Skipped for a picture an earlier run wrote (an
     overlay in a scan folder of its output) or a file named as a mask or segmentation."""
-    from mri_lrp.scans.cases import label_file_reason
     from mri_lrp.scans.ids import file_scan_id
+    from mri_lrp.scans.labels import label_file_reason
 
     folder = os.path.dirname(abs_path)
     try:

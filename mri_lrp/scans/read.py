@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from mri_lrp.errors import ScanError
-from mri_lrp.scans.cases import label_map_reason
 from mri_lrp.scans.channels import read_case
 from mri_lrp.scans.dicom import read_dicom
 from mri_lrp.scans.discover import discover
 from mri_lrp.scans.image2d import read_image
+from mri_lrp.scans.labels import label_map_reason
 from mri_lrp.scans.nifti import read_nifti
 from mri_lrp.scans.refs import ScanRef
 from mri_lrp.scans.scan import Scan
