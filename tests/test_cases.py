@@ -30,7 +30,8 @@ from case_factory import (
 from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.scans import discover, read_scan
-from mri_lrp.scans.cases import ChannelPlan, channel_files_text, description_sequence, sequence_of
+from mri_lrp.scans.case_match import ChannelPlan, description_sequence, sequence_of
+from mri_lrp.scans.cases import channel_files_text
 from mri_lrp.scans.channels import resample_linear
 
 PLAN = ChannelPlan(4, NAMES)

@@ -13,7 +13,7 @@ from PIL import Image
 from mri_lrp.errors import SettingsError
 from mri_lrp.model.spec import InputSpec
 from mri_lrp.scans import discover
-from mri_lrp.scans.cases import ChannelPlan, description_sequence
+from mri_lrp.scans.case_match import ChannelPlan, description_sequence
 
 COLOUR_2D = InputSpec(dims=2, channels=3, shape=(64, 64), resize=True, normalization="imagenet")
 
