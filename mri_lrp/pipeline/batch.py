@@ -182,6 +182,10 @@ class Job:
 
     def _drop(self, prepared: Prepared, stage: str, error: str) -> None:
         self._fail(prepared.ref, stage, error)
+        self._release(prepared)
+
+    def _release(self, prepared: Prepared) -> None:
+        """The worker that read a scan that will not be written forgets its voxels."""
         if self._workers is not None and prepared.worker is not None:
             self._workers.submit(prepared.worker, release, prepared.ref.scan_id)
 
@@ -202,8 +206,7 @@ class Job:
         """--skip-unfit: no files for this scan; listed as skipped, and forgotten by the worker that holds it."""
         self.unfit.append((prepared.ref, reasons))
         self.reporter.note(f"{prepared.ref.scan_id}: not explained (--skip-unfit): {reasons}", always=True)
-        if self._workers is not None and prepared.worker is not None:
-            self._workers.submit(prepared.worker, release, prepared.ref.scan_id)
+        self._release(prepared)
 
     def _record_write(self, prepared: Prepared, fut: cf.Future) -> None:
         ref = prepared.ref
