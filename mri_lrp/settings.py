@@ -73,9 +73,14 @@ class Settings:
     skip_unfit: bool = False         # leave scans whose fitness is "out" unexplained (listed as skipped)
 
     def fingerprint(self, checkpoint_sha256: str) -> str:
-        """A short hash of everything that changes results: a resumed run redoes a scan when it differs."""
+        """A short hash of everything that changes results: a resumed run redoes a scan when it differs.
+
+        The relevance rules' version is part of it, so an upgrade that changes the maps redoes the scans."""
+        from mri_lrp.lrp.rules import RULES_VERSION  # here: reading settings does not load torch
+
         payload = {name: _jsonable(getattr(self, name)) for name in RESULT_FIELDS}
         payload["checkpoint_sha256"] = checkpoint_sha256
+        payload["rules_version"] = RULES_VERSION
         if self.layout != "flat":  # files elsewhere: a flat result is not done for BIDS (flat hashes unchanged)
             payload["layout"] = self.layout
         if self.keep_uids:  # rows with UID columns (hashes without them unchanged)

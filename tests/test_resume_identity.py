@@ -11,8 +11,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
-from mri_lrp.pipeline import run_explain
+from mri_lrp.lrp import rules
+from mri_lrp.pipeline import resume, run_explain, write
 from mri_lrp.pipeline.resume import input_identity, is_done
 from mri_lrp.progress import Reporter
 from mri_lrp.scans import discover
@@ -127,3 +129,26 @@ def test_the_img_of_an_analyze_pair_is_part_of_its_identity(tmp_path: Path) -> N
     shutil.copyfile(tmp_path / "other.img", tmp_path / "pair.img")  # new voxels, same header file
     assert [Path(item["path"]).name for item in before] == ["pair.hdr", "pair.img"]
     assert input_identity(ref.paths) != before
+
+
+def test_a_scan_explained_by_other_relevance_rules_is_explained_again_and_then_resumed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade that changes the maps a rule gives (RULES_VERSION) must not resume the old maps."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_volume(scans / "a.nii.gz", (20, 24, 18), seed=1)
+    current = rules.RULES_VERSION
+    for module in (rules, write, resume):  # as an earlier release would have written it
+        monkeypatch.setattr(module, "RULES_VERSION", current - 1)
+    assert explain([scans], out)[0] == 0
+    marker = out / "scans" / "a" / "result.json"
+    assert json.loads(marker.read_text())["rules_version"] == current - 1
+    monkeypatch.undo()
+
+    code, log = explain([scans], out)
+    assert code == 0
+    assert "done 1 · resumed 0" in log
+    assert "1 scan(s) explained by an earlier version of the relevance rules (the maps changed): explained again" in log
+    assert json.loads(marker.read_text())["rules_version"] == current
+    code, log = explain([scans], out)
+    assert code == 0
+    assert "done 0 · resumed 1" in log and "explained again" not in log

@@ -19,6 +19,11 @@ import torch.nn.functional as F
 
 from mri_lrp.errors import SettingsError
 
+# The version of the relevance the engine gives (these rules and the ops, attention and composites that apply
+# them). Bump it whenever any rule's maps change: the resume fingerprint holds it, so results of the old rules
+# are explained again instead of resumed. 2: an add of a constant (x + c) is a bias to the rule.
+RULES_VERSION = 2
+
 
 @dataclass(frozen=True)
 class Affine:

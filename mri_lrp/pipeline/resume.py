@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mri_lrp.lrp.rules import RULES_VERSION
 from mri_lrp.outputs import DONE_MARKER, read_csv
 from mri_lrp.scans import ScanRef
 
@@ -78,6 +79,20 @@ def stale_marker(scan_dir: Path, fingerprint: str, identity: list[dict[str, Any]
         return False
     return (isinstance(marker, dict) and marker.get("fingerprint") == fingerprint
             and not _same_identity(marker.get("inputs"), identity))
+
+
+def outdated(scan_dir: Path, fingerprint: str) -> str | None:
+    """Why the folder's finished result is not this run's, in words for the log; None when there is none or
+    it is this run's. A marker without a rules version predates it, so its rules are earlier ones too."""
+    try:
+        marker = json.loads((scan_dir / DONE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("fingerprint") == fingerprint:
+        return None
+    if marker.get("rules_version") != RULES_VERSION:
+        return "explained by an earlier version of the relevance rules (the maps changed)"
+    return "explained with other settings or another checkpoint"
 
 
 def collect_results(out: Path, refs: list[ScanRef], fingerprint: str) -> tuple[list[dict], list[dict]]:

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from mri_lrp.pipeline.folds import FoldJob, fold_rows
 from mri_lrp.pipeline.layout import Layout, write_bids_root
 from mri_lrp.pipeline.lock import acquire as acquire_lock
 from mri_lrp.pipeline.manifest import RunStats, history_path, run_manifest
-from mri_lrp.pipeline.resume import collect_results, input_identity, is_done, stale_marker
+from mri_lrp.pipeline.resume import collect_results, input_identity, is_done, outdated, stale_marker
 from mri_lrp.pipeline.signals import StopOnSignal
 from mri_lrp.pipeline.workers import start_worker_server
 from mri_lrp.pipeline.write import ScanWriter, cached_atlas
@@ -190,6 +191,10 @@ def _run_locked(settings: Settings, reporter: Reporter, setup: Setup, stats: Run
             reporter.note(f"{r.scan_id}: input files changed since it was explained: redone")
     todo = [r for r in refs if not (settings.resume and is_done(out / "scans" / r.scan_id, fingerprint,
                                                                 list(r.identity)))]
+    if settings.resume:  # say why finished-looking scans are explained again (one line per reason)
+        for why, count in Counter(filter(None, (outdated(out / "scans" / r.scan_id, fingerprint)
+                                                for r in todo))).items():
+            reporter.note(f"resume: {count} scan(s) {why}: explained again")
     stats.resumed = len(refs) - len(todo)
     if stats.resumed:
         reporter.note(f"resume: {stats.resumed} scans already done with these settings")

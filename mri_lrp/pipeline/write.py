@@ -15,6 +15,7 @@ from mri_lrp import __version__
 from mri_lrp.cohort.scanfacts import write_cohort_files
 from mri_lrp.folds import FoldMaps
 from mri_lrp.lrp.explain import conservation_note
+from mri_lrp.lrp.rules import RULES_VERSION
 from mri_lrp.model.transform import ModelSpace, model_volume, outside_relevance, to_scan, to_scan_channels
 from mri_lrp.outputs import DONE_MARKER, NiftiMeta, atomic_write_json, save_nifti, write_csv
 from mri_lrp.pipeline.explained import Explained
@@ -206,8 +207,8 @@ class ScanWriter:
             "status": "ok", "seconds": round(seconds, 3),
             **self._join_columns(res.dicom),
         }
-        atomic_write_json(scan_dir / DONE_MARKER, {"fingerprint": self.fingerprint, "inputs": res.identity,
-                                                   "files": files, "summary": summary,
+        atomic_write_json(scan_dir / DONE_MARKER, {"fingerprint": self.fingerprint, "rules_version": RULES_VERSION,
+                                                   "inputs": res.identity, "files": files, "summary": summary,
                                                    **({"folds": fold.rows} if fold is not None else {})})
         return time.perf_counter() - t0, "ok"
 
