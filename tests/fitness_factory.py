@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from torch import nn
 
 from mri_lrp.model.checkpoint import save_checkpoint
 from mri_lrp.model.spec import InputSpec
@@ -27,6 +28,20 @@ SPEC = InputSpec(dims=3, channels=1, shape=(24, 28, 24), spacing=(8.0, 8.0, 8.0)
                  normalization="zscore")
 SPACING = (6.0, 6.0, 6.0)
 KWARGS = {"in_channels": 1, "num_classes": 4, "width": 4, "depth": 2}
+
+
+class WideFirstLayer(nn.Module):
+    """A 7-voxel first convolution and a 3-voxel stride-2 pooling, as MONAI's resnet10 by default: its first
+    layers read 9 voxels per axis."""
+
+    def __init__(self, num_classes: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 7, padding=3)
+        self.pool = nn.MaxPool3d(3, stride=2, padding=1)
+        self.head = nn.Linear(2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.relu(self.conv(x))).mean(dim=(2, 3, 4)))
 
 
 def phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,8 @@ from mri_lrp.cli import app
 from mri_lrp.errors import ScanError, SettingsError
 from mri_lrp.fitness import checks
 from mri_lrp.fitness.envelope import MIN_REFERENCE, VERSION, Envelope
-from mri_lrp.model.checkpoint import load_checkpoint
+from mri_lrp.model.checkpoint import load_checkpoint, save_checkpoint
+from mri_lrp.model.spec import InputSpec
 from mri_lrp.outputs import read_csv
 from mri_lrp.pipeline.read import prepare
 from mri_lrp.scans import discover
@@ -299,3 +300,53 @@ def test_voxels_far_coarser_than_the_references_are_doubtful(trained: dict[str, 
     (row,) = ff.assess(trained["checkpoint"], trained["envelope"], [path])
     assert row["fitness"] != "ok"
     assert "voxels of 18 mm along the coarsest axis, the reference's at most 6 mm" in row["fitness_reasons"]
+
+
+THIN_SPEC = InputSpec(dims=3, channels=1, shape=(24, 24, 24), spacing=(2.0, 2.0, 2.0), orientation="RAS",
+                      normalization="zscore")
+
+
+def _slab(path: Path, slices: int, slice_mm: float = 3.0, in_plane_mm: float = 2.0) -> Path:
+    """A smooth blob of 20x20 voxels by `slices` slices."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 20, slices)], indexing="ij"))
+    volume = np.exp(-2 * (grid**2).sum(0)) * 1000 + np.random.default_rng(slices).normal(0, 20, grid.shape[1:])
+    return ff.save(path, volume, np.diag([in_plane_mm, in_plane_mm, slice_mm, 1.0]))
+
+
+def _thin_model(path: Path) -> Path:
+    torch.manual_seed(0)
+    save_checkpoint(path, ff.WideFirstLayer().eval(), architecture="fitness_factory:WideFirstLayer", kwargs={},
+                    class_names=["a", "b"], input_spec=THIN_SPEC)
+    return path
+
+
+def test_the_width_that_counts_is_the_scans_extent_on_the_model_grid(tmp_path: Path) -> None:
+    assert checks.input_need(ff.WideFirstLayer()) == 9
+
+    def geometry(path: Path) -> checks.Geometry:
+        (ref,), _ = discover([str(path)])
+        return checks.geometry(prepare(ref, THIN_SPEC).model_input.space)
+
+    thin = geometry(_slab(tmp_path / "thin.nii.gz", 8))  # 8 slices of 3 mm: 24 mm, 12 voxels of 2 mm
+    assert thin.spanned[2] == pytest.approx(12.0) and checks.too_small(thin, 9) == ""
+    narrow = geometry(_slab(tmp_path / "narrow.nii.gz", 4))  # 12 mm: 6 model voxels
+    assert "fewer than the 9 voxels per axis" in checks.too_small(narrow, 9)
+    thumbnail = geometry(_slab(tmp_path / "thumb.nii.gz", 3, slice_mm=24.0, in_plane_mm=24.0))
+    assert checks.too_small(thumbnail, 9) == ""  # 3 voxels of its own, blown up: the resampling factor's case
+    assert any("coarser than the model's grid" in r for r in checks.geometry_reasons(thumbnail)[0])
+
+
+def test_a_thin_slab_wide_enough_on_the_model_grid_is_explained_and_a_narrower_one_fails(tmp_path: Path) -> None:
+    checkpoint = _thin_model(tmp_path / "wide.pt")
+    _slab(tmp_path / "scans" / "thin.nii.gz", 8)
+    _slab(tmp_path / "scans" / "narrow.nii.gz", 4)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", str(tmp_path / "scans"), "--checkpoint", str(checkpoint),
+                                 "--out", str(out), "-j0"])
+    assert result.exit_code == 3, result.output
+    assert [r["scan_id"] for r in read_csv(out / "summary.csv")] == ["thin"]
+    (failure,) = read_csv(out / "failures.csv")
+    assert failure["source"] == "narrow.nii.gz" and "\n" not in failure["error"]
+    assert failure["error"].endswith("fewer than the 9 voxels per axis its first layers read: "
+                                     "not an input this model can classify")
+    assert "narrow.nii.gz: the scan fills 20.0x20.0x6.0 voxels" in result.output

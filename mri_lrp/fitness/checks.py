@@ -10,8 +10,10 @@ image looks like. Thresholds (documented in the README's "Input fitness" section
   the model sees only part of the scan.
 - The resampling factor: how many model voxels one scan voxel becomes along its coarsest axis. Above
   ``UPSAMPLE_DOUBTFUL`` the scan is far coarser than the model's grid; above ``UPSAMPLE_OUT`` it is ``out``.
-- A scan narrower, along any model axis (in scan voxels or in model voxels), than the model's first layers
-  read (the receptive field up to their first stride) fails outright: the classifier would answer from padding.
+- A scan narrower, along any model axis, than the model's first layers read (the receptive field up to their
+  first stride, in model voxels) fails outright: the classifier would answer from padding. The width is the
+  scan's physical extent on the model grid, so a thin slab resampled onto a finer grid counts the model voxels
+  it fills; a scan with too few voxels of its own that the grid blows up is the resampling factor's to flag.
 - A constant volume, an empty head (almost no voxel above background) and a value range that cannot be MR
   (a share of voxels at or below ``AIR_HU``/2, as CT air at -1000 HU) are ``out``.
 """
@@ -43,7 +45,7 @@ class Geometry:
     input_coverage: float                 # share of model voxels that hold scan data
     scan_inside: float                    # share of scan voxels inside the model grid
     covered: tuple[int, ...]              # model voxels holding scan data, per spatial model axis
-    scan_voxels: tuple[int, ...]          # scan voxels inside the grid, along the same axes
+    spanned: tuple[float, ...]            # the scan's extent inside the grid in model voxels, same axes
     model_shape: tuple[int, ...]          # the spatial model grid
     upsampling: float                     # model voxels per scan voxel along the coarsest scan axis
     spacing: tuple[float, float, float]   # the scan's voxel size in mm, coarsest first
@@ -57,7 +59,7 @@ def geometry(space: ModelSpace) -> Geometry:
         model_shape = tuple(int(n) for n in space.model_shape[1:4])
     else:
         model_shape = tuple(int(n) for n in space.model_shape[2:4])
-    covered, scan_voxels, inside_share, factors = [], [], [], []
+    covered, spanned, inside_share, factors = [], [], [], []
     for j, n_out in enumerate(model_shape):
         i = int(np.argmax(np.abs(to_scan[:3, j])))
         step = float(to_scan[i, j])
@@ -65,14 +67,14 @@ def geometry(space: ModelSpace) -> Geometry:
         pos = to_scan[i, 3] + step * np.arange(n_out)
         covered.append(int(((pos >= -0.5) & (pos <= n_in - 0.5)).sum()))
         lo, hi = float(pos.min()) - abs(step) / 2, float(pos.max()) + abs(step) / 2
-        idx = np.arange(n_in)
-        scan_voxels.append(int(((idx >= lo) & (idx <= hi)).sum()))
-        inside_share.append(max(0.0, min(hi, n_in - 0.5) - max(lo, -0.5)) / n_in)
+        inside = max(0.0, min(hi, n_in - 0.5) - max(lo, -0.5))  # in scan voxels
+        spanned.append(inside / abs(step) if step else 0.0)
+        inside_share.append(inside / n_in)
         factors.append(1.0 / abs(step) if step else float("inf"))
     n_model = float(np.prod(model_shape))
     return Geometry(input_coverage=float(np.prod(covered)) / n_model if n_model else 0.0,
                     scan_inside=float(np.prod(inside_share)), covered=tuple(covered),
-                    scan_voxels=tuple(scan_voxels), model_shape=model_shape, upsampling=float(max(factors)),
+                    spanned=tuple(spanned), model_shape=model_shape, upsampling=float(max(factors)),
                     spacing=tuple(sorted((float(v) for v in np.linalg.norm(  # type: ignore[arg-type]
                         np.asarray(space.scan_affine)[:3, :3], axis=0)), reverse=True)))
 
@@ -103,11 +105,13 @@ _GRID_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.MaxPool3d, nn.
 
 
 def too_small(geo: Geometry, need: int) -> str:
-    """The reason a scan is too small to classify at all, or "" (a hard per-scan failure)."""
-    seen = [min(c, s) for c, s in zip(geo.covered, geo.scan_voxels, strict=True)]
-    if min(seen, default=need) >= need:
+    """The reason a scan is too small to classify at all, or "" (a hard per-scan failure).
+
+    Whole model voxels spanned, not scan voxels: a thin slab upsampled onto a fine grid is as wide as it is in
+    millimetres (the rounding tolerance keeps an exact fit, 8 slices of 3 mm on a 2 mm grid, at 12)."""
+    if min((int(w + 1e-6) for w in geo.spanned), default=need) >= need:
         return ""
-    return (f"the scan fills {'x'.join(map(str, geo.covered))} voxels of the model's "
+    return (f"the scan fills {'x'.join(f'{w:.1f}' for w in geo.spanned)} voxels of the model's "
             f"{'x'.join(map(str, geo.model_shape))} grid ({_share(geo.input_coverage)} of it), fewer than the "
             f"{need} voxels per axis its first layers read: not an input this model can classify")
 
