@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# nilearn only for the MNI152 template files inside its wheel (sample scans, demo training, their tests):
+	# none of its code runs, so none of its dependencies is installed.
+	$(BIN)/pip install -q --no-deps nilearn==0.14.1
 	touch $(STAMP)
 
 venv: $(STAMP)

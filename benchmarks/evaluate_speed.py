@@ -43,7 +43,7 @@ def main() -> None:
     loaded = load_checkpoint(None)
     model = loaded.model.to(device)
     explainer = Explainer(model, rule="alphabeta", alpha=2.0, beta=1.0)
-    refs, _ = discover([str(ROOT / "sample_scans")])
+    refs, _ = discover([str(ROOT / "sample_scans" / "t1")])
     refs = [r for r in refs if r.kind == "nifti"][:args.scans]
     cube = (args.cube,) * 3
     kwargs = {"cube": cube, "steps": args.steps, "fraction": args.fraction, "baseline": "blur"}

@@ -1,17 +1,20 @@
-"""Evaluate the demo model on held-out phantoms: accuracy, and whether LRP points at the tumour.
+"""Evaluate the demo models on held-out heads: accuracy, and whether LRP points at the tumour.
 
-For every held-out phantom the scan goes through ``to_model``, the model classifies it, and for tumour
-classes LRP alpha-beta (alpha 2, beta 1, output relevance = probability of the true class) gives relevance
-that ``to_scan`` maps back onto the scan's own grid. There it is scored against the true lesion mask:
+For every held-out head the scan goes through ``to_model``, the model classifies it, and for tumour classes
+LRP (output relevance = probability of the true class) gives relevance that ``to_scan`` maps back onto the
+scan's own grid. There it is scored against the true lesion mask:
 
 * relevance mass accuracy: positive relevance inside the mask / all positive relevance (Arras et al. 2022);
 * pointing game: whether the voxel of largest relevance lies inside the mask;
 * chance level: what relevance spread evenly over the head would score (mask volume / head volume), so the
   mass accuracy can be read against it.
 
-Results go into the model's JSON record and into benchmarks/DEMO.md.
+The default rule (alpha-beta, alpha 2, beta 1) is scored with every other rule and composite listed in
+``RULES``. A fold ensemble is scored as ``mri-lrp explain`` runs it: the mean of the folds' probabilities picks
+the class, and the map is the mean of the folds' maps. Results go into each model's JSON record and into
+benchmarks/DEMO.md.
 
-    python scripts/evaluate_demo.py [--checkpoint mri_lrp/data/demo_model.pt] [--heads 25]
+    python scripts/evaluate_demo.py [--model t1ce|multiseq|folds] [--heads 25]
 """
 
 from __future__ import annotations
@@ -26,13 +29,23 @@ import numpy as np
 import torch
 
 from mri_lrp.lrp import Explainer
+from mri_lrp.mni_heads import LABELS, TISSUES, generate_head
 from mri_lrp.model.checkpoint import load_checkpoint
 from mri_lrp.model.transform import to_model, to_scan
-from mri_lrp.phantoms import LABELS, TISSUES, generate_phantom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_demo import DATA_DIR, EVAL_SEED_BASE, ROOT, phantom_scan  # noqa: E402
+from train_demo import DATA_DIR, EVAL_SEED_BASE, FOLDS, RECIPES, ROOT, head_scan  # noqa: E402
 
+# name shown -> Explainer arguments; the first is the tool's default rule.
+RULES: dict[str, dict] = {
+    "alphabeta (a2 b1)": {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0},
+    "alphabeta (a1 b0)": {"rule": "alphabeta", "alpha": 1.0, "beta": 0.0},
+    "zplus": {"rule": "zplus"},
+    "epsilon": {"rule": "epsilon"},
+    "epsilon-plus-flat": {"rule": "epsilon", "composite": "epsilon-plus-flat"},
+    "epsilon-gamma-box": {"rule": "epsilon", "composite": "epsilon-gamma-box"},
+    "epsilon-alpha2-beta1-flat": {"rule": "epsilon", "composite": "epsilon-alpha2-beta1-flat"},
+}
 SCORES = ("mass_accuracy", "pointing", "chance", "near_mask", "air")
 
 
@@ -67,38 +80,44 @@ def score(relevance: np.ndarray, mask: np.ndarray, near: np.ndarray | None = Non
     return out
 
 
-def evaluate(checkpoint: Path | None, heads: int, seed_base: int, alpha: float, beta: float,
-             log=print) -> dict:
-    """Classify ``heads`` x 4 held-out phantoms and score the relevance of the tumour ones."""
-    loaded = load_checkpoint(checkpoint)
-    model, spec, names = loaded.model.eval(), loaded.input_spec, loaded.class_names
-    explainer = Explainer(model, rule="alphabeta", alpha=alpha, beta=beta)
-    rows = []
+def evaluate(checkpoints: list[Path | None], sequences: tuple[str, ...], heads: int, seed_base: int,
+             rules: dict[str, dict], log=print) -> dict:
+    """Classify ``heads`` x 4 held-out heads and score each rule's relevance on the tumour ones."""
+    loaded = [load_checkpoint(c) for c in checkpoints]
+    spec, names = loaded[0].input_spec, loaded[0].class_names
+    models = [entry.model.eval() for entry in loaded]
+    explainers = {name: [Explainer(m, **args) for m in models] for name, args in rules.items()}
+    rows: dict[str, list[dict]] = {name: [] for name in rules}
     started = time.perf_counter()
     for seed in range(seed_base, seed_base + heads):
         for label in LABELS:
-            phantom = generate_phantom(seed, label)
-            ctx = to_model(phantom_scan(phantom), spec)
+            head = generate_head(seed, label, sequences=sequences)
+            ctx = to_model(head_scan(head), spec)
             x = ctx.tensor.unsqueeze(0)
-            row: dict = {"seed": seed, "label": label}
+            with torch.no_grad():
+                probs = torch.stack([m(x).softmax(1)[0] for m in models]).mean(0)
+            predicted = names[int(probs.argmax())]
             if label == "no_tumour":
-                with torch.no_grad():
-                    row["predicted"] = names[int(model(x).argmax(1))]
-                rows.append(row)
+                for name in rules:
+                    rows[name].append({"seed": seed, "label": label, "predicted": predicted})
                 continue
-            result = explainer(x, target=names.index(label), init="prob")
-            row["predicted"] = names[int(result.logits.argmax(1))]
-            row["prob"] = float(result.probs[0, names.index(label)])
-            relevance = to_scan(result.relevance[0], ctx)
-            mask = phantom.mask > 0
-            steps = int(np.ceil(max(spec.spacing or (0.0,)) / min(phantom.spacing)))
-            row.update(score(relevance, mask, dilate(mask, steps), phantom.tissues == TISSUES["background"]))
-            row["chance"] = float(mask.sum() / np.count_nonzero(phantom.tissues != TISSUES["background"]))
-            row["conservation_error"] = float(result.conservation_error[0])
-            rows.append(row)
+            mask = head.mask > 0
+            steps = int(np.ceil(max(spec.spacing or (0.0,)) / min(head.spacing)))
+            near, air = dilate(mask, steps), head.tissues == TISSUES["background"]
+            chance = float(mask.sum() / np.count_nonzero(~air))
+            for name, fold_explainers in explainers.items():
+                results = [e(x, target=names.index(label), init="prob") for e in fold_explainers]
+                relevance = to_scan(torch.stack([r.relevance[0] for r in results]).mean(0), ctx)
+                row = {"seed": seed, "label": label, "predicted": predicted, "chance": chance,
+                       "prob": float(probs[names.index(label)]),
+                       "conservation_error": max(float(r.conservation_error[0]) for r in results)}
+                row.update(score(relevance, mask, near, air))
+                rows[name].append(row)
+        first = rows[next(iter(rules))][-len(LABELS):]
         log(f"seed {seed}: " + ", ".join(f"{r['label']}->{r['predicted']} {r.get('mass_accuracy', 0):.2f}"
-                                         for r in rows[-len(LABELS):]))
-    return summarise(rows, names, time.perf_counter() - started)
+                                         for r in first), flush=True)
+    seconds = time.perf_counter() - started
+    return {name: summarise(mine, names, seconds) for name, mine in rows.items()}
 
 
 def summarise(rows: list[dict], names: list[str], seconds: float) -> dict:
@@ -123,108 +142,120 @@ def summarise(rows: list[dict], names: list[str], seconds: float) -> dict:
     return out
 
 
-NOTES = [
-    "## Reading the numbers, and why mass accuracy is below the 0.7 goal",
-    "",
-    "Relevance finds the lesion (pointing game, and a mass accuracy far above chance) but does not stay",
-    "inside it. Where the rest goes, measured on held-out phantoms during development:",
-    "",
-    "- *The lesion's edge.* 'Within 1 model voxel' counts the mask grown by one model voxel (3.5 mm): it adds",
-    "  about 0.1 for every class. The model grid is coarser than the scans and `to_scan` spreads each model",
-    "  voxel's relevance over the scan voxels it was sampled from, so small lesions (pituitary, meningioma",
-    "  domes) lose a large share at their border.",
-    "- *The air and the rest of the head.* About 0.1 of the positive relevance lies outside the head and",
-    "  0.15-0.25 in white matter far from the lesion: alpha-beta with alpha 2 hands positive relevance to",
-    "  every input that feeds a positive activation, and with a class probability as output relevance there",
-    "  is no contrast against the other classes. alpha 1, beta 0 is worse (mass accuracy 0.11-0.20, a",
-    "  quarter of the relevance in the air), so the beta term is what keeps the maps as focused as they are.",
-    "- *Not a shortcut.* Every training head appears once per class with identical anatomy and noise and",
-    "  each batch holds whole sets, so nothing but the lesion separates the classes. The first model, trained",
-    "  on shuffled batches, had learnt 'dark blob' features that fired on the ventricles as well as on the",
-    "  glioma's necrotic core: glioma recall 0.74 and glioma mass accuracy 0.11. Matched-set batches and a",
-    "  brighter enhancing rim raised glioma recall to 0.92 and its mass accuracy to 0.26.",
-    "- *Not the normalisation.* Percentile normalisation to [0, 1] instead of z-score (air no longer negative)",
-    "  left the air's share at 0.11 and lowered meningioma mass accuracy to 0.25, so z-score stayed.",
-    "",
-    "What would likely raise it (not done): a finer model grid (3 mm or less) for the edge loss, and a",
-    "contrastive output relevance (`--init sglrp`) or a composite with a bounded-input rule at the first",
-    "layer for the diffuse part.",
-]
+NOTES: list[str] = []
+
+TITLES = {"t1ce": "T1ce model", "multiseq": "Four-sequence model", "folds": "Three folds of the T1ce model"}
 
 
-def demo_markdown(record: dict) -> str:
-    """benchmarks/DEMO.md: how the demo model was made and how well it does, from its JSON record."""
-    t, d, e = record["training"], record["data"], record["evaluation"]
-    spec = record["input_spec"]
+def _default(evaluation: dict) -> dict:
+    return evaluation["rules"][next(iter(evaluation["rules"]))]
+
+
+def _model_section(name: str, record: dict) -> list[str]:
+    """One model: how it was trained, its default-rule scores per class, and every rule's scores."""
+    t, d, e, spec = record["training"], record["data"], record["evaluation"], record["input_spec"]
+    best = _default(e)
     lines = [
-        "# Demo model: training and evaluation",
+        f"## {TITLES[name]}",
         "",
-        "The model shipped as `mri_lrp/data/demo_model.pt` (record: `mri_lrp/data/demo_model.json`) is the",
-        f"zoo's `{record['architecture']}` ({record['kwargs']}) trained by `scripts/train_demo.py` on",
-        "synthetic head phantoms (`mri_lrp.phantoms`) and scored by `scripts/evaluate_demo.py`. Each",
-        "training head appears once per class with identical anatomy and noise, so the lesion is the only",
-        "difference between classes.",
+        f"`{e['checkpoints']}`: the zoo's `{record['architecture']}` ({record['kwargs']}); input "
+        f"{spec['channels']} channel(s) ({', '.join(d['sequences'])}), shape {spec['shape']}, spacing "
+        f"{spec['spacing']} mm, {spec['orientation']}, {spec['normalization']} normalisation.",
+        f"Trained on {d['train_samples']} heads ({d['train_heads']} subjects x 4 classes, seeds "
+        f"{d['train_seeds'][0]}-{d['train_seeds'][1]}{', one fold in three per model' if name == 'folds' else ''}); "
+        f"{t['epochs']} epochs, batch {t['batch_size']}, {t['optimiser']} lr {t['lr']} ({t['schedule']}), "
+        f"{t['augmentation']}, sparsity {t['sparsity']}; {t['seconds_fit']:.0f} s on {t['torch_threads']} CPU "
+        "threads.",
         "",
-        f"- Input spec: {spec['dims']}D, shape {spec['shape']}, spacing {spec['spacing']} mm, "
-        f"orientation {spec['orientation']}, {spec['normalization']} normalisation.",
-        f"- Training data: {d['train_samples']} phantoms ({d['train_heads']} heads x 4 classes, seeds "
-        f"{d['train_seeds'][0]}-{d['train_seeds'][1]}); {t['epochs']} epochs, batch {t['batch_size']}, "
-        f"{t['optimiser']} lr {t['lr']} ({t['schedule']}), {t['augmentation']}.",
-        f"- Time on CPU ({t['torch_threads']} threads): {t['seconds_data']:.0f} s to make and preprocess the "
-        f"phantoms, {t['seconds_fit']:.0f} s to train.",
-        "",
-        "## Held-out phantoms",
-        "",
-        f"{e['samples']} phantoms from seeds the model never saw "
-        f"({e['seed_range'][0]}-{e['seed_range'][1]}). Relevance: LRP alpha-beta (alpha {e['alpha']},",
-        f"beta {e['beta']}) on every conv/linear layer, output relevance = probability of the true class,",
-        "mapped back to the scan grid; scored against the lesion mask (glioma: the whole lesion including",
-        "oedema). Chance = mask volume / head volume, the mass accuracy of relevance spread evenly over the",
-        "head.",
-        "",
-        f"**Accuracy {e['accuracy']:.3f}** · **relevance mass accuracy {e['mass_accuracy']:.3f}** "
-        f"(median {e['mass_accuracy_median']:.3f}; correctly classified only "
-        f"{e['mass_accuracy_correct_only']:.3f}) · **pointing game {e['pointing']:.3f}** · "
-        f"chance {e['chance']:.3f}",
+        f"Held out: {best['samples']} heads (seeds {e['seed_range'][0]}-{e['seed_range'][1]}). **Accuracy "
+        f"{best['accuracy']:.3f}** · **relevance mass accuracy {best['mass_accuracy']:.3f}** (default rule; "
+        f"median {best['mass_accuracy_median']:.3f}) · pointing game {best['pointing']:.3f} · chance "
+        f"{best['chance']:.3f} · largest conservation error {best['max_conservation_error']:.1e}",
         "",
         "| class | samples | accuracy | mass accuracy | pointing game | chance | within 1 model voxel | in air |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, c in e["per_class"].items():
+    for label, c in best["per_class"].items():
         if "mass_accuracy" in c:
             lines.append(f"| {label} | {c['samples']} | {c['accuracy']:.3f} | {c['mass_accuracy']:.3f} | "
                          f"{c['pointing']:.3f} | {c['chance']:.3f} | {c['near_mask']:.3f} | {c['air']:.3f} |")
         else:
             lines.append(f"| {label} | {c['samples']} | {c['accuracy']:.3f} | - | - | - | - | - |")
-    lines += ["", f"Largest conservation error over the explained scans: {e['max_conservation_error']:.2e}.",
-              "", *NOTES, "", "Reproduce: `python scripts/train_demo.py && python scripts/evaluate_demo.py`.", ""]
+    lines += ["", "| rule or composite | mass accuracy | glioma / meningioma / pituitary | pointing game | "
+              "in air |", "|---|---|---|---|---|"]
+    ranked = sorted(e["rules"].items(), key=lambda item: -item[1]["mass_accuracy"])
+    for rule, r in ranked:
+        per = " / ".join(f"{r['per_class'][c]['mass_accuracy']:.2f}" for c in LABELS if c != "no_tumour")
+        mark = " (default)" if rule == next(iter(e["rules"])) else ""
+        lines.append(f"| {rule}{mark} | {r['mass_accuracy']:.3f} | {per} | {r['pointing']:.3f} | {r['air']:.3f} |")
+    return lines + [""]
+
+
+def demo_markdown(records: dict[str, dict]) -> str:
+    """benchmarks/DEMO.md: how the demo models were made and how well they do, from their JSON records."""
+    lines = [
+        "# Demo models: training and evaluation",
+        "",
+        "The demo models ship in `mri_lrp/data/` with a JSON record each. They are trained by",
+        "`scripts/train_demo.py` on synthetic heads of real anatomy (`mri_lrp.mni_heads`: the MNI152 2009",
+        "template deformed per subject, imaged in T1, T1ce, T2 and FLAIR, with glioma, meningioma and pituitary",
+        "adenoma) and scored here by `scripts/evaluate_demo.py` on heads from seeds they never saw. Each training",
+        "subject appears once per class with identical anatomy and noise, so the lesion is the only difference",
+        "between classes.",
+        "",
+        "Relevance: output relevance = probability of the true class, mapped back to the scan grid and scored",
+        "against the whole-lesion mask (glioma: including oedema). Mass accuracy = positive relevance inside the",
+        "mask / all positive relevance; chance = mask volume / head volume. The goals: accuracy >= 0.95 and mass",
+        "accuracy >= 0.7 with the default rule (alpha-beta, alpha 2, beta 1).",
+        "",
+    ]
+    for name in ("t1ce", "multiseq", "folds"):
+        if name in records and "evaluation" in records[name]:
+            lines += _model_section(name, records[name])
+    lines += [*NOTES, "", "Reproduce: `make demo-models` (about an hour on 2 CPU cores), then",
+              "`python scripts/evaluate_demo.py --model t1ce` (and `multiseq`, `folds`).", ""]
     return "\n".join(lines)
+
+
+def _record_paths(model: str) -> list[Path]:
+    if model == "folds":
+        return [DATA_DIR / f"demo_fold{k}.json" for k in range(1, FOLDS + 1)]
+    return [DATA_DIR / RECIPES[model].file.replace(".pt", ".json")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=DATA_DIR / "demo_model.pt")
-    parser.add_argument("--heads", type=int, default=25, help="held-out heads (one phantom per class each)")
+    parser.add_argument("--model", choices=["t1ce", "multiseq", "folds"], default="t1ce")
+    parser.add_argument("--heads", type=int, default=25, help="held-out heads (one per class each)")
     parser.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE + 10_000,
                         help="first held-out seed (apart from the seeds training used for its own check)")
-    parser.add_argument("--alpha", type=float, default=2.0)
-    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated names from RULES")
     parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "DEMO.md",
                         help="where to write the report ('-' for none)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    result = evaluate(args.checkpoint, args.heads, args.seed_base, args.alpha, args.beta)
-    result.update({"alpha": args.alpha, "beta": args.beta, "init": "prob", "target": "true class",
-                   "seed_range": [args.seed_base, args.seed_base + args.heads - 1]})
-    print(json.dumps(result, indent=2))
-    record_path = args.checkpoint.with_suffix(".json")
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
+    chosen = {name: RULES[name] for name in args.rules.split(",")}
+    records = _record_paths(args.model)
+    checkpoints = [p.with_suffix(".pt") for p in records]
+    sequences = RECIPES["multiseq" if args.model == "multiseq" else "t1ce"].sequences
+    rules = evaluate(checkpoints, sequences, args.heads, args.seed_base, chosen)
+    result = {"rules": rules, "init": "prob", "target": "true class",
+              "checkpoints": ", ".join(str(p.relative_to(ROOT)) for p in checkpoints),
+              "seed_range": [args.seed_base, args.seed_base + args.heads - 1]}
+    print(json.dumps({name: {k: r[k] for k in ("accuracy", "mass_accuracy", "pointing", "air")}
+                      for name, r in rules.items()}, indent=2))
+    for path in records:
+        record = json.loads(path.read_text())
         record["evaluation"] = result
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
-        if str(args.markdown) != "-":
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(demo_markdown(record))
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    if str(args.markdown) != "-":
+        every = {}
+        for model in ("t1ce", "multiseq", "folds"):
+            path = _record_paths(model)[0]
+            if path.is_file():
+                every[model] = json.loads(path.read_text())
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(demo_markdown(every))
     return 0
 
 

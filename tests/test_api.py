@@ -16,7 +16,7 @@ from mri_lrp import ScanExplanation, explain_scan
 from mri_lrp.errors import ScanError, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_scans"
+SAMPLES = ROOT / "sample_scans" / "t1"
 NIFTI, SERIES = SAMPLES / "sub-05_T1w.nii.gz", SAMPLES / "dicom" / "sub-07"
 
 

@@ -233,7 +233,7 @@ def test_a_bad_checkpoint_exits_2_with_one_line_and_creates_no_out_folder(
         says: str) -> None:
     checkpoint = _bad_checkpoint(kind, tmp_path)
     out = tmp_path / "out"
-    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "sub-02_T1w.nii.gz"),
+    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "t1" / "sub-02_T1w.nii.gz"),
                       "--checkpoint", str(checkpoint), "--out", str(out), "--quiet", "--workers", "0")
     assert code == 2
     assert err == [f"mri-lrp: error: {checkpoint}: {err[0].split(': ', 3)[-1]}"] and says in err[0]
@@ -313,7 +313,7 @@ def test_a_disk_that_fills_up_mid_run_stops_with_one_line_exit_3_and_no_temporar
         small_disk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
     disk = small_disk(4096)  # a sample scan's outputs take about 2.5 MiB: the first fits, the next does not
     out = disk / "out"
-    scans = [str(ROOT / "sample_scans" / f"sub-0{n}_T1w.nii.gz") for n in (2, 4, 5)]
+    scans = [str(ROOT / "sample_scans" / "t1" / f"sub-0{n}_T1w.nii.gz") for n in (2, 4, 5)]
     code, err = _main(monkeypatch, capsys, "explain", *scans, "--out", str(out), "--workers", "0", "--quiet")
     assert code == 3, err
     assert err[-1].startswith(f"mri-lrp: error: {out}: no space left on device (1 scan(s) written"), err
@@ -327,7 +327,7 @@ def test_a_disk_full_at_the_start_is_one_line_exit_2_and_leaves_no_out_folder(
     disk = small_disk(256)
     _fill(disk)
     out = disk / "out"
-    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "sub-02_T1w.nii.gz"),
+    code, err = _main(monkeypatch, capsys, "explain", str(ROOT / "sample_scans" / "t1" / "sub-02_T1w.nii.gz"),
                       "--out", str(out), "--workers", "0", "--quiet")
     assert code == 2
     assert err == [f"mri-lrp: error: {out}: no space left on device (nothing was written; free some space and "

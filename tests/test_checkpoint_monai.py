@@ -77,7 +77,7 @@ def test_monai_network_saved_in_our_format_round_trips_and_describes(tmp_path: P
 VIT = ("monai.networks.nets:ViT", {"in_channels": 1, "img_size": 32, "patch_size": 16, "hidden_size": 16,
                                    "mlp_dim": 32, "num_layers": 1, "num_heads": 2, "classification": True,
                                    "num_classes": 3, "spatial_dims": 3})
-SCAN = Path(__file__).resolve().parents[1] / "sample_scans" / "sub-03_T1w.nii.gz"
+SCAN = Path(__file__).resolve().parents[1] / "sample_scans" / "t1" / "sub-03_T1w.nii.gz"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from mri_lrp.scans.ids import NIFTI_SUFFIXES
 from mri_lrp.settings import DEVICES, LAYOUTS, TARGET_KEYWORDS
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_scans"
+SAMPLES = ROOT / "sample_scans" / "t1"
 PANELS = {MODEL, RULES_PANEL, INPUTS, OUTPUTS, REGIONS, CLUSTER}
 
 

@@ -265,7 +265,7 @@ def test_evaluate_loads_the_model_as_explain_does_and_says_when_it_is_the_demo_m
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
-    (scans / "sub-04_T1w.nii.gz").write_bytes((Path(__file__).parents[1] / "sample_scans/sub-04_T1w.nii.gz")
+    (scans / "sub-04_T1w.nii.gz").write_bytes((Path(__file__).parents[1] / "sample_scans/t1/sub-04_T1w.nii.gz")
                                               .read_bytes())
     # a partial [input_spec] replaces one key of the demo model's spec; its 3.5 mm spacing and centring stay
     settings = build_settings({"scans": [str(scans)], "out": str(tmp_path / "ev"), "workers": 0,

@@ -99,7 +99,7 @@ def test_other_modalities_pass_when_asked_and_nifti_always_passes(tmp_path: Path
     assert sorted(r.source for r in kept) == ["study/ct", "study/mr"]
     kept, skipped = apply_filter(refs, ScanFilter(modality="any", keep_derived=True))
     assert len(kept) == len(refs) and not skipped  # the CR then fails when read, as it should: no geometry
-    refs, _ = discover([Path(__file__).resolve().parents[1] / "sample_scans" / "sub-02_T1w.nii.gz"])
+    refs, _ = discover([Path(__file__).resolve().parents[1] / "sample_scans" / "t1" / "sub-02_T1w.nii.gz"])
     assert apply_filter(refs, ScanFilter(modality="CT"))[0] == refs
 
 

@@ -16,7 +16,7 @@ from mri_lrp.errors import SettingsError
 from mri_lrp.pipeline.layout import Layout, parse_bids_name
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_scans"
+SAMPLES = ROOT / "sample_scans" / "t1"
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -113,7 +113,7 @@ def test_explain_reuses_its_explainer_until_the_model_or_options_change() -> Non
 def test_pipeline_puts_the_note_in_summary_warnings_and_names_the_first_scan_in_the_log(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
-    for p in sorted((Path(__file__).parent.parent / "sample_scans").glob("*.nii.gz"))[:2]:
+    for p in sorted((Path(__file__).parent.parent / "sample_scans" / "t1").glob("*.nii.gz"))[:2]:
         shutil.copy(p, scans / p.name)
     out = tmp_path / "out"
     # alpha - beta = 2: every layer doubles the relevance, so every scan's explanation creates relevance

@@ -18,7 +18,7 @@ import pytest
 from mri_lrp.outputs import NiftiMeta, save_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_scans"
+SAMPLES = ROOT / "sample_scans" / "t1"
 
 
 def test_saved_volume_reads_back_with_its_codes_intent_description_and_window(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -193,42 +192,3 @@ def test_dicom_series_has_reproducible_uids_and_no_identifying_tags(tmp_path: Pa
 def test_dicom_writer_rejects_a_2d_array(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must be 3D"):
         write_dicom_series(np.zeros((4, 4)), np.eye(4), tmp_path, uid_seed="x")
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def test_sample_scan_script_writes_scans_masks_and_readme(tmp_path: Path) -> None:
-    rows = _load_script("make_sample_scans").make_sample_scans(tmp_path, per_class=1, dicom=1)
-    assert [r["class"] for r in rows] == list(LABELS)
-    readme = (tmp_path / "README.md").read_text()
-    for row in rows:
-        assert (tmp_path / row["file"]).exists() and row["file"] in readme and row["class"] in readme
-    dicom_rows = [r for r in rows if r["file"].startswith("dicom/")]
-    assert len(dicom_rows) == 1 and (tmp_path / dicom_rows[0]["file"] / "IM0001").is_file()
-    masks = sorted(p.name for p in (tmp_path / "masks").iterdir())
-    expected = [Path(r["mask"]).name for r in rows if r["class"] != "no_tumour"]
-    assert masks == sorted(expected)
-    nifti = next(r for r in rows if r["file"].endswith(".nii.gz") and r["class"] != "no_tumour")
-    scan, mask = nib.load(tmp_path / nifti["file"]), nib.load(tmp_path / nifti["mask"])
-    assert scan.get_data_dtype() == np.int16 and np.allclose(scan.affine, mask.affine)
-    assert mask.get_fdata().any() and Path(nifti["mask"]).name.startswith(Path(nifti["file"]).name[:-7])
-
-
-def test_committed_sample_scans_match_the_script() -> None:
-    """The shipped folder is what the script writes: same classes, same voxels, same masks."""
-    folder = ROOT / "sample_scans"
-    readme = (folder / "README.md").read_text()
-    module = _load_script("make_sample_scans")
-    for n, label in enumerate([label for _ in range(3) for label in LABELS], start=1):
-        if f"sub-{n:02d}_T1w.nii.gz" not in readme:
-            continue
-        phantom = generate_phantom(module.SEED_BASE + n, label, spacing_range=module.SPACING_RANGE)
-        img = nib.load(folder / f"sub-{n:02d}_T1w.nii.gz")
-        assert f"| sub-{n:02d}_T1w.nii.gz | {label} |" in readme
-        assert np.array_equal(np.asanyarray(img.dataobj), module._as_int16(phantom.volume))
-        assert np.allclose(img.affine, phantom.affine)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_scans"
+SAMPLES = ROOT / "sample_scans" / "t1"
 SUMMARY_SPEC = ["scan_id", "source", "kind", "shape", "spacing_mm", "predicted_class", "predicted_prob",
                 "target_class", "target_prob", "output_relevance", "relevance_sum", "conservation_error",
                 "top_region", "status", "seconds"]

@@ -28,7 +28,7 @@ from mri_lrp.regions import (
 )
 from mri_lrp.scans.scan import Scan
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_scans"
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_scans" / "t1"
 
 
 def make_scan(data: np.ndarray, affine: np.ndarray, scan_id: str = "s", source: str = "s.nii.gz") -> Scan:

@@ -25,7 +25,7 @@ from mri_lrp.report import write_report
 from mri_lrp.report.preview import block_affine, block_factor, block_mean, preview_volumes, read_preview
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_scans"
+SAMPLES = ROOT / "sample_scans" / "t1"
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

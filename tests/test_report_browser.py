@@ -22,7 +22,7 @@ from report_fixtures import make_run
 from mri_lrp.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_scans"
+SAMPLES = ROOT / "sample_scans" / "t1"
 BROWSER_DIR = ROOT / "tests" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -24,7 +24,7 @@ from mri_lrp.shard import Shard
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "configs" / "slurm"
-SAMPLES = REPO / "sample_scans"
+SAMPLES = REPO / "sample_scans" / "t1"
 MRI_LRP = str(Path(sys.executable).with_name("mri-lrp"))
 # the same options for every run (array tasks get their thread count from the job script's OMP_NUM_THREADS)
 EXPLAIN_ARGS = ["--device", "cpu", "--masks", str(SAMPLES / "masks")]

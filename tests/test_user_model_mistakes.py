@@ -19,7 +19,7 @@ from mri_lrp.model.zoo import cnn3d
 from mri_lrp.settings import build_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-SCAN = ROOT / "sample_scans" / "sub-02_T1w.nii.gz"
+SCAN = ROOT / "sample_scans" / "t1" / "sub-02_T1w.nii.gz"
 
 
 def _config(tmp_path: Path, text: str) -> Path:
