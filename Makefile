@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-vision lint bench clean browser-deps
+.PHONY: venv demo demo-cohort sample-scans demo-models test test-slow test-vision lint bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,9 +19,35 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The one-minute tour: the T1ce samples through the three demo folds (scan pages, the folds' agreement) and the
+# four-sequence cases through the four-sequence model, each with its report.
 demo: $(STAMP)
-	$(BIN)/mri-lrp explain sample_scans/ --rule alphabeta --alpha 2 --beta 1 --masks sample_scans/masks --out demo_out
-	@echo "open demo_out/report.html (or demo_out/summary.csv and demo_out/scans/*/overlay.png)"
+	$(BIN)/mri-lrp explain sample_scans/t1 --checkpoint 'mri_lrp/data/demo_fold*.pt' --rule alphabeta --alpha 2 \
+		--beta 1 --masks sample_scans/t1/masks --out demo_out/t1 --quiet
+	$(BIN)/mri-lrp explain sample_scans/brats --checkpoint mri_lrp/data/demo_multiseq.pt --rule alphabeta --alpha 2 \
+		--beta 1 --masks sample_scans/brats/masks --out demo_out/brats --quiet
+	@echo ""
+	@echo "Open demo_out/t1/report.html: a row per scan (class, probability, where the relevance lies); click a"
+	@echo "  scan for its overlay, its regions and the Folds section (how far the three models agree)."
+	@echo "Open demo_out/brats/report.html: the four-sequence cases, with relevance per sequence."
+	@echo "The tables behind them: demo_out/*/summary.csv and regions.csv; maps: demo_out/*/scans/*/relevance.nii.gz"
+
+# A cohort of 48 scans from two scanners, explained, then what the model looks at across it (OUT/cohort/).
+demo-cohort: $(STAMP)
+	$(BIN)/python scripts/make_cohort.py --out demo_cohort/scans
+	$(BIN)/mri-lrp explain demo_cohort/scans --out demo_cohort/out --quiet
+	$(BIN)/mri-lrp cohort demo_cohort/out --metadata demo_cohort/sites.csv
+	@echo "Open demo_cohort/out/report.html (Cohort section) or demo_cohort/out/cohort/"
+
+# Rebuild sample_scans/ and retrain the demo models (about an hour on 2 CPU cores); DEMO.md from their scores.
+sample-scans: $(STAMP)
+	$(BIN)/python scripts/make_sample_scans.py
+
+demo-models: $(STAMP)
+	$(BIN)/python scripts/train_demo.py --model t1ce
+	$(BIN)/python scripts/train_demo.py --model multiseq
+	for k in 1 2 3; do $(BIN)/python scripts/train_demo.py --model t1ce --fold $$k --epochs 10 || exit 1; done
+	for m in t1ce multiseq folds; do $(BIN)/python scripts/evaluate_demo.py --model $$m || exit 1; done
 
 test: $(STAMP)
 	$(BIN)/ruff check mri_lrp tests benchmarks scripts
@@ -44,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/lrp_speed.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_cohort .pytest_cache

@@ -159,7 +159,7 @@ def test_the_demo_model_says_so_in_the_log_the_table_and_every_overlay(tmp_path:
     write_volume(scans / "a.nii.gz", (12, 12, 12), seed=1)
     code, log = explain(scans, out, quiet=True)  # a config that forgot its checkpoint
     assert code == 0
-    assert sum("DEMO MODEL trained on synthetic phantoms" in line for line in log.splitlines()) == 1
+    assert sum("DEMO MODEL trained on synthetic heads" in line for line in log.splitlines()) == 1
     with (out / "summary.csv").open(newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert DEMO_NOTICE in row["warnings"]

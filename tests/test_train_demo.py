@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from mri_lrp.mni_heads import LABELS
 from mri_lrp.model.checkpoint import load_checkpoint
 from mri_lrp.model.spec import InputSpec
-from mri_lrp.phantoms import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,16 +38,21 @@ def test_smoke_run_writes_a_loadable_checkpoint_and_record(tmp_path: Path) -> No
     assert 0.0 <= record["heldout"]["accuracy"] <= 1.0 and record["class_names"] == list(LABELS)
 
 
-def test_shipped_demo_model_matches_its_record() -> None:
-    """The packaged model loads, and its record's class order and input spec are the checkpoint's own."""
-    record_path = ROOT / "mri_lrp" / "data" / "demo_model.json"
-    if not record_path.is_file():
-        pytest.skip("demo model not trained yet")
+@pytest.mark.parametrize("name", ["demo_model", "demo_multiseq", "demo_fold1", "demo_fold2", "demo_fold3"])
+def test_each_shipped_demo_model_matches_its_record_and_is_known_as_a_demo(name: str, tmp_path: Path) -> None:
+    """The packaged models load, their records' class order and input spec are the checkpoints' own, and a copy
+    under another name still carries the demo notice."""
+    record_path = ROOT / "mri_lrp" / "data" / f"{name}.json"
     record = json.loads(record_path.read_text())
-    loaded = load_checkpoint(None)
-    assert loaded.class_names == record["class_names"] == list(LABELS)
+    checkpoint = record_path.with_suffix(".pt")
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.class_names == record["class_names"] == list(LABELS) and loaded.is_demo
     assert loaded.input_spec == InputSpec.from_dict(record["input_spec"], stored=True)
-    assert record["heldout"]["samples"] > 0
+    assert record["heldout"]["samples"] > 0 and record["evaluation"]["rules"]
+    copy = tmp_path / "best.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    assert load_checkpoint(copy).is_demo
+    assert loaded.input_spec.channels == (4 if name == "demo_multiseq" else 1)
 
 
 def _evaluate_module():

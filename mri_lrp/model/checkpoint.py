@@ -53,7 +53,7 @@ from mri_lrp.outputs import atomic_path
 FORMAT = "mri-lrp-checkpoint"
 VERSION = 1
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "demo_model.pt"
-DEMO_NOTICE = ("DEMO MODEL trained on synthetic phantoms, not on patients: its classes and heatmaps say nothing "
+DEMO_NOTICE = ("DEMO MODEL trained on synthetic heads, not on patients: its classes and heatmaps say nothing "
                "about real scans (give --checkpoint)")
 
 #: Keys under which training scripts commonly nest the state_dict, tried in this order.
@@ -78,7 +78,7 @@ class LoadedModel:
     source: str  # "mri-lrp" | "state_dict" | "pickle"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    is_demo: bool = False     # the shipped demo model (trained on synthetic phantoms), however it was named
+    is_demo: bool = False     # a shipped demo model (trained on synthetic heads), however it was named
     assumed: str = ""         # what was assumed because neither the file nor the user said (spec, class names)
 
 
@@ -188,11 +188,14 @@ def _assumed(path: Path, spec: InputSpec, given: InputSpec | dict[str, Any] | No
 
 
 def _is_demo(path: Path, sha256: str) -> bool:
-    """The shipped demo model, also when a copy of it is given as --checkpoint."""
-    if path.resolve() == DEMO_CHECKPOINT:
+    """One of the shipped demo models (the default, the four-sequence one, the folds), also when a copy of one
+    is given as --checkpoint."""
+    shipped = sorted(DEMO_CHECKPOINT.parent.glob("demo_*.pt"))
+    if path.resolve() in shipped:
         return True
     try:
-        return DEMO_CHECKPOINT.stat().st_size == path.stat().st_size and _sha256(DEMO_CHECKPOINT) == sha256
+        size = path.stat().st_size
+        return any(demo.stat().st_size == size and _sha256(demo) == sha256 for demo in shipped)
     except OSError:
         return False
 
