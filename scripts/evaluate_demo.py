@@ -142,7 +142,32 @@ def summarise(rows: list[dict], names: list[str], seconds: float) -> dict:
     return out
 
 
-NOTES: list[str] = []
+NOTES = [
+    "## What keeps the relevance on the tumour",
+    "",
+    "Measured during development on 10 held-out heads (seeds 510000-510009), default rule, T1ce model:",
+    "",
+    "| model | mass accuracy | accuracy |",
+    "|---|---|---|",
+    "| 0.2's demo: cartoon phantoms, global average pooling, no penalty (its own held-out phantoms) | 0.426 | 0.970 |",
+    "| MNI152 heads, global average pooling, sparsity 0.05 | 0.694 | 0.994 |",
+    "| MNI152 heads, global average pooling, sparsity 0.2 | 0.681 | 0.988 |",
+    "| MNI152 heads, global max pooling, sparsity 0.05 (shipped) | 0.707 | 1.000 |",
+    "",
+    "- *Matched sets.* Every training subject appears once per class with the same anatomy, grid and noise, and",
+    "  each batch holds whole sets, so only the lesion (and the anatomy it pushes aside, within twice its radius)",
+    "  tells the classes apart.",
+    "- *A sparsity penalty* on the last feature map (its mean activation, weighted 0.05, added to the loss) keeps",
+    "  the features silent on normal anatomy. A stronger penalty (0.2) did not help further. The same model",
+    "  without the penalty was not trained for lack of time, so its share is not measured apart.",
+    "- *Global max pooling* takes each feature where it is strongest, so the class evidence comes from one",
+    "  place: the lesion. It raised the mass accuracy a little over average pooling and the accuracy to 1.",
+    "- *Where the rest goes.* About 0.05 lies within one model voxel (3.5 mm) of the mask: the model grid is",
+    "  coarser than the scans and `to_scan` spreads each model voxel over the scan voxels it was sampled",
+    "  from. About 0.05 lies in the air around the head. The rest, about 0.2, is spread thinly over the head:",
+    "  alpha-beta with alpha 2 hands positive relevance to every input that feeds a positive activation.",
+    "  Small lesions lose the largest share at their border, so pituitary adenomas score lowest.",
+]
 
 TITLES = {"t1ce": "T1ce model", "multiseq": "Four-sequence model", "folds": "Three folds of the T1ce model"}
 
@@ -229,12 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=25, help="held-out heads (one per class each)")
     parser.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE + 10_000,
                         help="first held-out seed (apart from the seeds training used for its own check)")
-    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated names from RULES")
+    parser.add_argument("--rules", default=None,
+                        help="';'-separated names from RULES (default: every rule for t1ce, the default rule else)")
     parser.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "DEMO.md",
                         help="where to write the report ('-' for none)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    chosen = {name: RULES[name] for name in args.rules.split(",")}
+    names = args.rules.split(";") if args.rules else list(RULES) if args.model == "t1ce" else [next(iter(RULES))]
+    chosen = {name: RULES[name] for name in names}
     records = _record_paths(args.model)
     checkpoints = [p.with_suffix(".pt") for p in records]
     sequences = RECIPES["multiseq" if args.model == "multiseq" else "t1ce"].sequences

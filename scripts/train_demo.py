@@ -66,8 +66,9 @@ class Recipe:
                          orientation="RAS", normalization="zscore", align="centre", padding="edge",
                          antialias=True, channel_names=names)
 
-    def kwargs(self) -> dict[str, int]:
-        return {"in_channels": len(self.sequences), "num_classes": len(CLASS_NAMES), "width": 8, "depth": 4}
+    def kwargs(self, pool: str = "avg") -> dict[str, int | str]:
+        return {"in_channels": len(self.sequences), "num_classes": len(CLASS_NAMES), "width": 8, "depth": 4,
+                "pool": pool}
 
 
 RECIPES: dict[str, Recipe] = {
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--sparsity", type=float, default=0.05,
                         help="weight of the L1 penalty on the last feature map (0: none)")
+    parser.add_argument("--pool", choices=["avg", "max"], default="max", help="global pooling before the classifier")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation and batch order")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes making heads")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mri-lrp" / "demo-heads")
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     prepared = time.perf_counter() - started
     print(f"data: {len(x_train)} training, {len(x_eval)} held-out heads ({prepared:.0f} s)")
 
-    kwargs = recipe.kwargs()
+    kwargs = recipe.kwargs(args.pool)
     model = build_model(ARCHITECTURE, **kwargs)
     fit_started = time.perf_counter()
     losses = train(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

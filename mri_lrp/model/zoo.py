@@ -20,6 +20,7 @@ _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _MAXPOOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _AVGPOOL = {2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+_GLOBAL_POOL = {"avg": _AVGPOOL, "max": {2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}}
 
 
 def _check_positive(**values: int) -> None:
@@ -30,18 +31,21 @@ def _check_positive(**values: int) -> None:
 
 
 class PlainCNN(nn.Module):
-    """Conv-BN-ReLU-MaxPool blocks, global average pooling and one linear layer.
+    """Conv-BN-ReLU-MaxPool blocks, global average (or max) pooling and one linear layer.
 
     Each block halves the grid and the first block has ``width`` channels, doubling per block, so an input
-    needs at least ``2 ** depth`` voxels along every spatial axis.
+    needs at least ``2 ** depth`` voxels along every spatial axis. Global max pooling (``pool="max"``) takes
+    each feature where it is strongest, so a finding the size of a lesion decides the class on its own.
     """
 
     def __init__(self, dims: int, in_channels: int = 1, num_classes: int = 4, width: int = 8,
-                 depth: int = 4, dropout: float = 0.0) -> None:
+                 depth: int = 4, dropout: float = 0.0, pool: str = "avg") -> None:
         super().__init__()
         _check_positive(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth)
         if not 0.0 <= dropout < 1.0:
             raise SettingsError(f"model argument dropout must be in [0, 1), not {dropout!r}")
+        if pool not in _GLOBAL_POOL:
+            raise SettingsError(f"model argument pool must be one of {sorted(_GLOBAL_POOL)}, not {pool!r}")
         blocks: list[nn.Module] = []
         channels = in_channels
         for level in range(depth):
@@ -54,7 +58,7 @@ class PlainCNN(nn.Module):
             ]
             channels = out
         self.features = nn.Sequential(*blocks)
-        self.pool = _AVGPOOL[dims](1)
+        self.pool = _GLOBAL_POOL[pool][dims](1)
         self.flatten = nn.Flatten()
         # Dropout is the identity in eval mode, so it changes training only, never the explanation.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -128,15 +132,15 @@ class ResNet(nn.Module):
 
 
 def cnn3d(in_channels: int = 1, num_classes: int = 4, width: int = 8, depth: int = 4,
-          dropout: float = 0.0) -> PlainCNN:
+          dropout: float = 0.0, pool: str = "avg") -> PlainCNN:
     """Compact 3D CNN for whole volumes (input N, C, X, Y, Z)."""
-    return PlainCNN(3, in_channels, num_classes, width, depth, dropout)
+    return PlainCNN(3, in_channels, num_classes, width, depth, dropout, pool)
 
 
 def cnn2d(in_channels: int = 1, num_classes: int = 4, width: int = 8, depth: int = 4,
-          dropout: float = 0.0) -> PlainCNN:
+          dropout: float = 0.0, pool: str = "avg") -> PlainCNN:
     """The 2D analogue of ``cnn3d`` for slice models (input N, C, X, Y)."""
-    return PlainCNN(2, in_channels, num_classes, width, depth, dropout)
+    return PlainCNN(2, in_channels, num_classes, width, depth, dropout, pool)
 
 
 def resnet3d(in_channels: int = 1, num_classes: int = 4, width: int = 8, depth: int = 3,
