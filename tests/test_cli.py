@@ -17,16 +17,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def test_inspect_lists_every_sample_scan_and_skips_masks_and_readme() -> None:
-    res = run_cli("inspect", str(SAMPLES), "--json")
+def test_inspect_lists_every_sample_scan_and_skips_masks_segmentations_and_readme() -> None:
+    res = run_cli("inspect", str(SAMPLES.parent), "--json")  # t1/ and brats/: one image per file for this model
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     scans = [r for r in rows if r["kind"] in ("nifti", "dicom")]
-    assert len(scans) == 12
+    assert len(scans) == 12 + 3 * 4
     assert {r["kind"] for r in scans} == {"nifti", "dicom"}
     assert all(r["orientation"] and r["shape"] for r in scans)
     skipped = {Path(r["source"]).name for r in rows if r["kind"] == "skipped"}
     assert "README.md" in skipped and "sub-02_T1w.nii.gz" in skipped  # the label mask of sub-02
+    assert "BraTS-DEMO-00001-000-seg.nii.gz" in skipped and "BraTS-DEMO-00001-000.nii.gz" in skipped
 
 
 def test_inspect_prints_tab_separated_rows_without_a_terminal() -> None:

@@ -93,7 +93,7 @@ def test_dry_run_prints_the_plan_and_writes_no_file(tmp_path: Path) -> None:
               cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     text = res.stdout
-    assert "scans: 12 found" in text and "skipped" in text and "README.md" in text
+    assert "scans: 12 found" in text and "skipped" in text and "sub-02_T1w.nii.gz" in text
     assert "shard: 1/3:" in text
     assert "model: " in text and "classes: glioma, meningioma, pituitary, no_tumour" in text
     assert "input spec: dims=3" in text

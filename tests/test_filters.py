@@ -36,7 +36,7 @@ def retag(paths: list[Path], **tags: object) -> None:
 def pacs_export(root: Path) -> Path:
     """One study as a PACS exports it: a T1 MR series, a CT, a chest radiograph, a tri-plane pilot without
     'localizer' in its name, and a derived MR reformat."""
-    mr = write_series(root / "study" / "mr", n_slices=6, series_number=3, description="T1 AX")
+    mr = write_series(root / "study" / "mr", n_slices=12, series_number=3, description="T1 AX")
     retag(mr.paths, ProtocolName="t1_mprage_ax")
     ct = write_series(root / "study" / "ct", n_slices=6, series_number=2, description="HEAD CT")
     retag(ct.paths, Modality="CT")
