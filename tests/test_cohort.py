@@ -14,7 +14,7 @@ import pytest
 from cohort_factory import CLASSES, GRID, KWARGS, MARKER, MARKER_CENTRE, head, make_dataset, train
 
 from mri_lrp.cohort import groupmaps, spray
-from mri_lrp.cohort.probes import border_mask, head_only_mask, shortcut_probes
+from mri_lrp.cohort.probes import border_mask, head_only_mask, outside_head_note, shortcut_probes
 from mri_lrp.cohort.run import run_cohort
 from mri_lrp.cohort.scanfacts import load_model_grid, save_model_grid, scan_metadata
 from mri_lrp.cohort.tables import join_metadata
@@ -433,3 +433,14 @@ def test_block_mean_averages_partial_blocks_over_the_voxels_they_have() -> None:
     assert pooled.shape == (3, 2, 1)
     assert np.isclose(pooled[2, 0, 0], volume[4, 0:2, 0:2].mean())
     assert np.isclose(pooled[0, 0, 0], volume[0:2, 0:2, 0:2].mean())
+
+
+def test_a_map_mostly_outside_the_head_carries_a_warning_and_a_map_on_the_head_none() -> None:
+    volume = np.zeros((20, 20, 20), dtype=np.float32)
+    volume[5:15, 5:15, 5:15] = 100.0
+    on_head, in_air = np.zeros_like(volume), np.zeros_like(volume)
+    on_head[8:12, 8:12, 8:12] = 1.0
+    in_air[1, 1, 1], in_air[10, 10, 10] = 3.0, 1.0
+    assert outside_head_note(shortcut_probes(volume, on_head, (1.0, 1.0, 1.0))) is None
+    note = outside_head_note(shortcut_probes(volume, in_air, (1.0, 1.0, 1.0)))
+    assert note is not None and note.startswith("75% of the positive relevance lies outside the head")

@@ -85,3 +85,16 @@ def shortcut_probes(volume: np.ndarray, relevance: np.ndarray, spacing: tuple[fl
     edge = on_scan - inner + padding_positive
     return {"relevance_outside_head": round(max(outside, 0.0) / total, 6),
             "relevance_border": round(max(edge, 0.0) / total, 6)}
+
+
+OUTSIDE_HEAD_WARN = 0.3  # tumour maps of the demo models put 0.03-0.09 outside the head, "no tumour" maps 0.4-0.5
+
+
+def outside_head_note(probes: dict[str, float | str]) -> str | None:
+    """A warning for a map whose positive relevance lies largely outside the head: it shows little of the
+    anatomy behind the class (typical of a class that means "nothing found", or of a shortcut in the air)."""
+    share = probes.get("relevance_outside_head")
+    if not isinstance(share, float) or share < OUTSIDE_HEAD_WARN:
+        return None
+    return (f"{share:.0%} of the positive relevance lies outside the head: the map shows little of what in the "
+            "anatomy decided the class")

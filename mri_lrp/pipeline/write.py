@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mri_lrp import __version__
+from mri_lrp.cohort.probes import outside_head_note
 from mri_lrp.cohort.scanfacts import write_cohort_files
 from mri_lrp.folds import FoldMaps
 from mri_lrp.lrp.explain import conservation_note
@@ -200,7 +201,7 @@ class ScanWriter:
             **res.fitness,
             **(fold.summary if fold is not None else {}),
             "warnings": "; ".join((*content_notes(scan), *res.notes, *self._model_notes(scan),
-                                   *filter(None, [fitness_warning(res.fitness)]),
+                                   *filter(None, [fitness_warning(res.fitness), outside_head_note(probes)]),
                                    *filter(None, [conservation_note(out_rel, total, out_abs),
                                                   padding_note(res.relevance, ctx, out_abs)]),
                                    *(fold.warnings if fold is not None else ()))),
