@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from mri_lrp.phantoms import TISSUES, grid_affine
+from mri_lrp.phantoms import TISSUES, grid_affine, random_rotation
 
 LABELS: tuple[str, ...] = ("glioma", "meningioma", "pituitary", "no_tumour")
 SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -201,12 +201,12 @@ def _draw_head(rng: np.random.Generator, spacing_range: tuple[float, float], ori
     spacing = (in_plane, in_plane, min(high + 0.2, in_plane * rng.uniform(1.0, 1.15)))
     drawn = ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
     shape = tuple(int(round(f / s)) for f, s in zip(FIELD_OF_VIEW_MM, spacing, strict=True))
-    angles = np.deg2rad(rng.uniform(-6.0, 6.0, size=3))
+    rotation = random_rotation(rng, 6.0)
     scale = rng.uniform(0.93, 1.07, size=3) * rng.uniform(0.95, 1.05)
     return {
         "spacing": spacing, "orientation": orientation or drawn, "shape": shape,
         "centre": np.asarray(HEAD_CENTRE_MM) + rng.uniform(-5.0, 5.0, size=3),
-        "rotation": _rotation(angles), "scale": scale, "shift": rng.uniform(-4.0, 4.0, size=3),
+        "rotation": rotation, "scale": scale, "shift": rng.uniform(-4.0, 4.0, size=3),
         "asymmetry": rng.uniform(-0.04, 0.04),
         "warp": rng.normal(0.0, 2.5, size=(3, 5, 5, 5)),
         "csf": rng.uniform(1.0, 2.5), "skull": rng.uniform(4.5, 7.5), "scalp": rng.uniform(4.0, 7.0),
@@ -215,16 +215,6 @@ def _draw_head(rng: np.random.Generator, spacing_range: tuple[float, float], ori
                             for s in SEQUENCES},
         "noise": rng.uniform(0.015, 0.035), "gain": rng.uniform(400.0, 1400.0),
     }
-
-
-def _rotation(angles: np.ndarray) -> np.ndarray:
-    """Rotation matrix from three angles (radians) about x, y and z."""
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def _world_points(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:

@@ -163,7 +163,7 @@ def _lesion_box(lesion: dict, head: dict, affine: np.ndarray, shape: tuple[int, 
     return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
 
 
-def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
+def random_rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
     """A small random head tilt: patients never lie perfectly straight in the scanner."""
     angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, size=3))
     cx, cy, cz = np.cos(angles)
@@ -182,7 +182,7 @@ def _draw_head(rng: np.random.Generator) -> dict:
     return {
         "axes": axes,
         "center": rng.normal(0.0, 3.0, size=3),
-        "rotation": _rotation(rng, 8.0),
+        "rotation": random_rotation(rng, 8.0),
         "shape_waves": (rng.normal(size=(4, 3)), rng.uniform(0, 2 * np.pi, 4), rng.uniform(-0.02, 0.02, 4)),
         "scalp": rng.uniform(4.0, 7.0),
         "skull": rng.uniform(5.0, 8.0),
