@@ -444,3 +444,22 @@ def test_a_map_mostly_outside_the_head_carries_a_warning_and_a_map_on_the_head_n
     assert outside_head_note(shortcut_probes(volume, on_head, (1.0, 1.0, 1.0))) is None
     note = outside_head_note(shortcut_probes(volume, in_air, (1.0, 1.0, 1.0)))
     assert note is not None and note.startswith("75% of the positive relevance lies outside the head")
+
+
+def test_a_no_tumour_map_in_the_air_is_flagged_in_summary_and_a_tumour_map_on_its_lesion_is_not(
+        tmp_path: Path) -> None:
+    """The demo model's evidence for 'no tumour' is an absence: its map lies outside the head and its row says so."""
+    samples = Path(__file__).resolve().parents[1] / "sample_scans" / "t1"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("sub-04_T1w.nii.gz", "sub-05_T1w.nii.gz"):  # no tumour, glioma
+        (scans / name).write_bytes((samples / name).read_bytes())
+    done = run_cli("explain", str(scans), "--out", str(tmp_path / "out"), "-q", "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "out" / "summary.csv").open(newline="") as handle:
+        rows = {r["scan_id"]: r for r in csv.DictReader(handle)}
+    assert rows["sub-04_T1w"]["predicted_class"] == "no_tumour"
+    assert float(rows["sub-04_T1w"]["relevance_outside_head"]) >= 0.3
+    assert "lies outside the head" in rows["sub-04_T1w"]["warnings"]
+    assert rows["sub-05_T1w"]["predicted_class"] == "glioma"
+    assert "lies outside the head" not in rows["sub-05_T1w"]["warnings"]
