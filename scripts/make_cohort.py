@@ -19,7 +19,7 @@ from pathlib import Path
 from mri_lrp.mni_heads import LABELS, generate_head
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sample_scans import _as_int16, _save_nifti  # noqa: E402
+from make_sample_scans import as_int16, save_nifti  # noqa: E402
 
 SEED_BASE = 920_000
 SITES = {
@@ -41,7 +41,7 @@ def make_cohort(out: Path, per_class: int = 12) -> list[dict[str, str]]:
         head = generate_head(SEED_BASE + n, label, sequences=("t1ce",), spacing_range=facts["spacing_range"],
                              orientation=facts["orientation"])
         name = f"sub-c{n:03d}_T1w"
-        _save_nifti(_as_int16(head.volume), head.affine, out / f"{name}.nii.gz")
+        save_nifti(as_int16(head.volume), head.affine, out / f"{name}.nii.gz")
         sidecar = {k: v for k, v in facts.items() if k[0].isupper()}
         (out / f"{name}.json").write_text(json.dumps({**sidecar, "SeriesDescription": "T1 AX POST GD"}, indent=2))
         rows.append({"source": f"{name}.nii.gz", "site": site, "true_class": label})

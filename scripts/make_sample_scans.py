@@ -28,7 +28,7 @@ BRATS_TAGS = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}  # BraTS 
 CASE_LABELS = ("glioma", "meningioma", "pituitary")
 
 
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, label: bool = False) -> None:
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, label: bool = False) -> None:
     """int16 NIfTI with the affine in both sform and qform (code 1, scanner), as converters write them.
 
     Masks are marked as label maps (NIfTI intent 'label'), so scan discovery knows they are not scans.
@@ -44,7 +44,7 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, label: bool = 
     nib.save(img, path)
 
 
-def _as_int16(volume: np.ndarray) -> np.ndarray:
+def as_int16(volume: np.ndarray) -> np.ndarray:
     return np.clip(np.round(volume), 0, np.iinfo(np.int16).max).astype(np.int16)
 
 
@@ -75,18 +75,18 @@ def make_t1(out: Path, per_class: int = 3, dicom: int = 2) -> list[dict[str, str
         if n - 1 in dicom_at:
             source = f"dicom/{name}"
             shutil.rmtree(out / source, ignore_errors=True)  # no stale slices from an earlier grid
-            write_dicom_series(_as_int16(head.volume), head.affine, out / source, uid_seed=f"sample-{head.seed}",
+            write_dicom_series(as_int16(head.volume), head.affine, out / source, uid_seed=f"sample-{head.seed}",
                                series_description="T1 AX POST GD", series_number=n,
                                patient_id=f"SYNTHETIC-{n:02d}")
             mask_name = name
         else:
             source = f"{name}_T1w.nii.gz"
-            _save_nifti(_as_int16(head.volume), head.affine, out / source)
+            save_nifti(as_int16(head.volume), head.affine, out / source)
             mask_name = f"{name}_T1w"
         mask = ""
         if head.mask.any():
             mask = f"masks/{mask_name}.nii.gz"
-            _save_nifti(head.mask, head.affine, out / mask, label=True)
+            save_nifti(head.mask, head.affine, out / mask, label=True)
         rows.append(_describe(source, mask, head))
     return rows
 
@@ -103,10 +103,10 @@ def make_brats(out: Path, cases: int = 3) -> list[dict[str, str]]:
         head = case_head(n, label)
         case = case_name(n)
         for sequence, tag in BRATS_TAGS.items():
-            _save_nifti(_as_int16(head.volumes[sequence]), head.affine, out / case / f"{case}-{tag}.nii.gz")
-        _save_nifti(head.parts, head.affine, out / case / f"{case}-seg.nii.gz", label=True)
+            save_nifti(as_int16(head.volumes[sequence]), head.affine, out / case / f"{case}-{tag}.nii.gz")
+        save_nifti(head.parts, head.affine, out / case / f"{case}-seg.nii.gz", label=True)
         mask = f"masks/{case}.nii.gz"
-        _save_nifti(head.mask, head.affine, out / mask, label=True)
+        save_nifti(head.mask, head.affine, out / mask, label=True)
         rows.append(_describe(f"{case}/", mask, head))
     return rows
 

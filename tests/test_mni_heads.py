@@ -121,7 +121,7 @@ def test_committed_sample_scans_are_what_the_script_writes() -> None:
         head = module.t1_head(n, order[n - 1])
         img = nib.load(SAMPLES / "t1" / f"sub-{n:02d}_T1w.nii.gz")
         assert f"| sub-{n:02d}_T1w.nii.gz | {order[n - 1]} |" in readme
-        assert np.array_equal(np.asanyarray(img.dataobj), module._as_int16(head.volume))
+        assert np.array_equal(np.asanyarray(img.dataobj), module.as_int16(head.volume))
         assert np.allclose(img.affine, head.affine)
         mask = nib.load(SAMPLES / "t1" / "masks" / f"sub-{n:02d}_T1w.nii.gz")
         assert np.array_equal(np.asanyarray(mask.dataobj), head.mask)
@@ -129,4 +129,4 @@ def test_committed_sample_scans_are_what_the_script_writes() -> None:
     head = module.case_head(1, module.CASE_LABELS[0])
     for sequence, tag in module.BRATS_TAGS.items():
         img = nib.load(SAMPLES / "brats" / case / f"{case}-{tag}.nii.gz")
-        assert np.array_equal(np.asanyarray(img.dataobj), module._as_int16(head.volumes[sequence]))
+        assert np.array_equal(np.asanyarray(img.dataobj), module.as_int16(head.volumes[sequence]))
